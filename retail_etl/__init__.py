@@ -1,0 +1,3 @@
+"""retail-etl: daily regional sales into the warehouse, gated on data quality."""
+
+__version__ = "0.1.0"

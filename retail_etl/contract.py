@@ -1,0 +1,137 @@
+"""The source data contract: the ``sales`` table every region must expose.
+
+One definition feeds the seed generator, extraction, the schema check, the transform
+and both warehouses, so a contract change is made here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+SOURCE_TABLE = "sales"
+NATURAL_KEY: tuple[str, str] = ("region", "sale_id")
+
+
+@dataclass(frozen=True)
+class ContractColumn:
+    name: str
+    pg_type: str  # as information_schema / format_type() reports it
+    arrow_type: pa.DataType
+    duckdb_type: str
+    snowflake_type: str
+    critical: bool = False  # NULL rejects the row
+    nullable: bool = True
+
+
+SALES_COLUMNS: tuple[ContractColumn, ...] = (
+    ContractColumn("sale_id", "bigint", pa.int64(), "BIGINT", "NUMBER(19,0)", critical=True),
+    ContractColumn("customer_id", "bigint", pa.int64(), "BIGINT", "NUMBER(19,0)", critical=True),
+    ContractColumn("store_id", "integer", pa.int32(), "INTEGER", "NUMBER(10,0)", critical=True),
+    ContractColumn("product_id", "integer", pa.int32(), "INTEGER", "NUMBER(10,0)", critical=True),
+    ContractColumn("quantity", "integer", pa.int32(), "INTEGER", "NUMBER(10,0)", critical=True),
+    ContractColumn("unit_price", "numeric(10,2)", pa.decimal128(10, 2), "DECIMAL(10,2)", "NUMBER(10,2)", critical=True),
+    ContractColumn("discount", "numeric(10,2)", pa.decimal128(10, 2), "DECIMAL(10,2)", "NUMBER(10,2)"),
+    ContractColumn("tax", "numeric(10,2)", pa.decimal128(10, 2), "DECIMAL(10,2)", "NUMBER(10,2)"),
+    ContractColumn("total_amount", "numeric(12,2)", pa.decimal128(12, 2), "DECIMAL(12,2)", "NUMBER(12,2)", critical=True),
+    ContractColumn("sale_date", "date", pa.date32(), "DATE", "DATE", critical=True),
+    ContractColumn("status", "text", pa.string(), "VARCHAR", "VARCHAR"),
+    ContractColumn("is_deleted", "boolean", pa.bool_(), "BOOLEAN", "BOOLEAN"),
+    ContractColumn("created_at", "timestamp with time zone", pa.timestamp("us", tz="UTC"), "TIMESTAMPTZ", "TIMESTAMP_TZ"),
+    ContractColumn("updated_at", "timestamp with time zone", pa.timestamp("us", tz="UTC"), "TIMESTAMPTZ", "TIMESTAMP_TZ"),
+)
+
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in SALES_COLUMNS)
+CRITICAL_COLUMNS: tuple[str, ...] = tuple(c.name for c in SALES_COLUMNS if c.critical)
+MONEY_COLUMNS: tuple[str, ...] = ("unit_price", "discount", "tax", "total_amount")
+COLUMNS_BY_NAME: dict[str, ContractColumn] = {c.name: c for c in SALES_COLUMNS}
+
+# Columns added by the pipeline to every extracted row.
+EXTRAS_COLUMN = "extras"  # JSON object of source columns outside the contract (schema drift)
+
+
+@dataclass(frozen=True)
+class PipelineColumn:
+    """A column the pipeline adds (derived metric or lineage); same names in both warehouses."""
+
+    name: str
+    arrow_type: pa.DataType
+    duckdb_type: str
+    snowflake_type: str
+    description: str
+
+
+# Derived metrics, computed by the transform (documented in README, "Derived metrics").
+DERIVED_COLUMNS: tuple[PipelineColumn, ...] = (
+    PipelineColumn("gross_amount", pa.decimal128(18, 2), "DECIMAL(18,2)", "NUMBER(18,2)",
+                   "quantity x unit_price"),
+    PipelineColumn("net_amount", pa.decimal128(18, 2), "DECIMAL(18,2)", "NUMBER(18,2)",
+                   "gross_amount - discount"),
+    PipelineColumn("effective_discount_rate", pa.decimal128(9, 6), "DECIMAL(9,6)", "NUMBER(9,6)",
+                   "discount / gross_amount, rounded to 6 places"),
+)
+
+LINEAGE_COLUMNS: tuple[PipelineColumn, ...] = (
+    PipelineColumn("batch_id", pa.string(), "VARCHAR", "VARCHAR", "the run's batch id"),
+    PipelineColumn("flow_run_id", pa.string(), "VARCHAR", "VARCHAR", "the Prefect flow run"),
+)
+
+# Columns of an accepted (transformed) row, in order: what is staged and COPYed.
+ACCEPTED_COLUMNS: tuple[str, ...] = (
+    "region",
+    *(c for c in COLUMN_NAMES if c != "is_deleted"),
+    *(c.name for c in DERIVED_COLUMNS),
+    EXTRAS_COLUMN,
+    *(c.name for c in LINEAGE_COLUMNS),
+)
+
+
+def accepted_arrow_schema() -> pa.Schema:
+    fields = [pa.field("region", pa.string())]
+    fields += [pa.field(c.name, c.arrow_type) for c in SALES_COLUMNS if c.name != "is_deleted"]
+    fields += [pa.field(c.name, c.arrow_type) for c in DERIVED_COLUMNS]
+    fields.append(pa.field(EXTRAS_COLUMN, pa.string()))
+    fields += [pa.field(c.name, c.arrow_type) for c in LINEAGE_COLUMNS]
+    return pa.schema(fields)
+
+
+# A rejected row: identity, why, and every raw value as extracted (JSON object of strings).
+REJECT_COLUMNS: tuple[str, ...] = (
+    "region", "sale_id", "sale_date", "reasons", "raw_values", "batch_id", "flow_run_id",
+)
+
+
+def reject_arrow_schema() -> pa.Schema:
+    return pa.schema([
+        pa.field("region", pa.string()),
+        pa.field("sale_id", pa.int64()),  # NULL when the raw value was NULL or not an integer
+        pa.field("sale_date", pa.date32()),  # the business date the row was extracted for
+        pa.field("reasons", pa.string()),  # sorted, ';'-separated, e.g. "duplicate;null_customer_id"
+        pa.field("raw_values", pa.string()),  # JSON object column -> raw value as text
+        pa.field("batch_id", pa.string()),
+        pa.field("flow_run_id", pa.string()),
+    ])
+
+
+def contract_arrow_schema(*, with_extras: bool = True) -> pa.Schema:
+    fields = [pa.field(c.name, c.arrow_type) for c in SALES_COLUMNS]
+    if with_extras:
+        fields.append(pa.field(EXTRAS_COLUMN, pa.string()))
+    return pa.schema(fields)
+
+
+def create_table_ddl(table: str = SOURCE_TABLE) -> str:
+    """PostgreSQL DDL of the contract table (used by the seed generator and tests)."""
+    pg_types = {
+        "bigint": "BIGINT",
+        "integer": "INT",
+        "numeric(10,2)": "NUMERIC(10,2)",
+        "numeric(12,2)": "NUMERIC(12,2)",
+        "date": "DATE",
+        "text": "TEXT",
+        "boolean": "BOOLEAN",
+        "timestamp with time zone": "TIMESTAMPTZ",
+    }
+    cols = ",\n    ".join(f"{c.name} {pg_types[c.pg_type]}" for c in SALES_COLUMNS)
+    return f"CREATE TABLE {table} (\n    {cols}\n)"

@@ -1,0 +1,151 @@
+"""Every setting and default of the pipeline, in one place.
+
+Values come from environment variables prefixed ``RETAIL_ETL_`` (see README, "Configuration").
+Nothing else in the code reads the environment for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REGIONS: tuple[str, ...] = ("us_east", "us_west", "europe", "apac")
+IDENTIFIER_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+DEFAULT_SERVER_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+class InvalidIdentifierError(ValueError):
+    """A region, table or database name that is not a safe SQL identifier."""
+
+
+def validate_identifier(name: str, what: str = "identifier") -> str:
+    """Return ``name`` if it is a lower-case SQL identifier; raise otherwise.
+
+    Regions end up in database names, file paths and SQL, so they are held to
+    ``[a-z][a-z0-9_]*`` (max 63 chars, PostgreSQL's limit).
+    """
+    if not IDENTIFIER_PATTERN.fullmatch(name):
+        raise InvalidIdentifierError(
+            f"{what} {name!r} is not a valid identifier: use lower-case letters, digits and "
+            "underscores, starting with a letter (at most 63 characters)"
+        )
+    return name
+
+
+class Settings(BaseSettings):
+    """Pipeline configuration; each field maps to ``RETAIL_ETL_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="RETAIL_ETL_", extra="ignore")
+
+    regions_csv: str = Field(
+        default=",".join(DEFAULT_REGIONS),
+        validation_alias="RETAIL_ETL_REGIONS",
+        description="Comma-separated regions to process.",
+    )
+    timezone: str = Field(default="UTC", description="Business timezone; 'yesterday' is computed in it.")
+    source_database_prefix: str = Field(
+        default="retail_",
+        description="Default source database name is <prefix><region> on the server below.",
+    )
+    source_server_url: SecretStr = Field(
+        default=SecretStr(DEFAULT_SERVER_URL),
+        description="Server used for default source URLs and by `retail-etl seed`.",
+    )
+    staging_dir: Path = Field(default=Path("data/staging"), description="Local staging root.")
+    duckdb_path: Path = Field(default=Path("data/warehouse.duckdb"), description="Embedded warehouse file.")
+    warehouse: Literal["duckdb", "snowflake"] = "duckdb"
+    staging_store: Literal["local", "s3"] = "local"
+
+    retries: int = Field(default=2, ge=0, description="Extraction retries per region.")
+    retry_base_seconds: float = Field(default=300.0, ge=0, description="Exponential backoff base.")
+    retry_jitter_factor: float = Field(default=0.2, ge=0)
+    chunk_rows: int = Field(default=250_000, gt=0, description="Rows per streamed extract chunk.")
+    max_concurrent_regions: int = Field(default=4, gt=0)
+
+    # Quality gate thresholds (documented in README, "Quality gate").
+    min_rows_per_region: int = Field(default=100, ge=0)
+    min_rows_per_batch: int = Field(default=100, ge=0)
+    max_null_share: float = Field(default=0.05, ge=0, le=1)
+    max_reject_rate: float = Field(default=0.05, ge=0, le=1)
+    history_days: int = Field(default=28, gt=0, description="Look-back for the volume check.")
+    history_min_points: int = Field(default=3, gt=0)
+    history_warn_deviation: float = Field(default=0.3, ge=0)
+    history_fail_deviation: float = Field(default=0.5, ge=0)
+    history_fail_mode: Literal["fail", "warn"] = "fail"
+    duckdb_memory_limit: str = Field(default="1GB", description="DuckDB memory cap for transform and load.")
+    duckdb_threads: int = Field(default=2, gt=0)
+    target_file_rows: int = Field(default=2_000_000, gt=0, description="Max rows per staged parquet file.")
+
+    # Blocks (names of Prefect blocks the pipeline loads).
+    source_block_prefix: str = "sales-source-"
+    s3_bucket_block: str = "retail-etl-staging"
+    snowflake_block: str = "retail-etl-warehouse"
+    slack_block: str = "retail-etl-slack"
+    use_blocks: bool = Field(
+        default=False,
+        description="Load source credentials from Prefect blocks instead of environment URLs.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        ZoneInfo(value)  # raises for unknown zones
+        return value
+
+    @property
+    def regions(self) -> list[str]:
+        names = [part.strip() for part in self.regions_csv.split(",") if part.strip()]
+        if not names:
+            raise ValueError("RETAIL_ETL_REGIONS is empty: configure at least one region")
+        return [validate_identifier(name, "region") for name in names]
+
+    def source_url(self, region: str) -> SecretStr:
+        """SQLAlchemy URL of a region's source database.
+
+        ``RETAIL_ETL_SOURCE_URL_<REGION>`` wins; otherwise the database
+        ``<source_database_prefix><region>`` on ``source_server_url``.
+        """
+        validate_identifier(region, "region")
+        explicit = os.environ.get(f"RETAIL_ETL_SOURCE_URL_{region.upper()}")
+        if explicit:
+            return SecretStr(explicit)
+        return SecretStr(
+            database_url(self.source_server_url.get_secret_value(), self.source_database(region))
+        )
+
+    def source_database(self, region: str) -> str:
+        return validate_identifier(f"{self.source_database_prefix}{region}", "database")
+
+    def yesterday(self) -> date:
+        return (datetime.now(ZoneInfo(self.timezone)) - timedelta(days=1)).date()
+
+
+def database_url(server_url: str, database: str) -> str:
+    """The URL of ``database`` on the server of ``server_url`` (driver forced to psycopg2)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(server_url).set(database=database)
+    if url.drivername == "postgresql":
+        # SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3, which we do not ship.
+        url = url.set(drivername="postgresql+psycopg2")
+    return url.render_as_string(hide_password=False)
+
+
+@lru_cache(maxsize=1)
+def _cached() -> Settings:
+    return Settings()
+
+
+def get_settings(*, fresh: bool = False) -> Settings:
+    """The process-wide settings; ``fresh=True`` re-reads the environment (tests, CLI)."""
+    if fresh:
+        _cached.cache_clear()
+    return _cached()
