@@ -31,15 +31,43 @@ SALES_COLUMNS: tuple[ContractColumn, ...] = (
     ContractColumn("store_id", "integer", pa.int32(), "INTEGER", "NUMBER(10,0)", critical=True),
     ContractColumn("product_id", "integer", pa.int32(), "INTEGER", "NUMBER(10,0)", critical=True),
     ContractColumn("quantity", "integer", pa.int32(), "INTEGER", "NUMBER(10,0)", critical=True),
-    ContractColumn("unit_price", "numeric(10,2)", pa.decimal128(10, 2), "DECIMAL(10,2)", "NUMBER(10,2)", critical=True),
-    ContractColumn("discount", "numeric(10,2)", pa.decimal128(10, 2), "DECIMAL(10,2)", "NUMBER(10,2)"),
+    ContractColumn(
+        "unit_price",
+        "numeric(10,2)",
+        pa.decimal128(10, 2),
+        "DECIMAL(10,2)",
+        "NUMBER(10,2)",
+        critical=True,
+    ),
+    ContractColumn(
+        "discount", "numeric(10,2)", pa.decimal128(10, 2), "DECIMAL(10,2)", "NUMBER(10,2)"
+    ),
     ContractColumn("tax", "numeric(10,2)", pa.decimal128(10, 2), "DECIMAL(10,2)", "NUMBER(10,2)"),
-    ContractColumn("total_amount", "numeric(12,2)", pa.decimal128(12, 2), "DECIMAL(12,2)", "NUMBER(12,2)", critical=True),
+    ContractColumn(
+        "total_amount",
+        "numeric(12,2)",
+        pa.decimal128(12, 2),
+        "DECIMAL(12,2)",
+        "NUMBER(12,2)",
+        critical=True,
+    ),
     ContractColumn("sale_date", "date", pa.date32(), "DATE", "DATE", critical=True),
     ContractColumn("status", "text", pa.string(), "VARCHAR", "VARCHAR"),
     ContractColumn("is_deleted", "boolean", pa.bool_(), "BOOLEAN", "BOOLEAN"),
-    ContractColumn("created_at", "timestamp with time zone", pa.timestamp("us", tz="UTC"), "TIMESTAMPTZ", "TIMESTAMP_TZ"),
-    ContractColumn("updated_at", "timestamp with time zone", pa.timestamp("us", tz="UTC"), "TIMESTAMPTZ", "TIMESTAMP_TZ"),
+    ContractColumn(
+        "created_at",
+        "timestamp with time zone",
+        pa.timestamp("us", tz="UTC"),
+        "TIMESTAMPTZ",
+        "TIMESTAMP_TZ",
+    ),
+    ContractColumn(
+        "updated_at",
+        "timestamp with time zone",
+        pa.timestamp("us", tz="UTC"),
+        "TIMESTAMPTZ",
+        "TIMESTAMP_TZ",
+    ),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in SALES_COLUMNS)
@@ -64,12 +92,27 @@ class PipelineColumn:
 
 # Derived metrics, computed by the transform (documented in README, "Derived metrics").
 DERIVED_COLUMNS: tuple[PipelineColumn, ...] = (
-    PipelineColumn("gross_amount", pa.decimal128(18, 2), "DECIMAL(18,2)", "NUMBER(18,2)",
-                   "quantity x unit_price"),
-    PipelineColumn("net_amount", pa.decimal128(18, 2), "DECIMAL(18,2)", "NUMBER(18,2)",
-                   "gross_amount - discount"),
-    PipelineColumn("effective_discount_rate", pa.decimal128(9, 6), "DECIMAL(9,6)", "NUMBER(9,6)",
-                   "discount / gross_amount, rounded to 6 places"),
+    PipelineColumn(
+        "gross_amount",
+        pa.decimal128(18, 2),
+        "DECIMAL(18,2)",
+        "NUMBER(18,2)",
+        "quantity x unit_price",
+    ),
+    PipelineColumn(
+        "net_amount",
+        pa.decimal128(18, 2),
+        "DECIMAL(18,2)",
+        "NUMBER(18,2)",
+        "gross_amount - discount",
+    ),
+    PipelineColumn(
+        "effective_discount_rate",
+        pa.decimal128(9, 6),
+        "DECIMAL(9,6)",
+        "NUMBER(9,6)",
+        "discount / gross_amount, rounded to 6 places",
+    ),
 )
 
 LINEAGE_COLUMNS: tuple[PipelineColumn, ...] = (
@@ -98,20 +141,30 @@ def accepted_arrow_schema() -> pa.Schema:
 
 # A rejected row: identity, why, and every raw value as extracted (JSON object of strings).
 REJECT_COLUMNS: tuple[str, ...] = (
-    "region", "sale_id", "sale_date", "reasons", "raw_values", "batch_id", "flow_run_id",
+    "region",
+    "sale_id",
+    "sale_date",
+    "reasons",
+    "raw_values",
+    "batch_id",
+    "flow_run_id",
 )
 
 
 def reject_arrow_schema() -> pa.Schema:
-    return pa.schema([
-        pa.field("region", pa.string()),
-        pa.field("sale_id", pa.int64()),  # NULL when the raw value was NULL or not an integer
-        pa.field("sale_date", pa.date32()),  # the business date the row was extracted for
-        pa.field("reasons", pa.string()),  # sorted, ';'-separated, e.g. "duplicate;null_customer_id"
-        pa.field("raw_values", pa.string()),  # JSON object column -> raw value as text
-        pa.field("batch_id", pa.string()),
-        pa.field("flow_run_id", pa.string()),
-    ])
+    return pa.schema(
+        [
+            pa.field("region", pa.string()),
+            pa.field("sale_id", pa.int64()),  # NULL when the raw value was NULL or not an integer
+            pa.field("sale_date", pa.date32()),  # the business date the row was extracted for
+            pa.field(
+                "reasons", pa.string()
+            ),  # sorted, ';'-separated, e.g. "duplicate;null_customer_id"
+            pa.field("raw_values", pa.string()),  # JSON object column -> raw value as text
+            pa.field("batch_id", pa.string()),
+            pa.field("flow_run_id", pa.string()),
+        ]
+    )
 
 
 def contract_arrow_schema(*, with_extras: bool = True) -> pa.Schema:

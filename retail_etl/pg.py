@@ -50,11 +50,15 @@ def create_database(server_url: str, database: str, *, replace: bool = False) ->
     validate_identifier(database, "database")
     with connect(server_url, autocommit=True) as conn, conn.cursor() as cur:
         if replace:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
 def drop_database(server_url: str, database: str) -> None:
     validate_identifier(database, "database")
     with connect(server_url, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        cur.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+        )

@@ -6,6 +6,7 @@ Nothing else in the code reads the environment for configuration.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import date, datetime, timedelta
@@ -50,7 +51,9 @@ class Settings(BaseSettings):
         validation_alias="RETAIL_ETL_REGIONS",
         description="Comma-separated regions to process.",
     )
-    timezone: str = Field(default="UTC", description="Business timezone; 'yesterday' is computed in it.")
+    timezone: str = Field(
+        default="UTC", description="Business timezone; 'yesterday' is computed in it."
+    )
     source_database_prefix: str = Field(
         default="retail_",
         description="Default source database name is <prefix><region> on the server below.",
@@ -60,7 +63,9 @@ class Settings(BaseSettings):
         description="Server used for default source URLs and by `retail-etl seed`.",
     )
     staging_dir: Path = Field(default=Path("data/staging"), description="Local staging root.")
-    duckdb_path: Path = Field(default=Path("data/warehouse.duckdb"), description="Embedded warehouse file.")
+    duckdb_path: Path = Field(
+        default=Path("data/warehouse.duckdb"), description="Embedded warehouse file."
+    )
     warehouse: Literal["duckdb", "snowflake"] = "duckdb"
     staging_store: Literal["local", "s3"] = "local"
 
@@ -80,19 +85,41 @@ class Settings(BaseSettings):
     history_warn_deviation: float = Field(default=0.3, ge=0)
     history_fail_deviation: float = Field(default=0.5, ge=0)
     history_fail_mode: Literal["fail", "warn"] = "fail"
-    duckdb_memory_limit: str = Field(default="1GB", description="DuckDB memory cap for transform and load.")
+    duckdb_memory_limit: str = Field(
+        default="1GB", description="DuckDB memory cap for transform and load."
+    )
     duckdb_threads: int = Field(default=2, gt=0)
-    target_file_rows: int = Field(default=2_000_000, gt=0, description="Max rows per staged parquet file.")
+    target_file_rows: int = Field(
+        default=2_000_000, gt=0, description="Max rows per staged parquet file."
+    )
+
+    column_aliases: str = Field(
+        default="{}",
+        description='JSON: contract column -> accepted source names, e.g. {"customer_id": ["customer_uuid"]}.',
+    )
 
     # Blocks (names of Prefect blocks the pipeline loads).
     source_block_prefix: str = "sales-source-"
     s3_bucket_block: str = "retail-etl-staging"
     snowflake_block: str = "retail-etl-warehouse"
     slack_block: str = "retail-etl-slack"
-    use_blocks: bool = Field(
-        default=False,
-        description="Load source credentials from Prefect blocks instead of environment URLs.",
+
+    # Credentials that `retail-etl blocks register` stores in blocks (never read at run time).
+    s3_bucket_name: str | None = Field(default=None, description="Staging bucket (S3 store).")
+    s3_prefix: str = Field(default="retail-etl", description="Key prefix inside the bucket.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Custom S3 endpoint (MinIO, tests)."
     )
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_region_name: str | None = None
+    snowflake_account: str | None = None
+    snowflake_user: str | None = None
+    snowflake_password: SecretStr | None = None
+    snowflake_role: str | None = None
+    snowflake_warehouse: str | None = None
+    snowflake_database: str | None = None
+    snowflake_schema: str = "RETAIL"
 
     @field_validator("timezone")
     @classmethod
@@ -120,6 +147,20 @@ class Settings(BaseSettings):
         return SecretStr(
             database_url(self.source_server_url.get_secret_value(), self.source_database(region))
         )
+
+    def column_aliases_for(self, region: str) -> dict[str, list[str]]:
+        """Alias names a region may use for contract columns (same map for every region)."""
+        try:
+            raw = json.loads(self.column_aliases)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"RETAIL_ETL_COLUMN_ALIASES is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError("RETAIL_ETL_COLUMN_ALIASES must be a JSON object")
+        aliases: dict[str, list[str]] = {}
+        for column, names in raw.items():
+            names = [names] if isinstance(names, str) else list(names)
+            aliases[column] = [validate_identifier(str(n), f"alias of {column}") for n in names]
+        return aliases
 
     def source_database(self, region: str) -> str:
         return validate_identifier(f"{self.source_database_prefix}{region}", "database")

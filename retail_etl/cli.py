@@ -1,0 +1,193 @@
+"""``retail-etl``: the command line (seed, blocks, run, demo, backfill, automations)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+DEMO_DATE = date(2024, 1, 15)
+
+
+def _regions(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from exc
+
+
+def _quiet_offline_prefect() -> None:
+    """Defaults that make a local run quiet and fast; explicit environment values win."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _without_heartbeat():  # type: ignore[no-untyped-def]
+    # The flow-run heartbeat thread costs ~1 s per flow and subflow run.
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from retail_etl.seed import seed_regions
+    from retail_etl.settings import get_settings
+
+    settings = get_settings(fresh=True)
+    regions = _regions(args.regions) or settings.regions
+    server_url = args.server_url or settings.source_server_url.get_secret_value()
+    started = time.perf_counter()
+    summaries = seed_regions(
+        server_url,
+        regions,
+        args.start_date,
+        args.days,
+        args.rows_per_region,
+        database_for_region=settings.source_database,
+        seed=args.seed,
+        progress=lambda line: print(line, flush=True),
+    )
+    total = sum(s.rows for s in summaries)
+    print(
+        f"seeded {total:,} rows in {len(summaries)} region database(s) "
+        f"({', '.join(s.database for s in summaries)}) in {time.perf_counter() - started:.1f} s"
+    )
+    return 0
+
+
+def cmd_blocks_register(args: argparse.Namespace) -> int:
+    _quiet_offline_prefect()
+    from blocks.register import register_all
+    from retail_etl.settings import get_settings
+
+    for line in register_all(get_settings(fresh=True)):
+        print(line)
+    return 0
+
+
+def run_pipeline(run_date: date | None, regions: list[str] | None) -> tuple[bool, str]:
+    """Run the flow in this process; (every requested region loaded, summary text)."""
+    _quiet_offline_prefect()
+    from flows.etl import retail_sales_etl
+
+    with _without_heartbeat():
+        state = retail_sales_etl(run_date=run_date, regions=regions, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if isinstance(summary, BaseException):
+        return False, f"{state.name}: {state.message or summary}"
+    return bool(state.is_completed() and summary.succeeded), summary.render_text()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    ok, text = run_pipeline(args.date, _regions(args.regions))
+    print(text)
+    return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Seed the local sources if needed, then run one day end to end on the embedded default."""
+    from retail_etl.seed import is_seeded, seed_regions
+    from retail_etl.settings import get_settings
+
+    settings = get_settings(fresh=True)
+    started = time.perf_counter()
+    missing = [
+        region
+        for region in settings.regions
+        if not _source_seeded(settings, region, args.date, is_seeded)
+    ]
+    if missing or args.reseed:
+        regions = settings.regions if args.reseed else missing
+        print(
+            f"seeding {len(regions)} region(s) x {args.rows_per_region:,} rows for {args.date} ...",
+            flush=True,
+        )
+        seed_regions(
+            settings.source_server_url.get_secret_value(),
+            regions,
+            args.date,
+            1,
+            args.rows_per_region,
+            database_for_region=settings.source_database,
+            progress=lambda line: print("  " + line, flush=True),
+        )
+    print(f"running retail-sales-etl for {args.date} ...", flush=True)
+    ok, text = run_pipeline(args.date, None)
+    print(text)
+    print(f"demo finished in {time.perf_counter() - started:.1f} s")
+    return 0 if ok else 1
+
+
+def _source_seeded(settings, region: str, day: date, is_seeded) -> bool:  # type: ignore[no-untyped-def]
+    from retail_etl import pg
+
+    server = settings.source_server_url.get_secret_value()
+    if not pg.database_exists(server, settings.source_database(region)):
+        return False
+    return bool(is_seeded(settings.source_url(region).get_secret_value(), day, 1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retail-etl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seed = sub.add_parser("seed", help="create and fill synthetic regional source databases")
+    seed.add_argument("--start-date", type=_date, default=DEMO_DATE)
+    seed.add_argument("--days", type=int, default=7)
+    seed.add_argument(
+        "--rows-per-region", type=int, default=500_000, help="rows per region per day"
+    )
+    seed.add_argument("--regions", help="comma-separated (default: configured regions)")
+    seed.add_argument(
+        "--server-url", help="SQLAlchemy URL of the PostgreSQL server (default: local)"
+    )
+    seed.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
+    seed.set_defaults(func=cmd_seed)
+
+    blocks = sub.add_parser("blocks", help="Prefect blocks")
+    blocks_sub = blocks.add_subparsers(dest="blocks_command", required=True)
+    register = blocks_sub.add_parser(
+        "register", help="create or update every block from the environment"
+    )
+    register.set_defaults(func=cmd_blocks_register)
+
+    run = sub.add_parser("run", help="run the pipeline for one business date")
+    run.add_argument("--date", type=_date, default=None, help="business date (default: yesterday)")
+    run.add_argument("--regions", help="comma-separated subset of the configured regions")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="seed (if needed) and run one day end to end locally")
+    demo.add_argument("--date", type=_date, default=DEMO_DATE)
+    demo.add_argument("--rows-per-region", type=int, default=500_000)
+    demo.add_argument("--reseed", action="store_true", help="re-create the source databases")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"retail-etl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["Path", "main", "run_pipeline"]

@@ -1,0 +1,198 @@
+"""One run of the daily pipeline: its identity, and the summary it ends with.
+
+Plain code, no Prefect: the flows build a :class:`RunContext`, collect step results
+into a :class:`RunSummary`, and let :func:`RunSummary.outcome` decide the final state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from retail_etl.settings import Settings, validate_identifier
+
+
+@dataclass(frozen=True)
+class RunContext:
+    run_date: date
+    regions: tuple[str, ...]
+    batch_id: str
+    flow_run_id: str
+    run_dir: Path
+
+    @property
+    def extract_dir(self) -> Path:
+        return self.run_dir / "extract"
+
+    @property
+    def transform_dir(self) -> Path:
+        return self.run_dir
+
+
+def new_batch_id(run_date: date) -> str:
+    """``YYYYMMDD_<12 hex>``: sortable by date, unique per run, a safe identifier part."""
+    return f"{run_date:%Y%m%d}_{uuid.uuid4().hex[:12]}"
+
+
+def new_run_context(
+    settings: Settings,
+    run_date: date | None,
+    regions: Sequence[str] | None,
+    flow_run_id: str | None,
+) -> RunContext:
+    """Resolve the parameters of a run (defaults: yesterday in the business timezone, all regions)."""
+    business_date = run_date or settings.yesterday()
+    chosen = list(regions) if regions else settings.regions
+    configured = set(settings.regions)
+    unknown = [r for r in chosen if r not in configured]
+    if unknown:
+        raise ValueError(
+            f"unknown region(s) {', '.join(unknown)}; configured regions are "
+            f"{', '.join(settings.regions)} (RETAIL_ETL_REGIONS)"
+        )
+    for region in chosen:
+        validate_identifier(region, "region")
+    batch_id = new_batch_id(business_date)
+    run_dir = settings.staging_dir / "runs" / business_date.isoformat() / batch_id
+    return RunContext(
+        run_date=business_date,
+        regions=tuple(dict.fromkeys(chosen)),
+        batch_id=batch_id,
+        flow_run_id=flow_run_id or "local",
+        run_dir=run_dir,
+    )
+
+
+@dataclass
+class RegionOutcome:
+    """Everything the run knows about one region, for the summary, the ledger and alerts."""
+
+    region: str
+    status: Literal[
+        "pending",
+        "extracted",
+        "extract_failed",
+        "gate_failed",
+        "loaded",
+        "load_failed",
+        "verify_failed",
+    ] = "pending"
+    error: str | None = None
+    rows_extracted: int = 0
+    rows_accepted: int = 0
+    rows_rejected: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_unchanged: int = 0
+    extract_seconds: float = 0.0
+    transform_seconds: float = 0.0
+    load_seconds: float = 0.0
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    run_date: date
+    batch_id: str
+    flow_run_id: str
+    regions: dict[str, RegionOutcome]
+    gate_verdict: Literal["pass", "fail", "not_run"] = "not_run"
+    failing_checks: list[str] = field(default_factory=list)
+    verification_failures: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    warehouse: str = ""
+
+    @classmethod
+    def start(cls, ctx: RunContext) -> RunSummary:
+        return cls(
+            run_date=ctx.run_date,
+            batch_id=ctx.batch_id,
+            flow_run_id=ctx.flow_run_id,
+            regions={r: RegionOutcome(r) for r in ctx.regions},
+        )
+
+    @property
+    def failed_regions(self) -> list[RegionOutcome]:
+        return [
+            o for o in self.regions.values() if o.status not in ("loaded", "extracted", "pending")
+        ]
+
+    @property
+    def succeeded(self) -> bool:
+        return all(o.status == "loaded" for o in self.regions.values())
+
+    def outcome(self) -> tuple[bool, str]:
+        """(succeeded, one-line message for the flow run's final state)."""
+        loaded = [o.region for o in self.regions.values() if o.status == "loaded"]
+        parts: list[str] = []
+        extract_failed = [o for o in self.regions.values() if o.status == "extract_failed"]
+        if extract_failed:
+            parts.append(
+                "extraction failed for "
+                + "; ".join(f"{o.region} ({o.error})" for o in extract_failed)
+            )
+        if self.gate_verdict == "fail":
+            parts.append("quality gate failed: " + ", ".join(self.failing_checks))
+        load_failed = [o for o in self.regions.values() if o.status == "load_failed"]
+        if load_failed:
+            parts.append(
+                "load failed for " + "; ".join(f"{o.region} ({o.error})" for o in load_failed)
+            )
+        if self.verification_failures:
+            parts.append("post-load verification failed: " + ", ".join(self.verification_failures))
+        if not parts:
+            rows = sum(o.rows_accepted for o in self.regions.values())
+            return True, (
+                f"{self.run_date}: loaded {len(loaded)} region(s), {rows:,} accepted rows "
+                f"(batch {self.batch_id})"
+            )
+        tail = f"; loaded: {', '.join(loaded)}" if loaded else "; nothing loaded"
+        return False, f"{self.run_date}: " + "; ".join(parts) + tail
+
+    def table_rows(self) -> list[dict[str, object]]:
+        return [
+            {
+                "region": o.region,
+                "status": o.status,
+                "extracted": o.rows_extracted,
+                "accepted": o.rows_accepted,
+                "rejected": o.rows_rejected,
+                "inserted": o.rows_inserted,
+                "updated": o.rows_updated,
+                "unchanged": o.rows_unchanged,
+                "extract_s": round(o.extract_seconds, 2),
+                "transform_s": round(o.transform_seconds, 2),
+                "load_s": round(o.load_seconds, 2),
+                "error": o.error or "",
+            }
+            for o in self.regions.values()
+        ]
+
+    def render_text(self) -> str:
+        """A short human summary for the CLI."""
+        ok, message = self.outcome()
+        header = (
+            f"{'region':<10} {'status':<14} {'extracted':>10} {'accepted':>10} {'rejected':>9} "
+            f"{'inserted':>9} {'updated':>8} {'extract s':>9} {'load s':>7}"
+        )
+        lines = [("OK  " if ok else "FAIL ") + message, header]
+        for o in self.regions.values():
+            lines.append(
+                f"{o.region:<10} {o.status:<14} {o.rows_extracted:>10,} {o.rows_accepted:>10,} "
+                f"{o.rows_rejected:>9,} {o.rows_inserted:>9,} {o.rows_updated:>8,} "
+                f"{o.extract_seconds:>9.2f} {o.load_seconds:>7.2f}"
+            )
+        for o in self.regions.values():
+            if o.error:
+                lines.append(f"  {o.region}: {o.error}")
+        if self.stage_seconds:
+            lines.append(
+                "stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_seconds.items())
+            )
+        if self.warehouse:
+            lines.append(f"warehouse: {self.warehouse}")
+        return "\n".join(lines)

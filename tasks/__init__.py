@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over the plain functions of ``retail_etl``."""

@@ -1,0 +1,175 @@
+"""Extraction against a real PostgreSQL: filters, exact types, chunking, failures."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from retail_etl.contract import contract_arrow_schema
+from retail_etl.extract import ExtractionError, extract_region
+from retail_etl.schema import SchemaContractError
+from tests.sources import create_sales, execute, sale
+
+DAY = date(2024, 1, 15)
+
+
+def _read(result) -> pa.Table:  # type: ignore[no-untyped-def]
+    return pa.concat_tables(pq.read_table(f) for f in result.files)
+
+
+def test_only_completed_not_deleted_rows_of_the_date(make_database, tmp_path):
+    url = make_database("src")
+    cest = timezone(timedelta(hours=2))
+    rows = [
+        sale(1, created_at=datetime(2024, 1, 15, 23, 30, tzinfo=cest)),  # 21:30 UTC
+        sale(2, status="pending"),
+        sale(3, status="cancelled"),
+        sale(4, is_deleted=True),
+        sale(5, sale_date=date(2024, 1, 14)),
+        sale(6, sale_date=date(2024, 1, 16)),
+        sale(
+            7,
+            discount=None,
+            tax=None,
+            unit_price=Decimal("12345678.99"),
+            total_amount=Decimal("9999999999.99"),
+        ),
+        sale(8, is_deleted=None),  # unknown deletion flag: kept, never silently dropped
+    ]
+    create_sales(url, rows)
+
+    result = extract_region(url, "us_east", DAY, tmp_path)
+
+    table = _read(result)
+    assert table.schema == contract_arrow_schema()
+    assert sorted(table.column("sale_id").to_pylist()) == [1, 7, 8]
+    assert result.rows == 3
+    by_id = {r["sale_id"]: r for r in table.to_pylist()}
+    assert by_id[7]["unit_price"] == Decimal("12345678.99")
+    assert by_id[7]["total_amount"] == Decimal("9999999999.99")
+    assert by_id[7]["discount"] is None and by_id[7]["tax"] is None
+    assert by_id[1]["created_at"] == datetime(2024, 1, 15, 21, 30, tzinfo=UTC)
+    assert by_id[1]["created_at"].utcoffset() == timedelta(0)
+    assert by_id[1]["extras"] is None
+    assert result.bytes == sum(f.stat().st_size for f in result.files)
+    assert set(result.source_columns) >= {"sale_id", "updated_at"}
+    assert result.schema_changes == "matches the contract"
+
+
+def test_chunk_boundaries_lose_and_repeat_nothing(make_database, tmp_path):
+    url = make_database("src")
+    create_sales(url, [sale(i, unit_price=Decimal(i) / 100 + 1) for i in range(1, 1001)])
+
+    result = extract_region(url, "europe", DAY, tmp_path, chunk_rows=70)
+
+    assert len(result.files) == 15  # ceil(1000 / 70)
+    assert [pq.read_metadata(f).num_rows for f in result.files][:-1] == [70] * 14
+    table = _read(result)
+    ids = table.column("sale_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 1000
+    assert set(ids) == set(range(1, 1001))
+    prices = {
+        r["sale_id"]: r["unit_price"] for r in table.select(["sale_id", "unit_price"]).to_pylist()
+    }
+    assert prices[999] == Decimal("10.99")
+
+
+def test_retry_replaces_previous_attempt_files(make_database, tmp_path):
+    url = make_database("src")
+    create_sales(url, [sale(i) for i in range(1, 11)])
+    stale = tmp_path / "region=apac" / "part-00099.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left over from a failed attempt")
+
+    result = extract_region(url, "apac", DAY, tmp_path, chunk_rows=4)
+
+    assert not stale.exists()
+    assert sorted(p.name for p in (tmp_path / "region=apac").iterdir()) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
+    assert result.rows == 10
+
+
+def test_empty_day_yields_an_empty_typed_file(make_database, tmp_path):
+    url = make_database("src")
+    create_sales(url, [sale(1)])
+    result = extract_region(url, "us_west", date(2024, 2, 1), tmp_path)
+    assert result.rows == 0
+    assert _read(result).schema == contract_arrow_schema()
+
+
+def test_missing_table_names_region_date_and_table(make_database, tmp_path):
+    url = make_database("src")
+    with pytest.raises(
+        ExtractionError, match=r"region europe, 2024-01-15, table sales: .*does not exist"
+    ):
+        extract_region(url, "europe", DAY, tmp_path)
+
+
+def test_unreachable_database_error_names_region_and_hides_password(tmp_path):
+    url = "postgresql+psycopg2://postgres:hunter2secret@127.0.0.1:1/nowhere"
+    with pytest.raises(ExtractionError, match="region apac") as info:
+        extract_region(url, "apac", DAY, tmp_path)
+    assert "hunter2secret" not in str(info.value)
+    assert "hunter2secret" not in repr(info.value.__cause__)
+
+
+def test_new_source_column_travels_in_extras(make_database, tmp_path):
+    url = make_database("src")
+    create_sales(url, [sale(1), sale(2)])
+    execute(url, "ALTER TABLE sales ADD COLUMN loyalty_tier text, ADD COLUMN points int")
+    execute(
+        url,
+        "UPDATE sales SET loyalty_tier = %s, points = 12 WHERE sale_id = 1",
+        ('gold, "vip"\nplus',),
+    )
+
+    result = extract_region(url, "us_east", DAY, tmp_path)
+
+    rows = {r["sale_id"]: r for r in _read(result).to_pylist()}
+    assert json.loads(rows[1]["extras"]) == {"loyalty_tier": 'gold, "vip"\nplus', "points": 12}
+    assert json.loads(rows[2]["extras"]) == {"loyalty_tier": None, "points": None}
+    assert result.extra_columns == ["loyalty_tier", "points"]
+    assert "new column loyalty_tier (text)" in result.schema_changes
+
+
+def test_drifted_column_type_arrives_as_text_for_the_transform(make_database, tmp_path):
+    url = make_database("src")
+    create_sales(url, [sale(1), sale(2)])
+    execute(url, "ALTER TABLE sales ALTER COLUMN quantity TYPE text")
+    execute(url, "UPDATE sales SET quantity = 'two' WHERE sale_id = 2")
+
+    result = extract_region(url, "us_east", DAY, tmp_path)
+
+    table = _read(result)
+    assert table.schema.field("quantity").type == pa.string()
+    assert sorted(table.column("quantity").to_pylist()) == ["2", "two"]
+    assert result.cast_columns == ["quantity"]
+
+
+def test_missing_required_column_fails_naming_it(make_database, tmp_path):
+    url = make_database("src")
+    create_sales(url, [sale(1)])
+    execute(url, "ALTER TABLE sales DROP COLUMN customer_id")
+    with pytest.raises(SchemaContractError, match="region europe: required column customer_id"):
+        extract_region(url, "europe", DAY, tmp_path)
+
+
+def test_renamed_column_is_read_through_its_alias(make_database, tmp_path):
+    url = make_database("src")
+    create_sales(url, [sale(1, customer_id=555)])
+    execute(url, "ALTER TABLE sales RENAME COLUMN customer_id TO customer_uuid")
+
+    result = extract_region(
+        url, "us_west", DAY, tmp_path, aliases={"customer_id": ["customer_uuid"]}
+    )
+
+    assert _read(result).column("customer_id").to_pylist() == [555]
+    assert result.extra_columns == []

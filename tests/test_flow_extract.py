@@ -1,0 +1,116 @@
+"""The parent flow's extraction stage under a real (ephemeral) Prefect API."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from retail_etl.settings import database_url
+from tests.sources import create_sales, execute, sale
+
+DAY = date(2024, 1, 15)
+REGIONS = ["us_east", "us_west", "europe", "apac"]
+
+
+@pytest.fixture
+def pipeline_env(monkeypatch, tmp_path, unique_prefix):
+    """Point the pipeline at test databases, a temp staging dir and a temp warehouse."""
+    monkeypatch.setenv("RETAIL_ETL_REGIONS", ",".join(REGIONS))
+    monkeypatch.setenv("RETAIL_ETL_SOURCE_DATABASE_PREFIX", unique_prefix)
+    monkeypatch.setenv("RETAIL_ETL_SOURCE_BLOCK_PREFIX", f"test-{unique_prefix.replace('_', '-')}")
+    monkeypatch.setenv("RETAIL_ETL_STAGING_DIR", str(tmp_path / "staging"))
+    monkeypatch.setenv("RETAIL_ETL_DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.setenv("RETAIL_ETL_RETRIES", "2")
+    monkeypatch.setenv("RETAIL_ETL_RETRY_BASE_SECONDS", "0.01")
+    return tmp_path
+
+
+def _run(**params):  # type: ignore[no-untyped-def]
+    from flows.etl import retail_sales_etl
+
+    state = retail_sales_etl(return_state=True, **params)
+    return state, state.result(raise_on_failure=False)
+
+
+def test_regions_are_extracted_concurrently(prefect_api, pipeline_env, make_database, monkeypatch):
+    for region in REGIONS:
+        url = make_database(region)
+        monkeypatch.setenv(f"RETAIL_ETL_SOURCE_URL_{region.upper()}", url)
+        create_sales(url, [sale(i) for i in range(1, 6)], table="sales_data")
+        # Each source takes 2 s to answer: run one after another, four take 8 s or more.
+        execute(
+            url,
+            "CREATE VIEW sales AS WITH pause AS MATERIALIZED (SELECT pg_sleep(2)) "
+            "SELECT s.* FROM sales_data s, pause",
+        )
+
+    _state, summary = _run(run_date=DAY)
+
+    assert {r: o.rows_extracted for r, o in summary.regions.items()} == dict.fromkeys(REGIONS, 5)
+    assert all(o.status != "extract_failed" for o in summary.regions.values())
+    assert summary.stage_seconds["extract"] < 6.0
+
+
+def test_failed_regions_are_named_retried_and_do_not_stop_the_others(
+    prefect_api, pipeline_env, make_database, monkeypatch, pg_server_url
+):
+    healthy = ["us_east", "us_west"]
+    for region in healthy:
+        url = make_database(region)
+        monkeypatch.setenv(f"RETAIL_ETL_SOURCE_URL_{region.upper()}", url)
+        create_sales(url, [sale(i) for i in range(1, 4)])
+    monkeypatch.setenv(
+        "RETAIL_ETL_SOURCE_URL_EUROPE",
+        "postgresql+psycopg2://postgres:not-a-real-secret@127.0.0.1:1/gone",
+    )
+    empty = make_database("apac")  # reachable, but the sales table is missing
+    monkeypatch.setenv("RETAIL_ETL_SOURCE_URL_APAC", empty)
+
+    state, summary = _run(run_date=DAY)
+
+    assert state.is_failed()
+    assert "europe" in state.message and "apac" in state.message
+    assert "not-a-real-secret" not in state.message
+    europe, apac = summary.regions["europe"], summary.regions["apac"]
+    assert europe.status == apac.status == "extract_failed"
+    assert "region europe, 2024-01-15" in europe.error and "(after 3 attempt(s))" in europe.error
+    assert "table sales does not exist" in apac.error and "(after 3 attempt(s))" in apac.error
+    for region in healthy:
+        assert summary.regions[region].rows_extracted == 3
+        assert summary.regions[region].status != "extract_failed"
+
+
+def test_unknown_region_parameter_is_refused(prefect_api, pipeline_env):
+    state, result = _run(run_date=DAY, regions=["mars"])
+    assert state.is_failed()
+    assert "unknown region(s) mars" in str(result)
+
+
+def test_blocks_register_and_load_without_printing_secrets(
+    prefect_api, pipeline_env, monkeypatch, capsys
+):
+    from blocks.sources import load_source_url
+    from retail_etl.cli import main
+    from retail_etl.settings import get_settings
+
+    url = database_url("postgresql+psycopg2://etl:s3cr3t-pw@db.internal:6543/postgres", "sales_eu")
+    monkeypatch.setenv("RETAIL_ETL_REGIONS", "europe")
+    monkeypatch.setenv("RETAIL_ETL_SOURCE_URL_EUROPE", url)
+
+    assert main(["blocks", "register"]) == 0
+    out = capsys.readouterr().out
+    settings = get_settings(fresh=True)
+    assert f"saved SqlAlchemyConnector {settings.source_block_prefix}europe" in out
+    assert "s3cr3t-pw" not in out
+
+    monkeypatch.delenv("RETAIL_ETL_SOURCE_URL_EUROPE")
+    loaded, origin = load_source_url("europe", get_settings(fresh=True))
+    assert origin == f"block {settings.source_block_prefix}europe"
+    assert loaded.get_secret_value() == url
+    assert "s3cr3t-pw" not in repr(loaded) and "s3cr3t-pw" not in str(loaded)
+
+    from prefect_sqlalchemy import SqlAlchemyConnector
+
+    block = SqlAlchemyConnector.load(f"{settings.source_block_prefix}europe")
+    assert "s3cr3t-pw" not in repr(block)
