@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     snowflake_warehouse: str | None = None
     snowflake_database: str | None = None
     snowflake_schema: str = "RETAIL"
+    slack_webhook_url: SecretStr | None = Field(
+        default=None, description="Incoming-webhook URL stored in the Slack block (alerts)."
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -161,6 +164,29 @@ class Settings(BaseSettings):
             names = [names] if isinstance(names, str) else list(names)
             aliases[column] = [validate_identifier(str(n), f"alias of {column}") for n in names]
         return aliases
+
+    def duckdb_memory_share(self, parts: int) -> str:
+        """``duckdb_memory_limit`` split between ``parts`` concurrent DuckDB connections."""
+        match = re.fullmatch(
+            r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)\s*", self.duckdb_memory_limit, re.I
+        )
+        if not match:
+            raise ValueError(
+                f"RETAIL_ETL_DUCKDB_MEMORY_LIMIT {self.duckdb_memory_limit!r} is not a size like 1GB"
+            )
+        units = {
+            "b": 1,
+            "kb": 1e3,
+            "mb": 1e6,
+            "gb": 1e9,
+            "tb": 1e12,
+            "kib": 2**10,
+            "mib": 2**20,
+            "gib": 2**30,
+            "tib": 2**40,
+        }
+        total = float(match.group(1)) * units[match.group(2).lower()]
+        return f"{max(64, int(total / max(1, parts) / 1e6))}MB"
 
     def source_database(self, region: str) -> str:
         return validate_identifier(f"{self.source_database_prefix}{region}", "database")
