@@ -1,5 +1,5 @@
-"""The parent flow ``retail-sales-etl``: extract every region at once, then transform,
-gate, and load or alert. It only wires steps; the logic lives in ``retail_etl``."""
+"""The parent flow ``retail-sales-etl``: extract every region at once, transform, gate,
+then load or alert. It only wires steps; the logic lives in ``retail_etl``."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ import time
 from datetime import date
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from retail_etl.run import RunSummary, new_run_context
+from blocks.targets import describe_warehouse
+from flows.alert import alert
+from flows.load import load_batch
+from flows.transform import transform_batch
+from flows.validate import validate_batch
+from retail_etl.run import RunSummary, ledger_entries, new_run_context
 from retail_etl.settings import get_settings
-from tasks.extract import configured_extract_task
+from tasks.extract import configured_extract_task, publish_extract_artifact
 from tasks.results import collect
+from tasks.warehouse import record_ledger_task
 
 
 @flow(
@@ -29,45 +34,53 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
     settings = get_settings(fresh=True)
     ctx = new_run_context(settings, run_date, regions, flow_run.get_id())
     summary = RunSummary.start(ctx)
+    summary.warehouse = describe_warehouse(settings)
     logger.info("Batch %s: %s for regions %s", ctx.batch_id, ctx.run_date, ", ".join(ctx.regions))
 
-    extract_started = time.perf_counter()
-    extract = configured_extract_task(settings)
-    futures = extract.map(
+    # Extract: every region concurrently; a failed region is reported, the rest go on.
+    started = time.perf_counter()
+    futures = configured_extract_task(settings).map(
         list(ctx.regions),
         business_date=unmapped(ctx.run_date),
         extract_dir=unmapped(ctx.extract_dir),
         settings=unmapped(settings),
     )
-    extracts, failures = collect(list(ctx.regions), futures)
-    summary.stage_seconds["extract"] = time.perf_counter() - extract_started
-    for region, result in extracts.items():
-        outcome = summary.regions[region]
-        outcome.status = "extracted"
-        outcome.rows_extracted = result.rows
-        outcome.extract_seconds = result.seconds
-    for region, failure in failures.items():
-        outcome = summary.regions[region]
-        outcome.status = "extract_failed"
-        outcome.error = f"{failure.error} (after {failure.attempts} attempt(s))"
-    create_table_artifact(
-        key=f"extract-{ctx.run_date.isoformat()}",
-        table=[
-            {
-                "region": region,
-                "status": summary.regions[region].status,
-                "rows": result.rows if result else 0,
-                "bytes": result.bytes if result else 0,
-                "seconds": round(result.seconds, 3) if result else None,
-                "source_columns": ", ".join(result.source_columns) if result else "",
-                "schema_changes": result.schema_changes if result else "",
-                "error": summary.regions[region].error or "",
-            }
-            for region in ctx.regions
-            for result in [extracts.get(region)]
-        ],
-        description=f"Extraction of {ctx.run_date} (batch {ctx.batch_id})",
-    )
+    extracts, extract_failures = collect(list(ctx.regions), futures)
+    summary.stage_seconds["extract"] = time.perf_counter() - started
+    summary.record_extracts(extracts, {r: f.message for r, f in extract_failures.items()})
+    publish_extract_artifact(ctx, summary, extracts)
+
+    report = None
+    if extracts:
+        started = time.perf_counter()
+        transformed, transform_errors = transform_batch(extracts, ctx, settings)
+        summary.stage_seconds["transform"] = time.perf_counter() - started
+        summary.record_transforms(transformed, transform_errors)
+
+        started = time.perf_counter()
+        report = validate_batch(transformed, ctx, settings) if transformed else None
+        summary.stage_seconds["validate"] = time.perf_counter() - started
+        if report is not None:
+            summary.record_gate(report)
+
+        if report is not None and report.verdict == "pass":
+            started = time.perf_counter()
+            loaded = load_batch(
+                transformed,
+                report,
+                ctx,
+                settings,
+                {r: e.seconds for r, e in extracts.items()},
+            )
+            summary.stage_seconds["load"] = time.perf_counter() - started
+            summary.record_load(loaded.merges, loaded.errors, loaded.failed_checks)
+
+    # Regions that never reached a MERGE still get a ledger row, so backfills find them.
+    unloaded = ledger_entries(summary)
+    if unloaded:
+        record_ledger_task(unloaded, settings)
+    if summary.needs_alert:
+        alert(summary, report)
 
     ok, message = summary.outcome()
     logger.info("%s", summary.render_text())

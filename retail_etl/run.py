@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from retail_etl.settings import Settings, validate_identifier
 
@@ -115,11 +115,69 @@ class RunSummary:
             regions={r: RegionOutcome(r) for r in ctx.regions},
         )
 
+    # -- recording step results (called by the parent flow, in order) --------------------
+
+    def record_extracts(self, extracts: Mapping[str, Any], errors: Mapping[str, str]) -> None:
+        for region, result in extracts.items():
+            outcome = self.regions[region]
+            outcome.status = "extracted"
+            outcome.rows_extracted = result.rows
+            outcome.extract_seconds = result.seconds
+        for region, error in errors.items():
+            self.regions[region].status = "extract_failed"
+            self.regions[region].error = error
+
+    def record_transforms(self, results: Mapping[str, Any], errors: Mapping[str, str]) -> None:
+        for region, result in results.items():
+            outcome = self.regions[region]
+            outcome.status = "transformed"
+            outcome.rows_extracted = result.rows_extracted
+            outcome.rows_accepted = result.rows_accepted
+            outcome.rows_rejected = result.rows_rejected
+            outcome.transform_seconds = result.seconds
+            outcome.reject_reasons = dict(result.reasons)
+        for region, error in errors.items():
+            self.regions[region].status = "transform_failed"
+            self.regions[region].error = error
+
+    def record_gate(self, report: Any) -> None:
+        """Take the quality report's verdict; a failed gate stops every transformed region."""
+        self.gate_verdict = report.verdict
+        self.failing_checks = [_describe_check(c) for c in report.failing]
+        if report.verdict == "fail":
+            for outcome in self.regions.values():
+                if outcome.status == "transformed":
+                    outcome.status = "gate_failed"
+
+    def record_load(
+        self, merges: Mapping[str, Any], errors: Mapping[str, str], failed_checks: Sequence[Any]
+    ) -> None:
+        for region, merge in merges.items():
+            outcome = self.regions[region]
+            outcome.status = "loaded"
+            outcome.rows_inserted = merge.inserted
+            outcome.rows_updated = merge.updated
+            outcome.rows_unchanged = merge.unchanged
+            outcome.load_seconds = merge.seconds
+        for region, error in errors.items():
+            self.regions[region].status = "load_failed"
+            self.regions[region].error = error
+        for check in failed_checks:
+            self.verification_failures.append(f"{check.region}/{check.name}: {check.detail}")
+            regions = list(merges) if check.region == "*" else [check.region]
+            for region in regions:
+                if region in self.regions and self.regions[region].status == "loaded":
+                    self.regions[region].status = "verify_failed"
+
     @property
     def failed_regions(self) -> list[RegionOutcome]:
-        return [
-            o for o in self.regions.values() if o.status not in ("loaded", "extracted", "pending")
-        ]
+        return [o for o in self.regions.values() if o.status.endswith("_failed")]
+
+    @property
+    def needs_alert(self) -> bool:
+        return bool(
+            self.failed_regions or self.gate_verdict == "fail" or self.verification_failures
+        )
 
     @property
     def succeeded(self) -> bool:
@@ -129,12 +187,13 @@ class RunSummary:
         """(succeeded, one-line message for the flow run's final state)."""
         loaded = [o.region for o in self.regions.values() if o.status == "loaded"]
         parts: list[str] = []
-        extract_failed = [o for o in self.regions.values() if o.status == "extract_failed"]
-        if extract_failed:
-            parts.append(
-                "extraction failed for "
-                + "; ".join(f"{o.region} ({o.error})" for o in extract_failed)
-            )
+        for status, label in (
+            ("extract_failed", "extraction failed for "),
+            ("transform_failed", "transform failed for "),
+        ):
+            failed = [o for o in self.regions.values() if o.status == status]
+            if failed:
+                parts.append(label + "; ".join(f"{o.region} ({o.error})" for o in failed))
         if self.gate_verdict == "fail":
             parts.append("quality gate failed: " + ", ".join(self.failing_checks))
         load_failed = [o for o in self.regions.values() if o.status == "load_failed"]
@@ -144,6 +203,8 @@ class RunSummary:
             )
         if self.verification_failures:
             parts.append("post-load verification failed: " + ", ".join(self.verification_failures))
+        if not parts and not loaded:
+            parts.append("no region was loaded")
         if not parts:
             rows = sum(o.rows_accepted for o in self.regions.values())
             return True, (
@@ -196,3 +257,40 @@ class RunSummary:
         if self.warehouse:
             lines.append(f"warehouse: {self.warehouse}")
         return "\n".join(lines)
+
+
+def _describe_check(check: Any) -> str:
+    threshold = "" if check.threshold is None else f" vs threshold {check.threshold:g}"
+    return f"{check.region}/{check.name} = {check.measured:g}{threshold}"
+
+
+def ledger_entries(summary: RunSummary) -> list[Any]:
+    """Ledger rows for regions that never reached a MERGE (extract, transform or gate failed).
+
+    Loaded and load-/verify-failed regions are recorded by the load subflow itself.
+    """
+    from retail_etl.warehouse.base import LedgerEntry
+
+    entries = []
+    for outcome in summary.regions.values():
+        if outcome.status not in ("extract_failed", "transform_failed", "gate_failed"):
+            continue
+        error = outcome.error
+        if outcome.status == "gate_failed":
+            error = "quality gate failed: " + ", ".join(summary.failing_checks)
+        entries.append(
+            LedgerEntry(
+                batch_id=summary.batch_id,
+                region=outcome.region,
+                business_date=summary.run_date,
+                status=outcome.status,  # type: ignore[arg-type]
+                rows_extracted=outcome.rows_extracted,
+                rows_accepted=outcome.rows_accepted,
+                rows_rejected=outcome.rows_rejected,
+                extract_seconds=outcome.extract_seconds,
+                transform_seconds=outcome.transform_seconds,
+                flow_run_id=summary.flow_run_id,
+                error=error,
+            )
+        )
+    return entries

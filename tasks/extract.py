@@ -6,11 +6,13 @@ from datetime import date
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
 from blocks.sources import load_source_url
 from retail_etl.extract import RegionExtract, extract_region
+from retail_etl.run import RunContext, RunSummary
 from retail_etl.schema import SchemaContractError
 from retail_etl.settings import Settings
 
@@ -66,4 +68,29 @@ def configured_extract_task(settings: Settings):  # type: ignore[no-untyped-def]
         else 0,
         retry_jitter_factor=settings.retry_jitter_factor,
         retry_condition_fn=_retry_unless_contract_error,
+    )
+
+
+def publish_extract_artifact(
+    ctx: RunContext, summary: RunSummary, extracts: dict[str, RegionExtract]
+) -> None:
+    """Per region: rows, bytes, duration, source columns, schema changes, error."""
+    create_table_artifact(
+        key=f"extract-{ctx.run_date.isoformat()}",
+        table=[
+            {
+                "region": region,
+                "status": summary.regions[region].status,
+                "rows": result.rows if result else 0,
+                "bytes": result.bytes if result else 0,
+                "seconds": round(result.seconds, 3) if result else None,
+                "source_columns": ", ".join(result.source_columns) if result else "",
+                "schema_fingerprint": result.schema_fingerprint if result else "",
+                "schema_changes": result.schema_changes if result else "",
+                "error": summary.regions[region].error or "",
+            }
+            for region in ctx.regions
+            for result in [extracts.get(region)]
+        ],
+        description=f"Extraction of {ctx.run_date} (batch {ctx.batch_id})",
     )

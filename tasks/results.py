@@ -15,6 +15,10 @@ class TaskFailure:
     error: str
     attempts: int
 
+    @property
+    def message(self) -> str:
+        return f"{self.error} (after {self.attempts} attempt(s))"
+
 
 def _attempts(outcome: object) -> int:
     """Attempts made, as recorded on the exception by the task (see ``tasks.extract``)."""

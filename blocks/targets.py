@@ -1,0 +1,68 @@
+"""Open the configured staging store and warehouse, loading their blocks by name.
+
+``RETAIL_ETL_STAGING_STORE`` (local | s3) and ``RETAIL_ETL_WAREHOUSE`` (duckdb | snowflake)
+choose; the S3 bucket and Snowflake connection come from the blocks that
+``retail-etl blocks register`` saved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from retail_etl.settings import Settings
+from retail_etl.staging import LocalStagingStore, S3StagingStore, StagingStore
+from retail_etl.warehouse import Warehouse, open_warehouse
+
+
+class TargetConfigurationError(RuntimeError):
+    """A block the configuration asks for is missing."""
+
+
+def _load_block(block_type: Any, name: str, what: str, variable: str) -> Any:
+    try:
+        return block_type.load(name)
+    except ValueError as exc:
+        raise TargetConfigurationError(
+            f"{what} block {name!r} not found: set {variable} and run `retail-etl blocks register`"
+        ) from exc
+
+
+def load_s3_bucket(settings: Settings) -> Any:
+    from prefect_aws import S3Bucket
+
+    return _load_block(S3Bucket, settings.s3_bucket_block, "S3Bucket", "RETAIL_ETL_S3_BUCKET_NAME")
+
+
+def open_staging_store(settings: Settings) -> StagingStore:
+    scratch = settings.staging_dir / "scratch"
+    if settings.staging_store == "s3":
+        return S3StagingStore.from_block(
+            load_s3_bucket(settings),
+            scratch_dir=scratch,
+            target_file_rows=settings.target_file_rows,
+        )
+    return LocalStagingStore(
+        settings.staging_dir / "store", target_file_rows=settings.target_file_rows
+    )
+
+
+def open_configured_warehouse(settings: Settings, store: StagingStore) -> Warehouse:
+    if settings.warehouse == "duckdb":
+        return open_warehouse(settings, store)
+    from prefect_snowflake import SnowflakeConnector
+
+    connector = _load_block(
+        SnowflakeConnector,
+        settings.snowflake_block,
+        "SnowflakeConnector",
+        "RETAIL_ETL_SNOWFLAKE_ACCOUNT",
+    )
+    return open_warehouse(
+        settings, store, snowflake_connector=connector, s3_bucket=load_s3_bucket(settings)
+    )
+
+
+def describe_warehouse(settings: Settings) -> str:
+    if settings.warehouse == "duckdb":
+        return f"DuckDB file {settings.duckdb_path.resolve()}"
+    return f"Snowflake (block {settings.snowflake_block})"

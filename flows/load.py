@@ -1,0 +1,133 @@
+"""Load subflow: stage parquet, COPY/MERGE each region with its ledger row, verify."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from retail_etl.quality import QualityReport
+from retail_etl.run import RunContext
+from retail_etl.settings import Settings
+from retail_etl.transform import RegionTransformResult
+from retail_etl.warehouse import CheckResult, LedgerEntry, MergeResult
+from tasks.results import collect
+from tasks.warehouse import (
+    ensure_schema_task,
+    merge_region_task,
+    record_ledger_task,
+    record_quality_task,
+    stage_region_task,
+    verify_task,
+)
+
+
+@dataclass
+class LoadOutcome:
+    merges: dict[str, MergeResult] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def failed_checks(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.passed]
+
+
+@flow(name="load-batch", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
+def load_batch(
+    results: dict[str, RegionTransformResult],
+    report: QualityReport,
+    ctx: RunContext,
+    settings: Settings,
+    extract_seconds: dict[str, float],
+) -> LoadOutcome:
+    logger = get_run_logger()
+    outcome = LoadOutcome()
+    ensure_schema_task(settings)
+    regions = list(results)
+    # Staging is independent per region; the warehouse takes one MERGE at a time.
+    staged_futures = stage_region_task.map(
+        [results[r] for r in regions], ctx=unmapped(ctx), settings=unmapped(settings)
+    )
+    staged, stage_failures = collect(regions, staged_futures)
+    for region, failure in stage_failures.items():
+        outcome.errors[region] = failure.error
+    for region in regions:
+        if region not in staged:
+            continue
+        future = merge_region_task.submit(
+            results[region], staged[region], ctx, settings, extract_seconds.get(region, 0.0)
+        )
+        merged, failures = collect([region], [future])
+        if region in merged:
+            outcome.merges[region] = merged[region]
+        else:
+            outcome.errors[region] = failures[region].error
+    failed_entries = [
+        LedgerEntry(
+            batch_id=ctx.batch_id,
+            region=region,
+            business_date=ctx.run_date,
+            status="load_failed",
+            rows_extracted=results[region].rows_extracted,
+            rows_accepted=results[region].rows_accepted,
+            rows_rejected=results[region].rows_rejected,
+            flow_run_id=ctx.flow_run_id,
+            error=error,
+        )
+        for region, error in outcome.errors.items()
+    ]
+    if failed_entries:
+        record_ledger_task(failed_entries, settings)
+    if outcome.merges:
+        outcome.checks = verify_task(
+            list(outcome.merges.values()), {r: results[r] for r in outcome.merges}, ctx, settings
+        )
+    unverified = sorted({c.region for c in outcome.failed_checks if c.region in outcome.merges})
+    if unverified:
+        # The MERGE committed, but the day is not trusted: the ledger says so, and a
+        # `backfill --missing-only` picks the region up again.
+        record_ledger_task(
+            [
+                LedgerEntry(
+                    batch_id=ctx.batch_id,
+                    region=region,
+                    business_date=ctx.run_date,
+                    status="verify_failed",
+                    rows_extracted=results[region].rows_extracted,
+                    rows_accepted=results[region].rows_accepted,
+                    rows_rejected=results[region].rows_rejected,
+                    flow_run_id=ctx.flow_run_id,
+                    error="; ".join(
+                        f"{c.name}: {c.detail}" for c in outcome.failed_checks if c.region == region
+                    ),
+                )
+                for region in unverified
+            ],
+            settings,
+        )
+    records = report.to_records() + [
+        c.to_dq_record(ctx.batch_id, ctx.run_date, ctx.flow_run_id) for c in outcome.checks
+    ]
+    record_quality_task(records, settings)
+    create_table_artifact(
+        key=f"load-{ctx.run_date.isoformat()}",
+        table=[
+            {
+                "region": m.region,
+                "staged": m.staged_rows,
+                "inserted": m.inserted,
+                "updated": m.updated,
+                "unchanged": m.unchanged,
+                "seconds": round(m.seconds, 3),
+            }
+            for m in outcome.merges.values()
+        ]
+        + [{"region": r, "error": e} for r, e in outcome.errors.items()],
+        description=f"Load of {ctx.run_date} (batch {ctx.batch_id})",
+    )
+    for check in outcome.failed_checks:
+        logger.error("Verification failed: %s/%s: %s", check.region, check.name, check.detail)
+    return outcome

@@ -1,0 +1,137 @@
+"""Thin tasks over the staging store and the warehouse."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from blocks.targets import open_configured_warehouse, open_staging_store
+from retail_etl.run import RunContext
+from retail_etl.settings import Settings
+from retail_etl.staging import StagedFile, StagingStore
+from retail_etl.transform import RegionTransformResult
+from retail_etl.warehouse import (
+    CheckResult,
+    LedgerEntry,
+    MergeResult,
+    RegionLoad,
+    TransformCounts,
+    Warehouse,
+)
+
+
+def open_targets(settings: Settings) -> tuple[StagingStore, Warehouse]:
+    store = open_staging_store(settings)
+    return store, open_configured_warehouse(settings, store)
+
+
+@task(name="read-history")
+def read_history_task(
+    regions: Sequence[str], business_date: date, settings: Settings
+) -> dict[str, list[tuple[date, int]]]:
+    """Accepted row counts of earlier loaded days, per region (for the volume check)."""
+    _, warehouse = open_targets(settings)
+    warehouse.ensure_schema()
+    return {
+        region: warehouse.accepted_history(region, business_date, settings.history_days)
+        for region in regions
+    }
+
+
+@task(name="record-ledger")
+def record_ledger_task(entries: Sequence[LedgerEntry], settings: Settings) -> None:
+    _, warehouse = open_targets(settings)
+    warehouse.ensure_schema()
+    for entry in entries:
+        warehouse.record_ledger(entry)
+
+
+@task(name="prepare-warehouse")
+def ensure_schema_task(settings: Settings) -> list[str]:
+    _, warehouse = open_targets(settings)
+    added = warehouse.ensure_schema()
+    if added:
+        get_run_logger().warning("Warehouse columns added (nullable): %s", ", ".join(added))
+    return added
+
+
+@task(name="stage-region", task_run_name="stage-{result.region}")
+def stage_region_task(
+    result: RegionTransformResult, ctx: RunContext, settings: Settings
+) -> tuple[list[StagedFile], list[StagedFile]]:
+    """Stage a region's accepted rows and rejects in the hive layout; (sales, rejects)."""
+    store = open_staging_store(settings)
+    sales = store.stage_dataset(
+        "sales", ctx.run_date, result.region, ctx.batch_id, result.accepted_files
+    )
+    rejects = store.stage_dataset(
+        "rejects", ctx.run_date, result.region, ctx.batch_id, result.reject_files
+    )
+    return sales, rejects
+
+
+@task(name="merge-region", task_run_name="merge-{result.region}")
+def merge_region_task(
+    result: RegionTransformResult,
+    staged: tuple[list[StagedFile], list[StagedFile]],
+    ctx: RunContext,
+    settings: Settings,
+    extract_seconds: float,
+) -> MergeResult:
+    """COPY + MERGE + ledger row in one transaction, then replace the day's rejects."""
+    _, warehouse = open_targets(settings)
+    sales, rejects = staged
+    merge = warehouse.load_region(
+        RegionLoad(
+            region=result.region,
+            business_date=ctx.run_date,
+            batch_id=ctx.batch_id,
+            files=tuple(sales),
+            flow_run_id=ctx.flow_run_id,
+            rows_extracted=result.rows_extracted,
+            rows_accepted=result.rows_accepted,
+            rows_rejected=result.rows_rejected,
+            extract_seconds=extract_seconds,
+            transform_seconds=result.seconds,
+        )
+    )
+    warehouse.load_rejects(result.region, ctx.run_date, ctx.batch_id, rejects)
+    get_run_logger().info(
+        "Region %s merged: %s inserted, %s updated, %s unchanged in %.2f s",
+        result.region,
+        f"{merge.inserted:,}",
+        f"{merge.updated:,}",
+        f"{merge.unchanged:,}",
+        merge.seconds,
+    )
+    return merge
+
+
+@task(name="verify-load")
+def verify_task(
+    merges: Sequence[MergeResult],
+    results: dict[str, RegionTransformResult],
+    ctx: RunContext,
+    settings: Settings,
+) -> list[CheckResult]:
+    _, warehouse = open_targets(settings)
+    counts = {
+        region: TransformCounts(r.rows_extracted, r.rows_accepted, r.rows_rejected)
+        for region, r in results.items()
+    }
+    return warehouse.verify(ctx.batch_id, ctx.run_date, merges, transform_counts=counts)
+
+
+@task(name="record-quality-results")
+def record_quality_task(records: list[dict[str, Any]], settings: Settings) -> int:
+    _, warehouse = open_targets(settings)
+    warehouse.ensure_schema()
+    return warehouse.load_dq_results(records)
+
+
+def elapsed_since(started: float) -> float:
+    return time.perf_counter() - started
