@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import flow, unmapped
+from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -10,7 +10,7 @@ from retail_etl.extract import RegionExtract
 from retail_etl.run import RunContext
 from retail_etl.settings import Settings
 from retail_etl.transform import RegionTransformResult
-from tasks.results import collect
+from tasks.results import TaskFailure, collect
 from tasks.transform import transform_region_task
 
 
@@ -20,16 +20,21 @@ def transform_batch(
 ) -> tuple[dict[str, RegionTransformResult], dict[str, str]]:
     """Returns (results by region, errors by region)."""
     regions = list(extracts)
-    # All regions at once, one DuckDB thread each, sharing the configured memory cap.
-    memory_limit = settings.duckdb_memory_share(len(regions))
-    futures = transform_region_task.map(
-        [extracts[r] for r in regions],
-        ctx=unmapped(ctx),
-        settings=unmapped(settings),
-        memory_limit=unmapped(memory_limit),
-        threads=unmapped(1),
-    )
-    results, failures = collect(regions, futures)
+    # One region at a time with every DuckDB thread: on two cores, concurrent regions are
+    # slower and each would need its own share of the memory cap.
+    results: dict[str, RegionTransformResult] = {}
+    failures: dict[str, TaskFailure] = {}
+    for region in regions:
+        future = transform_region_task.submit(
+            extracts[region],
+            ctx,
+            settings,
+            settings.duckdb_memory_limit,
+            settings.duckdb_threads,
+        )
+        done, failed = collect([region], [future])
+        results.update(done)
+        failures.update(failed)
     create_table_artifact(
         key=f"transform-{ctx.run_date.isoformat()}",
         table=[

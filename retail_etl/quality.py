@@ -1,0 +1,383 @@
+"""The quality gate: checks on a transformed batch and a pass/fail verdict.
+
+Plain functions, no Prefect. Every check yields a :class:`CheckResult` with a stable name (used
+in alerts and in ``dq_results``), the region (``'*'`` for the batch), the measured value, the
+threshold and a status. ``warn`` never fails the batch; ``skipped`` says why in ``detail``.
+
+Checks (thresholds from :class:`retail_etl.settings.Settings`, defaults in brackets):
+
+- ``min_rows_region`` / ``min_rows_batch``: accepted rows of a region / of the batch below
+  ``min_rows_per_region`` [100] / ``min_rows_per_batch`` [100] fail.
+- ``null_share_<column>`` (each critical column, per region): NULL share in the raw extract
+  above ``max_null_share`` [5 %] fails.
+- ``reject_rate`` (per region): rejected / extracted above ``max_reject_rate`` [5 %] fails.
+- ``history_volume`` (per region): deviation of accepted rows from the region's recent normal
+  above ``history_warn_deviation`` [30 %] warns, above ``history_fail_deviation`` [50 %] fails
+  (only warns if ``history_fail_mode`` [fail] is ``warn``); skipped with fewer than
+  ``history_min_points`` [3] points in ``history_days`` [28]. See :func:`history_check`.
+- ``no_duplicate_keys``, ``no_rule_violations``, ``sale_date_is_business_date`` (per region,
+  on the accepted parquet): any offending row fails. Violations are a NULL critical column, a
+  :data:`~retail_etl.transform.REJECT_RULES` rule (sale date apart), derived metrics that do not
+  match, or a row of another region.
+- Ratio checks with no extracted rows are skipped (``min_rows_region`` fails instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import date, timedelta
+from pathlib import Path
+from statistics import fmean
+from typing import Any, Literal
+
+import duckdb
+
+from retail_etl import contract
+from retail_etl.settings import Settings, validate_identifier
+from retail_etl.transform import REJECT_RULES, RegionTransformResult
+
+__all__ = [
+    "BATCH",
+    "CheckResult",
+    "InvariantQueryError",
+    "QualityReport",
+    "QualityThresholds",
+    "evaluate_batch",
+    "history_check",
+    "invariant_checks",
+]
+
+Status = Literal["pass", "warn", "fail", "skipped"]
+BATCH = "*"  # region of batch-level checks
+
+
+class InvariantQueryError(RuntimeError):
+    """The accepted parquet of a region could not be queried for the invariants."""
+
+
+_STATUS_ORDER: dict[str, int] = {"fail": 0, "warn": 1, "skipped": 2, "pass": 3}
+_RATIO_CHECKS = ("null_share_", "reject_rate", "history_volume")
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Thresholds of the gate; field names and defaults match :class:`Settings`."""
+
+    min_rows_per_region: int = 100
+    min_rows_per_batch: int = 100
+    max_null_share: float = 0.05
+    max_reject_rate: float = 0.05
+    history_days: int = 28
+    history_min_points: int = 3
+    history_warn_deviation: float = 0.3
+    history_fail_deviation: float = 0.5
+    history_fail_mode: Literal["fail", "warn"] = "fail"
+
+    def __post_init__(self) -> None:
+        if self.history_fail_mode not in ("fail", "warn"):
+            raise ValueError(
+                f"history_fail_mode must be 'fail' or 'warn', not {self.history_fail_mode!r}"
+            )
+        if self.history_warn_deviation > self.history_fail_deviation:
+            raise ValueError(
+                f"history_warn_deviation ({self.history_warn_deviation}) must not exceed "
+                f"history_fail_deviation ({self.history_fail_deviation})"
+            )
+        if self.history_days <= 0 or self.history_min_points <= 0:
+            raise ValueError("history_days and history_min_points must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> QualityThresholds:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    region: str  # '*' for batch-level checks
+    measured: float
+    threshold: float | None
+    status: Status
+    detail: str
+
+
+@dataclass
+class QualityReport:
+    business_date: date
+    batch_id: str
+    checks: list[CheckResult]
+
+    @property
+    def verdict(self) -> Literal["pass", "fail"]:
+        """``fail`` if any check failed; warnings and skipped checks do not fail."""
+        return "fail" if self.failing else "pass"
+
+    @property
+    def failing(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.status == "fail"]
+
+    @property
+    def warnings(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.status == "warn"]
+
+    def sorted_checks(self) -> list[CheckResult]:
+        """Failing first, then warnings, skipped, passing; stable within a status."""
+        return sorted(self.checks, key=lambda c: _STATUS_ORDER[c.status])
+
+    def to_markdown(self) -> str:
+        """A table a person grasps at a glance: verdict first, failing checks first."""
+        counts = {s: sum(c.status == s for c in self.checks) for s in _STATUS_ORDER}
+        lines = [
+            f"## Quality gate: {self.verdict.upper()}",
+            "",
+            f"Batch `{self.batch_id}`, business date {self.business_date.isoformat()}: "
+            f"{counts['fail']} failed, {counts['warn']} warned, {counts['pass']} passed, "
+            f"{counts['skipped']} skipped of {len(self.checks)} checks.",
+            "",
+            "| status | check | region | measured | threshold | detail |",
+            "| --- | --- | --- | ---: | ---: | --- |",
+        ]
+        for c in self.sorted_checks():
+            status = c.status.upper() if c.status in ("fail", "warn") else c.status
+            lines.append(
+                f"| {status} | {c.name} | {c.region} | {_fmt(c.name, c.measured)} | "
+                f"{_fmt(c.name, c.threshold)} | {_md_escape(c.detail)} |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """Rows for ``dq_results`` (the caller adds ``flow_run_id`` and ``checked_at``)."""
+        return [
+            {
+                "batch_id": self.batch_id,
+                "business_date": self.business_date,
+                "region": c.region,
+                "check_name": c.name,
+                "measured": float(c.measured),
+                "threshold": None if c.threshold is None else float(c.threshold),
+                "status": c.status,
+                "detail": c.detail,
+            }
+            for c in self.checks
+        ]
+
+
+def _fmt(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if name.startswith(_RATIO_CHECKS):
+        return f"{value:.2%}"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.4g}"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+# --- per-region checks from the transform statistics --------------------------------------------
+
+
+def _min_rows(name: str, region: str, rows: int, minimum: int) -> CheckResult:
+    ok = rows >= minimum
+    return CheckResult(
+        name, region, float(rows), float(minimum), "pass" if ok else "fail",
+        f"{rows:,} accepted rows" + ("" if ok else f", fewer than the minimum {minimum:,}"),
+    )
+
+
+def _null_share_checks(result: RegionTransformResult, limit: float) -> list[CheckResult]:
+    out = []
+    for column in contract.CRITICAL_COLUMNS:
+        name = f"null_share_{column}"
+        nulls = result.null_counts.get(column, 0)
+        if result.rows_extracted == 0:
+            out.append(CheckResult(name, result.region, 0.0, limit, "skipped", "no rows extracted"))
+            continue
+        share = nulls / result.rows_extracted
+        status: Status = "fail" if share > limit else "pass"
+        out.append(CheckResult(
+            name, result.region, share, limit, status,
+            f"{nulls:,} of {result.rows_extracted:,} extracted rows have NULL {column}",
+        ))
+    return out
+
+
+def _reject_rate(result: RegionTransformResult, limit: float) -> CheckResult:
+    if result.rows_extracted == 0:
+        return CheckResult("reject_rate", result.region, 0.0, limit, "skipped", "no rows extracted")
+    rate = result.rows_rejected / result.rows_extracted
+    top = sorted(result.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    why = ", ".join(f"{r}: {n:,}" for r, n in top) or "none"
+    return CheckResult(
+        "reject_rate", result.region, rate, limit, "fail" if rate > limit else "pass",
+        f"{result.rows_rejected:,} of {result.rows_extracted:,} rows rejected (top reasons: {why})",
+    )
+
+
+def history_check(
+    region: str,
+    accepted_rows: int,
+    history: Sequence[tuple[date, int]],
+    business_date: date,
+    thresholds: QualityThresholds,
+) -> CheckResult:
+    """Compare a region's accepted rows with its recent normal.
+
+    Points are the region's earlier ``(business_date, accepted_rows)`` within ``history_days``
+    before ``business_date`` (the date itself and later dates are ignored, so a re-run does not
+    compare against itself). The baseline is the mean of the same-weekday points when there are
+    at least ``history_min_points`` of them, else the mean of all points; with fewer points the
+    check is skipped. ``deviation = |x - baseline| / baseline``: above ``history_warn_deviation``
+    warns, above ``history_fail_deviation`` fails (warns if ``history_fail_mode='warn'``).
+    """
+    name = "history_volume"
+    start = business_date - timedelta(days=thresholds.history_days)
+    points = [(d, int(n)) for d, n in history if start <= d < business_date]
+    same_day = [n for d, n in points if d.weekday() == business_date.weekday()]
+    if len(same_day) >= thresholds.history_min_points:
+        values, method = same_day, f"mean of {len(same_day)} same-weekday points"
+    elif len(points) >= thresholds.history_min_points:
+        values, method = [n for _, n in points], f"trailing mean of {len(points)} points"
+    else:
+        return CheckResult(
+            name, region, float(accepted_rows), None, "skipped",
+            f"no history yet ({len(points)} points < {thresholds.history_min_points}) "
+            f"in the last {thresholds.history_days} days",
+        )
+    baseline = fmean(values)
+    if baseline <= 0:
+        return CheckResult(
+            name, region, float(accepted_rows), None, "skipped",
+            f"baseline is 0 ({method}): relative deviation undefined",
+        )
+    deviation = abs(accepted_rows - baseline) / baseline
+    status: Status = "pass"
+    threshold = thresholds.history_fail_deviation
+    if deviation > thresholds.history_fail_deviation:
+        status = "fail" if thresholds.history_fail_mode == "fail" else "warn"
+    elif deviation > thresholds.history_warn_deviation:
+        status, threshold = "warn", thresholds.history_warn_deviation
+    direction = "below" if accepted_rows < baseline else "above"
+    return CheckResult(
+        name, region, deviation, threshold, status,
+        f"{accepted_rows:,} accepted rows, {deviation:.1%} {direction} baseline {baseline:,.0f} "
+        f"({method}); warn > {thresholds.history_warn_deviation:.0%}, "
+        f"{thresholds.history_fail_mode} > {thresholds.history_fail_deviation:.0%}",
+    )
+
+
+# --- invariants on the accepted parquet ---------------------------------------------------------
+
+_RULES_FOR_VIOLATIONS = {k: v for k, v in REJECT_RULES.items() if k != "sale_date_mismatch"}
+
+
+def _violation_terms() -> dict[str, str]:
+    """Name -> SQL predicate of an accepted row that should not exist (sale_date checked apart)."""
+    terms = {f"null_{c}": f"{c} IS NULL" for c in contract.CRITICAL_COLUMNS}
+    terms.update(
+        {name: f"coalesce(({pred}), false)" for name, pred in _RULES_FOR_VIOLATIONS.items()}
+    )
+    terms["derived_metrics_mismatch"] = (
+        "gross_amount IS DISTINCT FROM CAST(quantity AS DECIMAL(38,0)) * unit_price "
+        "OR net_amount IS DISTINCT FROM gross_amount - discount "
+        "OR discount IS NULL OR tax IS NULL OR effective_discount_rate IS NULL"
+    )
+    terms["region_mismatch"] = "region IS DISTINCT FROM $region"
+    return terms
+
+
+def invariant_checks(
+    accepted_files_by_region: Mapping[str, Sequence[Path]],
+    business_date: date,
+) -> list[CheckResult]:
+    """Query each region's accepted parquet: duplicates, rule violations, foreign sale dates.
+
+    Each measured value is a row count that must be 0; ``no_rule_violations`` counts rows that
+    break at least one term (detail: count per term). A region without files measures 0.
+    """
+    terms = _violation_terms()
+    any_term = " OR ".join(f"({pred})" for pred in terms.values())
+    per_term = ", ".join(f"count(*) FILTER (WHERE {pred})" for pred in terms.values())
+    # Predicates are package constants; values are bound parameters.
+    sql = (
+        "SELECT count(*), count(sale_id) - count(DISTINCT sale_id), "  # noqa: S608
+        "count(*) FILTER (WHERE sale_date IS DISTINCT FROM $business_date), "
+        f"count(*) FILTER (WHERE {any_term}), {per_term} "
+        "FROM read_parquet($files, hive_partitioning = false)"
+    )
+    out: list[CheckResult] = []
+    con = duckdb.connect(":memory:")
+    try:
+        for region, files in accepted_files_by_region.items():
+            validate_identifier(region, "region")
+            values = [0] * (4 + len(terms))
+            if files:
+                params = {
+                    "files": [str(f) for f in files],
+                    "region": region,
+                    "business_date": business_date,
+                }
+                try:
+                    row = con.execute(sql, params).fetchone()
+                except duckdb.Error as e:
+                    raise InvariantQueryError(
+                        f"region {region}, {business_date}: cannot query accepted parquet: {e}"
+                    ) from e
+                values = [int(v) for v in row] if row else values
+            rows, dupes, wrong_date, violating, *counts = values
+            found = {n: c for n, c in zip(terms, counts, strict=True) if c}
+            out.append(_zero_check(
+                "no_duplicate_keys", region, dupes,
+                f"{dupes:,} accepted rows repeat a (region, sale_id) among {rows:,}",
+            ))
+            out.append(_zero_check(
+                "no_rule_violations", region, violating,
+                ", ".join(f"{n}: {c:,}" for n, c in sorted(found.items()))
+                or f"none among {rows:,} accepted rows",
+            ))
+            out.append(_zero_check(
+                "sale_date_is_business_date", region, wrong_date,
+                f"{wrong_date:,} of {rows:,} accepted rows have a sale_date other than "
+                f"{business_date.isoformat()}",
+            ))
+    finally:
+        con.close()
+    return out
+
+
+def _zero_check(name: str, region: str, count: int, detail: str) -> CheckResult:
+    return CheckResult(name, region, float(count), 0.0, "pass" if count == 0 else "fail", detail)
+
+
+# --- the batch ----------------------------------------------------------------------------------
+
+
+def evaluate_batch(
+    results: Mapping[str, RegionTransformResult],
+    *,
+    business_date: date,
+    batch_id: str,
+    thresholds: QualityThresholds,
+    history: Mapping[str, Sequence[tuple[date, int]]],
+) -> QualityReport:
+    """All checks of a batch: per region (min rows, NULL shares, reject rate, history volume,
+    invariants on the accepted parquet) and for the batch (min rows)."""
+    checks: list[CheckResult] = []
+    for region, result in results.items():
+        checks.append(_min_rows(
+            "min_rows_region", region, result.rows_accepted, thresholds.min_rows_per_region
+        ))
+        checks.extend(_null_share_checks(result, thresholds.max_null_share))
+        checks.append(_reject_rate(result, thresholds.max_reject_rate))
+        checks.append(history_check(
+            region, result.rows_accepted, history.get(region, ()), business_date, thresholds
+        ))
+    total = sum(r.rows_accepted for r in results.values())
+    checks.append(_min_rows("min_rows_batch", BATCH, total, thresholds.min_rows_per_batch))
+    checks.extend(invariant_checks(
+        {region: r.accepted_files for region, r in results.items()}, business_date
+    ))
+    return QualityReport(business_date=business_date, batch_id=batch_id, checks=checks)
