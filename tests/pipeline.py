@@ -1,0 +1,81 @@
+"""Helpers for end-to-end tests: a seeded, isolated pipeline environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from retail_etl import pg
+from retail_etl.settings import database_url
+
+# The expected accepted rows, computed in the source independently of the pipeline:
+# extractable rows, latest version per sale_id, no NULL critical value, rules satisfied.
+EXPECTED_ACCEPTED_SQL = """
+WITH src AS (
+    SELECT * FROM sales
+    WHERE sale_date = %(day)s AND status = 'completed' AND is_deleted IS NOT TRUE
+), latest AS (
+    SELECT DISTINCT ON (sale_id) * FROM src WHERE sale_id IS NOT NULL
+    ORDER BY sale_id, updated_at DESC NULLS LAST, created_at DESC NULLS LAST
+)
+SELECT sale_id, customer_id, store_id, product_id, quantity, unit_price,
+       coalesce(discount, 0) AS discount, coalesce(tax, 0) AS tax, total_amount, sale_date,
+       updated_at
+FROM latest
+WHERE customer_id IS NOT NULL AND store_id IS NOT NULL AND product_id IS NOT NULL
+  AND quantity IS NOT NULL AND unit_price IS NOT NULL AND total_amount IS NOT NULL
+  AND quantity > 0 AND unit_price > 0
+  AND total_amount * 2 >= quantity * unit_price AND total_amount <= 2 * quantity * unit_price
+ORDER BY sale_id
+"""
+
+FACT_COLUMNS = (
+    "sale_id, customer_id, store_id, product_id, quantity, unit_price, discount, tax, "
+    "total_amount, sale_date, updated_at"
+)
+
+
+@dataclass
+class PipelineEnv:
+    server_url: str
+    prefix: str
+    regions: list[str]
+    tmp: Path
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.tmp / "warehouse.duckdb"
+
+    def source_url(self, region: str) -> str:
+        return database_url(self.server_url, f"{self.prefix}{region}")
+
+    def source(self, region: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with pg.connect(self.source_url(region)) as conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+            rows = cur.fetchall() if cur.description else []
+            conn.commit()
+            return rows
+
+    def expected_accepted(self, region: str, day: date) -> list[tuple[Any, ...]]:
+        return self.source(region, EXPECTED_ACCEPTED_SQL, {"day": day})
+
+    def warehouse(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with duckdb.connect(str(self.duckdb_path), read_only=True) as con:
+            return con.execute(statement, params or []).fetchall()
+
+    def fact(self, region: str, day: date) -> list[tuple[Any, ...]]:
+        return self.warehouse(
+            f"SELECT {FACT_COLUMNS} FROM sales_fact WHERE region = ? AND sale_date = ? ORDER BY sale_id",
+            [region, day],
+        )
+
+
+def run_day(day: date, regions: list[str] | None = None) -> tuple[Any, Any]:
+    from flows.etl import retail_sales_etl
+
+    state = retail_sales_etl(run_date=day, regions=regions, return_state=True)
+    return state, state.result(raise_on_failure=False)

@@ -1,0 +1,245 @@
+"""End to end on seeded PostgreSQL sources into DuckDB: every row accounted for, the gate
+routes bad batches to the alert path, reruns are idempotent, late data lands exactly once."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+
+from retail_etl.seed import planted_dirt, seed_regions
+from tests.pipeline import PipelineEnv, run_day
+
+DAY = date(2024, 1, 15)
+REGIONS = ["us_east", "us_west", "europe", "apac"]
+ROWS = 3_000
+REJECT_KINDS = (
+    "duplicate",
+    "null_customer_id",
+    "null_store_id",
+    "null_product_id",
+    "null_quantity",
+    "null_unit_price",
+    "null_total_amount",
+    "quantity_not_positive",
+    "unit_price_not_positive",
+    "total_amount_out_of_range",
+)
+
+
+@pytest.fixture
+def env(prefect_api, pg_server_url, unique_prefix, drop_prefixed_databases, tmp_path, monkeypatch):
+    drop_prefixed_databases(unique_prefix)
+    monkeypatch.setenv("RETAIL_ETL_REGIONS", ",".join(REGIONS))
+    monkeypatch.setenv("RETAIL_ETL_SOURCE_DATABASE_PREFIX", unique_prefix)
+    monkeypatch.setenv("RETAIL_ETL_SOURCE_BLOCK_PREFIX", f"test-{unique_prefix.replace('_', '-')}")
+    monkeypatch.setenv("RETAIL_ETL_STAGING_DIR", str(tmp_path / "staging"))
+    monkeypatch.setenv("RETAIL_ETL_DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.setenv("RETAIL_ETL_RETRIES", "1")
+    monkeypatch.setenv("RETAIL_ETL_RETRY_BASE_SECONDS", "0")
+    return PipelineEnv(pg_server_url, unique_prefix, REGIONS, tmp_path)
+
+
+def _seed(env: PipelineEnv, days: int = 1, rows: int = ROWS, start: date = DAY) -> None:
+    seed_regions(
+        env.server_url,
+        env.regions,
+        start,
+        days,
+        rows,
+        database_for_region=lambda r: f"{env.prefix}{r}",
+        seed=7,
+    )
+
+
+def test_seeded_day_loads_exactly_the_expected_rows_and_reconciles(env):
+    _seed(env)
+
+    state, summary = run_day(DAY)
+
+    assert state.is_completed(), state.message
+    assert summary.succeeded
+    for region in REGIONS:
+        expected = env.expected_accepted(region, DAY)
+        assert env.fact(region, DAY) == expected, region
+        outcome = summary.regions[region]
+        extractable = env.source(
+            region,
+            "SELECT count(*) FROM sales WHERE sale_date = %s AND status = 'completed' "
+            "AND is_deleted IS NOT TRUE",
+            (DAY,),
+        )[0][0]
+        assert outcome.rows_extracted == extractable
+        assert outcome.rows_extracted == outcome.rows_accepted + outcome.rows_rejected
+        assert outcome.rows_accepted == len(expected) == outcome.rows_inserted
+        # The reject reasons add up to the dirt the generator planted.
+        planted = planted_dirt(env.source_url(region), DAY)
+        assert {k: outcome.reject_reasons.get(k, 0) for k in REJECT_KINDS} == {
+            k: planted[k] for k in REJECT_KINDS
+        }
+        rejects = env.warehouse(
+            "SELECT count(*) FROM sales_rejects WHERE region = ? AND sale_date = ?", [region, DAY]
+        )[0][0]
+        assert rejects == outcome.rows_rejected
+    # Money stays exact: the source's extractable total = accepted + rejected, to the cent.
+    for region in REGIONS:
+        source_total = env.source(
+            region,
+            "SELECT sum(total_amount) FROM sales WHERE sale_date = %s AND status = 'completed' "
+            "AND is_deleted IS NOT TRUE",
+            (DAY,),
+        )[0][0]
+        fact_total = env.warehouse(
+            "SELECT sum(total_amount) FROM sales_fact WHERE region = ?", [region]
+        )[0][0]
+        rejected_total = env.warehouse(
+            "SELECT coalesce(sum(TRY_CAST(json_extract_string(raw_values, '$.total_amount') "
+            "AS DECIMAL(12,2))), 0) FROM sales_rejects WHERE region = ?",
+            [region],
+        )[0][0]
+        assert isinstance(fact_total, Decimal)
+        assert fact_total + rejected_total == source_total
+    ledger = env.warehouse(
+        "SELECT region, status, rows_extracted, rows_accepted, rows_rejected, rows_inserted "
+        "FROM etl_load_ledger ORDER BY region"
+    )
+    assert [(r[0], r[1]) for r in ledger] == [(r, "loaded") for r in sorted(REGIONS)]
+    checks = env.warehouse("SELECT count(*), count(*) FILTER (status = 'fail') FROM dq_results")[0]
+    assert checks[0] > 0 and checks[1] == 0
+
+
+def test_rerunning_a_day_three_times_changes_nothing(env):
+    _seed(env, rows=1_000)
+    run_day(DAY)
+    first = env.warehouse(
+        "SELECT region, sale_id, updated_at, total_amount, batch_id FROM sales_fact ORDER BY 1, 2"
+    )
+
+    for _ in range(2):
+        state, summary = run_day(DAY)
+        assert state.is_completed(), state.message
+        assert all(o.rows_inserted == 0 and o.rows_updated == 0 for o in summary.regions.values())
+        assert all(o.rows_unchanged == o.rows_accepted for o in summary.regions.values())
+
+    assert env.warehouse(
+        "SELECT region, sale_id, updated_at, total_amount, batch_id FROM sales_fact ORDER BY 1, 2"
+    ) == first
+    runs = env.warehouse(
+        "SELECT region, count(DISTINCT batch_id) FROM etl_load_ledger WHERE status = 'loaded' "
+        "GROUP BY region ORDER BY region"
+    )
+    assert runs == [(r, 3) for r in sorted(REGIONS)]
+
+
+def test_late_rows_and_updates_land_exactly_once(env):
+    # A clean day of 1,000 accepted rows in us_east (no dirt: hand-made rows).
+    _seed(env, rows=200)
+    region = "us_east"
+    env.source(region, "DELETE FROM sales WHERE sale_date = %s", (DAY,))
+    env.source(
+        region,
+        "INSERT INTO sales SELECT i, i, 1, 1, 2, 10.00, 0, 0, 20.00, %s, 'completed', false, "
+        "%s::timestamptz, %s::timestamptz FROM generate_series(1, 1000) i",
+        (DAY, f"{DAY} 10:00+00", f"{DAY} 10:00+00"),
+    )
+    state, summary = run_day(DAY, [region])
+    assert state.is_completed(), state.message
+    assert summary.regions[region].rows_inserted == 1000
+
+    # 50 late rows for the same day, and 30 existing sales corrected later.
+    env.source(
+        region,
+        "INSERT INTO sales SELECT i, i, 1, 1, 2, 10.00, 0, 0, 20.00, %s, 'completed', false, "
+        "%s::timestamptz, %s::timestamptz FROM generate_series(1001, 1050) i",
+        (DAY, f"{DAY + timedelta(days=2)} 09:00+00", f"{DAY + timedelta(days=2)} 09:00+00"),
+    )
+    env.source(
+        region,
+        "UPDATE sales SET quantity = 3, total_amount = 30.00, updated_at = %s::timestamptz "
+        "WHERE sale_id <= 30",
+        (f"{DAY + timedelta(days=2)} 11:00+00",),
+    )
+    state, summary = run_day(DAY, [region])
+
+    assert state.is_completed(), state.message
+    outcome = summary.regions[region]
+    assert (outcome.rows_inserted, outcome.rows_updated, outcome.rows_unchanged) == (50, 30, 970)
+    assert env.warehouse(
+        "SELECT count(*), count(DISTINCT sale_id), sum(quantity) FROM sales_fact WHERE region = ?",
+        [region],
+    ) == [(1050, 1050, 1050 * 2 + 30)]
+    assert env.fact(region, DAY) == env.expected_accepted(region, DAY)
+
+
+def test_a_failed_region_is_reprocessed_alone_without_touching_the_others(env, monkeypatch):
+    _seed(env, rows=1_000)
+    monkeypatch.setenv(
+        "RETAIL_ETL_SOURCE_URL_EUROPE", "postgresql+psycopg2://postgres@127.0.0.1:1/unreachable"
+    )
+    state, summary = run_day(DAY)
+    assert state.is_failed() and "europe" in state.message
+    assert summary.regions["europe"].status == "extract_failed"
+    others = env.warehouse(
+        "SELECT region, sale_id, loaded_at, updated_in_warehouse_at FROM sales_fact ORDER BY 1, 2"
+    )
+    assert {row[0] for row in others} == {"us_east", "us_west", "apac"}
+    assert env.warehouse(
+        "SELECT status FROM etl_load_ledger WHERE region = 'europe' ORDER BY finished_at DESC LIMIT 1"
+    ) == [("extract_failed",)]
+
+    monkeypatch.delenv("RETAIL_ETL_SOURCE_URL_EUROPE")
+    state, summary = run_day(DAY, ["europe"])
+
+    assert state.is_completed(), state.message
+    assert env.fact("europe", DAY) == env.expected_accepted("europe", DAY)
+    assert (
+        env.warehouse(
+            "SELECT region, sale_id, loaded_at, updated_in_warehouse_at FROM sales_fact "
+            "WHERE region <> 'europe' ORDER BY 1, 2"
+        )
+        == others
+    )
+
+
+def test_too_few_rows_takes_the_alert_path_and_loads_nothing(env):
+    _seed(env, rows=60)
+    state, summary = run_day(DAY)
+    assert state.is_failed()
+    assert "quality gate failed" in state.message and "min_rows_region" in state.message
+    assert summary.gate_verdict == "fail"
+    assert all(o.status == "gate_failed" for o in summary.regions.values())
+    assert env.warehouse("SELECT count(*) FROM sales_fact")[0][0] == 0
+    assert env.warehouse(
+        "SELECT DISTINCT status FROM etl_load_ledger"
+    ) == [("gate_failed",)]
+
+
+def test_ten_percent_null_customer_id_fails_the_gate_naming_the_check(env):
+    _seed(env, rows=2_000)
+    env.source(
+        "europe",
+        "UPDATE sales SET customer_id = NULL WHERE sale_id IN (SELECT sale_id FROM sales "
+        "WHERE sale_date = %s AND status = 'completed' AND NOT is_deleted AND sale_id %% 10 = 3)",
+        (DAY,),
+    )
+    state, _summary = run_day(DAY)
+    assert state.is_failed()
+    assert "europe/null_share_customer_id" in state.message
+    assert env.warehouse("SELECT count(*) FROM sales_fact")[0][0] == 0
+
+
+def test_a_region_far_below_its_history_fails_the_gate(env):
+    _seed(env, days=4, rows=1_000)
+    for offset in range(3):
+        state, _ = run_day(DAY + timedelta(days=offset))
+        assert state.is_completed(), state.message
+    day4 = DAY + timedelta(days=3)
+    env.source("apac", "DELETE FROM sales WHERE sale_date = %s AND sale_id %% 10 <> 0", (day4,))
+
+    state, summary = run_day(day4)
+
+    assert state.is_failed()
+    assert "apac/history_volume" in state.message
+    assert summary.regions["apac"].status == "gate_failed"
+    assert env.warehouse("SELECT count(*) FROM sales_fact WHERE sale_date = ?", [day4])[0][0] == 0
