@@ -7,6 +7,7 @@ with ``overwrite=True`` so running the command again updates it. Secrets are sto
 
 from __future__ import annotations
 
+from blocks.notifications import register_slack_line
 from blocks.sources import register_source_blocks
 from retail_etl.settings import Settings
 
@@ -81,4 +82,5 @@ def register_all(settings: Settings) -> list[str]:
         if warehouse
         else "Snowflake not configured (RETAIL_ETL_SNOWFLAKE_ACCOUNT): DuckDB warehouse"
     )
+    lines.append(register_slack_line(settings))
     return lines

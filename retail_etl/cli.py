@@ -8,7 +8,6 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import date
-from pathlib import Path
 
 DEMO_DATE = date(2024, 1, 15)
 
@@ -75,6 +74,19 @@ def cmd_blocks_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_automations_install(args: argparse.Namespace) -> int:
+    _quiet_offline_prefect()
+    from retail_etl.automations import install_failure_automation
+    from retail_etl.settings import get_settings
+
+    result = install_failure_automation(get_settings(fresh=True))
+    print(
+        f"{result.action} automation {result.name} ({result.automation_id}): "
+        f"notifies Slack block {result.block_name}"
+    )
+    return 0
+
+
 def run_pipeline(run_date: date | None, regions: list[str] | None) -> tuple[bool, str]:
     """Run the flow in this process; (every requested region loaded, summary text)."""
     _quiet_offline_prefect()
@@ -92,6 +104,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     ok, text = run_pipeline(args.date, _regions(args.regions))
     print(text)
     return 0 if ok else 1
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Run the daily pipeline over a date range; exit 0 only if every pair ends loaded."""
+    _quiet_offline_prefect()
+    from flows.backfill import retail_sales_backfill
+    from retail_etl.backfill import summary_rows
+
+    with _without_heartbeat():
+        state = retail_sales_backfill(
+            start_date=args.start,
+            end_date=args.end,
+            regions=_regions(args.regions),
+            missing_only=args.missing_only,
+            max_concurrent_days=args.max_concurrent_days,
+            return_state=True,
+        )
+    results = state.result(raise_on_failure=False)
+    if isinstance(results, BaseException):
+        print(f"{state.name}: {state.message or results}")
+        return 1
+    for row in summary_rows(results):
+        print(f"{row['date']}  {row['region']:<10} {row['action']:<26} {row['status']}")
+    print(state.message or state.name)
+    return 0 if state.is_completed() else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -161,10 +198,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     register.set_defaults(func=cmd_blocks_register)
 
+    automations = sub.add_parser("automations", help="Prefect automations")
+    automations_sub = automations.add_subparsers(dest="automations_command", required=True)
+    install = automations_sub.add_parser(
+        "install", help="create or update the failure automation (Slack block must exist)"
+    )
+    install.set_defaults(func=cmd_automations_install)
+
     run = sub.add_parser("run", help="run the pipeline for one business date")
     run.add_argument("--date", type=_date, default=None, help="business date (default: yesterday)")
     run.add_argument("--regions", help="comma-separated subset of the configured regions")
     run.set_defaults(func=cmd_run)
+
+    backfill = sub.add_parser("backfill", help="run the pipeline for every date of a range")
+    backfill.add_argument("--start", type=_date, required=True)
+    backfill.add_argument("--end", type=_date, required=True)
+    backfill.add_argument("--regions", help="comma-separated subset of the configured regions")
+    backfill.add_argument(
+        "--missing-only",
+        action="store_true",
+        help="only (region, date) pairs whose latest ledger row is not 'loaded'",
+    )
+    backfill.add_argument(
+        "--max-concurrent-days", type=int, default=1, help="dates run at once (1 for DuckDB)"
+    )
+    backfill.set_defaults(func=cmd_backfill)
 
     demo = sub.add_parser("demo", help="seed (if needed) and run one day end to end locally")
     demo.add_argument("--date", type=_date, default=DEMO_DATE)
@@ -188,6 +246,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-__all__ = ["Path", "main", "run_pipeline"]

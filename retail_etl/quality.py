@@ -183,7 +183,11 @@ def _md_escape(text: str) -> str:
 def _min_rows(name: str, region: str, rows: int, minimum: int) -> CheckResult:
     ok = rows >= minimum
     return CheckResult(
-        name, region, float(rows), float(minimum), "pass" if ok else "fail",
+        name,
+        region,
+        float(rows),
+        float(minimum),
+        "pass" if ok else "fail",
         f"{rows:,} accepted rows" + ("" if ok else f", fewer than the minimum {minimum:,}"),
     )
 
@@ -198,10 +202,16 @@ def _null_share_checks(result: RegionTransformResult, limit: float) -> list[Chec
             continue
         share = nulls / result.rows_extracted
         status: Status = "fail" if share > limit else "pass"
-        out.append(CheckResult(
-            name, result.region, share, limit, status,
-            f"{nulls:,} of {result.rows_extracted:,} extracted rows have NULL {column}",
-        ))
+        out.append(
+            CheckResult(
+                name,
+                result.region,
+                share,
+                limit,
+                status,
+                f"{nulls:,} of {result.rows_extracted:,} extracted rows have NULL {column}",
+            )
+        )
     return out
 
 
@@ -212,7 +222,11 @@ def _reject_rate(result: RegionTransformResult, limit: float) -> CheckResult:
     top = sorted(result.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
     why = ", ".join(f"{r}: {n:,}" for r, n in top) or "none"
     return CheckResult(
-        "reject_rate", result.region, rate, limit, "fail" if rate > limit else "pass",
+        "reject_rate",
+        result.region,
+        rate,
+        limit,
+        "fail" if rate > limit else "pass",
         f"{result.rows_rejected:,} of {result.rows_extracted:,} rows rejected (top reasons: {why})",
     )
 
@@ -243,14 +257,22 @@ def history_check(
         values, method = [n for _, n in points], f"trailing mean of {len(points)} points"
     else:
         return CheckResult(
-            name, region, float(accepted_rows), None, "skipped",
+            name,
+            region,
+            float(accepted_rows),
+            None,
+            "skipped",
             f"no history yet ({len(points)} points < {thresholds.history_min_points}) "
             f"in the last {thresholds.history_days} days",
         )
     baseline = fmean(values)
     if baseline <= 0:
         return CheckResult(
-            name, region, float(accepted_rows), None, "skipped",
+            name,
+            region,
+            float(accepted_rows),
+            None,
+            "skipped",
             f"baseline is 0 ({method}): relative deviation undefined",
         )
     deviation = abs(accepted_rows - baseline) / baseline
@@ -262,7 +284,11 @@ def history_check(
         status, threshold = "warn", thresholds.history_warn_deviation
     direction = "below" if accepted_rows < baseline else "above"
     return CheckResult(
-        name, region, deviation, threshold, status,
+        name,
+        region,
+        deviation,
+        threshold,
+        status,
         f"{accepted_rows:,} accepted rows, {deviation:.1%} {direction} baseline {baseline:,.0f} "
         f"({method}); warn > {thresholds.history_warn_deviation:.0%}, "
         f"{thresholds.history_fail_mode} > {thresholds.history_fail_deviation:.0%}",
@@ -329,20 +355,32 @@ def invariant_checks(
                 values = [int(v) for v in row] if row else values
             rows, dupes, wrong_date, violating, *counts = values
             found = {n: c for n, c in zip(terms, counts, strict=True) if c}
-            out.append(_zero_check(
-                "no_duplicate_keys", region, dupes,
-                f"{dupes:,} accepted rows repeat a (region, sale_id) among {rows:,}",
-            ))
-            out.append(_zero_check(
-                "no_rule_violations", region, violating,
-                ", ".join(f"{n}: {c:,}" for n, c in sorted(found.items()))
-                or f"none among {rows:,} accepted rows",
-            ))
-            out.append(_zero_check(
-                "sale_date_is_business_date", region, wrong_date,
-                f"{wrong_date:,} of {rows:,} accepted rows have a sale_date other than "
-                f"{business_date.isoformat()}",
-            ))
+            out.append(
+                _zero_check(
+                    "no_duplicate_keys",
+                    region,
+                    dupes,
+                    f"{dupes:,} accepted rows repeat a (region, sale_id) among {rows:,}",
+                )
+            )
+            out.append(
+                _zero_check(
+                    "no_rule_violations",
+                    region,
+                    violating,
+                    ", ".join(f"{n}: {c:,}" for n, c in sorted(found.items()))
+                    or f"none among {rows:,} accepted rows",
+                )
+            )
+            out.append(
+                _zero_check(
+                    "sale_date_is_business_date",
+                    region,
+                    wrong_date,
+                    f"{wrong_date:,} of {rows:,} accepted rows have a sale_date other than "
+                    f"{business_date.isoformat()}",
+                )
+            )
     finally:
         con.close()
     return out
@@ -367,17 +405,21 @@ def evaluate_batch(
     invariants on the accepted parquet) and for the batch (min rows)."""
     checks: list[CheckResult] = []
     for region, result in results.items():
-        checks.append(_min_rows(
-            "min_rows_region", region, result.rows_accepted, thresholds.min_rows_per_region
-        ))
+        checks.append(
+            _min_rows(
+                "min_rows_region", region, result.rows_accepted, thresholds.min_rows_per_region
+            )
+        )
         checks.extend(_null_share_checks(result, thresholds.max_null_share))
         checks.append(_reject_rate(result, thresholds.max_reject_rate))
-        checks.append(history_check(
-            region, result.rows_accepted, history.get(region, ()), business_date, thresholds
-        ))
+        checks.append(
+            history_check(
+                region, result.rows_accepted, history.get(region, ()), business_date, thresholds
+            )
+        )
     total = sum(r.rows_accepted for r in results.values())
     checks.append(_min_rows("min_rows_batch", BATCH, total, thresholds.min_rows_per_batch))
-    checks.extend(invariant_checks(
-        {region: r.accepted_files for region, r in results.items()}, business_date
-    ))
+    checks.extend(
+        invariant_checks({region: r.accepted_files for region, r in results.items()}, business_date)
+    )
     return QualityReport(business_date=business_date, batch_id=batch_id, checks=checks)

@@ -126,7 +126,9 @@ BAND_RATES: tuple[tuple[str, float], ...] = (
 )
 DUPLICATE_RATE = 0.008  # losing rows per row (only even rows can be one: band of 2x on them)
 STATUS_SHARES: tuple[tuple[str, float], ...] = (
-    ("pending", 0.40), ("cancelled", 0.35), ("refunded", 0.25),
+    ("pending", 0.40),
+    ("cancelled", 0.35),
+    ("refunded", 0.25),
 )
 LATE_RATE = 0.03
 UPDATED_RATE = 0.08
@@ -197,8 +199,7 @@ def _day_params(
         "n": rows_per_region,
         "sale_date": day,
         "day_start": datetime(day.year, day.month, day.day, tzinfo=UTC),
-        "sale_id_base": (day - _SALE_ID_EPOCH).days * _SALE_ID_DAY_STRIDE
-        + profile.sale_id_offset,
+        "sale_id_base": (day - _SALE_ID_EPOCH).days * _SALE_ID_DAY_STRIDE + profile.sale_id_offset,
         "dup_band": 2 * DUPLICATE_RATE,
         "late_rate": LATE_RATE,
         "updated_rate": UPDATED_RATE,

@@ -191,8 +191,16 @@ _SRC_FILE = "__src_file"
 _SRC_ROW = "__src_row"
 _RN = "__rn"
 _INTEGER_TYPES = {
-    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
-    "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "UHUGEINT",
 }
 _INT_DIGITS = {"BIGINT": 19, "INTEGER": 10}
 _DECIMAL_RE = re.compile(r"^DECIMAL\((\d+),\s*(\d+)\)$")
@@ -452,8 +460,12 @@ def _stats(con: duckdb.DuckDBPyConnection) -> _Stats:
         " WHERE reasons <> '') GROUP BY r ORDER BY r"
     ).fetchall()
     return _Stats(
-        int(row[0]), int(row[1]), int(row[2]),
-        Decimal(row[3]), Decimal(row[4]), Decimal(row[5]),
+        int(row[0]),
+        int(row[1]),
+        int(row[2]),
+        Decimal(row[3]),
+        Decimal(row[4]),
+        Decimal(row[5]),
         {str(r): int(n) for r, n in reason_rows},
     )
 
@@ -604,12 +616,20 @@ def transform_region(
         _check_reconciliation(region, stats, expected_rows)
         try:
             n_acc, _ = _copy(
-                con, _all_nullable(_accepted_select(), contract.accepted_arrow_schema()),
-                staging["accepted"], params, row_group_size, max_file_rows,
+                con,
+                _all_nullable(_accepted_select(), contract.accepted_arrow_schema()),
+                staging["accepted"],
+                params,
+                row_group_size,
+                max_file_rows,
             )
             n_rej, _ = _copy(
-                con, _all_nullable(_REJECTS_SELECT, contract.reject_arrow_schema()),
-                staging["rejects"], params, row_group_size, max_file_rows,
+                con,
+                _all_nullable(_REJECTS_SELECT, contract.reject_arrow_schema()),
+                staging["rejects"],
+                params,
+                row_group_size,
+                max_file_rows,
             )
             written_total = con.execute(
                 "SELECT coalesce(sum(total_amount), 0) FROM read_parquet($files, "
@@ -647,9 +667,7 @@ def transform_region(
         rows_accepted=stats.accepted,
         rows_rejected=stats.rejected,
         reasons=stats.reasons,
-        null_counts={
-            c: stats.reasons.get(null_reason(c), 0) for c in contract.CRITICAL_COLUMNS
-        },
+        null_counts={c: stats.reasons.get(null_reason(c), 0) for c in contract.CRITICAL_COLUMNS},
         total_amount_extracted=stats.total_extracted,
         total_amount_accepted=stats.total_accepted,
         total_amount_rejected=stats.total_rejected,
@@ -659,8 +677,12 @@ def transform_region(
     )
     logger.info(
         "transform region=%s date=%s: %d extracted, %d accepted, %d rejected in %.2fs",
-        region, business_date, result.rows_extracted, result.rows_accepted,
-        result.rows_rejected, result.seconds,
+        region,
+        business_date,
+        result.rows_extracted,
+        result.rows_accepted,
+        result.rows_rejected,
+        result.seconds,
     )
     return result
 

@@ -76,3 +76,103 @@ def prefect_api() -> Iterator[None]:
     with prefect_test_harness(server_startup_timeout=90):
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield
+
+
+class SlackReceiver:
+    """A loopback stand-in for a Slack incoming webhook: records every POSTed JSON body."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.bodies: list[dict[str, object]] = []
+        self.status = 200
+        self._closed = False
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = json.loads(raw.decode("utf-8"))
+                except ValueError:
+                    body = {"raw": raw.decode("utf-8", "replace")}
+                with receiver._lock:
+                    receiver.bodies.append(body)
+                self.send_response(receiver.status)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"ok" if receiver.status < 400 else b"invalid_payload")
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        port = self._server.server_address[1]
+        # The path of a real webhook URL is its secret; tests check that it never shows up.
+        self.url = (
+            f"http://127.0.0.1:{port}/services/T0TEST/B0TEST/webhook-secret-{uuid.uuid4().hex[:8]}"
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def texts(self) -> list[str]:
+        with self._lock:
+            return [str(b.get("text", b)) for b in self.bodies]
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> str | None:
+        """The first received text matching ``predicate``, waiting up to ``timeout`` seconds."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            for text in self.texts:
+                if predicate(text):
+                    return text
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        """Stop listening (a test may call it to play "Slack is down"); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def slack_receiver() -> Iterator[SlackReceiver]:
+    """A Slack webhook receiver on 127.0.0.1 (random port); ``.url``, ``.texts``, ``.wait_for``."""
+    receiver = SlackReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+@pytest.fixture
+def etl_env(
+    prefect_api, pg_server_url, unique_prefix, drop_prefixed_databases, tmp_path, monkeypatch
+):
+    """An isolated pipeline: 4 regions on uniquely named databases (seed them with
+    ``etl_env.seed``), a temp staging dir and DuckDB file, fast retries, unique block names."""
+    from tests.pipeline import PipelineEnv
+
+    regions = ["us_east", "us_west", "europe", "apac"]
+    drop_prefixed_databases(unique_prefix)
+    block_prefix = f"test-{unique_prefix.replace('_', '-')}"
+    monkeypatch.setenv("RETAIL_ETL_REGIONS", ",".join(regions))
+    monkeypatch.setenv("RETAIL_ETL_SOURCE_DATABASE_PREFIX", unique_prefix)
+    monkeypatch.setenv("RETAIL_ETL_SOURCE_BLOCK_PREFIX", block_prefix)
+    monkeypatch.setenv("RETAIL_ETL_SLACK_BLOCK", f"{block_prefix}slack")
+    monkeypatch.setenv("RETAIL_ETL_STAGING_DIR", str(tmp_path / "staging"))
+    monkeypatch.setenv("RETAIL_ETL_DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.setenv("RETAIL_ETL_RETRIES", "1")
+    monkeypatch.setenv("RETAIL_ETL_RETRY_BASE_SECONDS", "0")
+    return PipelineEnv(pg_server_url, unique_prefix, regions, tmp_path)

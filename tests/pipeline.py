@@ -50,6 +50,19 @@ class PipelineEnv:
     def duckdb_path(self) -> Path:
         return self.tmp / "warehouse.duckdb"
 
+    def seed(self, *, days: int = 1, rows: int = 1_000, start: date = date(2024, 1, 15)) -> None:
+        from retail_etl.seed import seed_regions
+
+        seed_regions(
+            self.server_url,
+            self.regions,
+            start,
+            days,
+            rows,
+            database_for_region=lambda r: f"{self.prefix}{r}",
+            seed=7,
+        )
+
     def source_url(self, region: str) -> str:
         return database_url(self.server_url, f"{self.prefix}{region}")
 

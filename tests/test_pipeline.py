@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from retail_etl.seed import planted_dirt, seed_regions
+from retail_etl.seed import planted_dirt
 from tests.pipeline import PipelineEnv, run_day
 
 DAY = date(2024, 1, 15)
@@ -29,28 +29,12 @@ REJECT_KINDS = (
 
 
 @pytest.fixture
-def env(prefect_api, pg_server_url, unique_prefix, drop_prefixed_databases, tmp_path, monkeypatch):
-    drop_prefixed_databases(unique_prefix)
-    monkeypatch.setenv("RETAIL_ETL_REGIONS", ",".join(REGIONS))
-    monkeypatch.setenv("RETAIL_ETL_SOURCE_DATABASE_PREFIX", unique_prefix)
-    monkeypatch.setenv("RETAIL_ETL_SOURCE_BLOCK_PREFIX", f"test-{unique_prefix.replace('_', '-')}")
-    monkeypatch.setenv("RETAIL_ETL_STAGING_DIR", str(tmp_path / "staging"))
-    monkeypatch.setenv("RETAIL_ETL_DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
-    monkeypatch.setenv("RETAIL_ETL_RETRIES", "1")
-    monkeypatch.setenv("RETAIL_ETL_RETRY_BASE_SECONDS", "0")
-    return PipelineEnv(pg_server_url, unique_prefix, REGIONS, tmp_path)
+def env(etl_env):
+    return etl_env
 
 
 def _seed(env: PipelineEnv, days: int = 1, rows: int = ROWS, start: date = DAY) -> None:
-    seed_regions(
-        env.server_url,
-        env.regions,
-        start,
-        days,
-        rows,
-        database_for_region=lambda r: f"{env.prefix}{r}",
-        seed=7,
-    )
+    env.seed(days=days, rows=rows, start=start)
 
 
 def test_seeded_day_loads_exactly_the_expected_rows_and_reconciles(env):
@@ -122,9 +106,12 @@ def test_rerunning_a_day_three_times_changes_nothing(env):
         assert all(o.rows_inserted == 0 and o.rows_updated == 0 for o in summary.regions.values())
         assert all(o.rows_unchanged == o.rows_accepted for o in summary.regions.values())
 
-    assert env.warehouse(
-        "SELECT region, sale_id, updated_at, total_amount, batch_id FROM sales_fact ORDER BY 1, 2"
-    ) == first
+    assert (
+        env.warehouse(
+            "SELECT region, sale_id, updated_at, total_amount, batch_id FROM sales_fact ORDER BY 1, 2"
+        )
+        == first
+    )
     runs = env.warehouse(
         "SELECT region, count(DISTINCT batch_id) FROM etl_load_ledger WHERE status = 'loaded' "
         "GROUP BY region ORDER BY region"
@@ -210,9 +197,7 @@ def test_too_few_rows_takes_the_alert_path_and_loads_nothing(env):
     assert summary.gate_verdict == "fail"
     assert all(o.status == "gate_failed" for o in summary.regions.values())
     assert env.warehouse("SELECT count(*) FROM sales_fact")[0][0] == 0
-    assert env.warehouse(
-        "SELECT DISTINCT status FROM etl_load_ledger"
-    ) == [("gate_failed",)]
+    assert env.warehouse("SELECT DISTINCT status FROM etl_load_ledger") == [("gate_failed",)]
 
 
 def test_ten_percent_null_customer_id_fails_the_gate_naming_the_check(env):

@@ -31,10 +31,20 @@ DEFAULTS = QualityThresholds()
 
 def sale(sale_id: int, **overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "sale_id": sale_id, "customer_id": 100 + sale_id, "store_id": 7, "product_id": 42,
-        "quantity": 2, "unit_price": Decimal("10.00"), "discount": Decimal("1.00"),
-        "tax": Decimal("1.60"), "total_amount": Decimal("20.00"), "sale_date": D,
-        "status": "completed", "is_deleted": False, "created_at": T0, "updated_at": T0,
+        "sale_id": sale_id,
+        "customer_id": 100 + sale_id,
+        "store_id": 7,
+        "product_id": 42,
+        "quantity": 2,
+        "unit_price": Decimal("10.00"),
+        "discount": Decimal("1.00"),
+        "tax": Decimal("1.60"),
+        "total_amount": Decimal("20.00"),
+        "sale_date": D,
+        "status": "completed",
+        "is_deleted": False,
+        "created_at": T0,
+        "updated_at": T0,
         "extras": None,
     }
     base.update(overrides)
@@ -65,10 +75,14 @@ def stats(
 ) -> RegionTransformResult:
     """Transform statistics without files (invariants then measure 0)."""
     return RegionTransformResult(
-        region=region, rows_extracted=extracted, rows_accepted=extracted - rejected,
-        rows_rejected=rejected, reasons={"duplicate": rejected} if rejected else {},
+        region=region,
+        rows_extracted=extracted,
+        rows_accepted=extracted - rejected,
+        rows_rejected=rejected,
+        reasons={"duplicate": rejected} if rejected else {},
         null_counts={c: 0 for c in contract.CRITICAL_COLUMNS} | (null_counts or {}),
-        total_amount_extracted=Decimal(0), total_amount_accepted=Decimal(0),
+        total_amount_extracted=Decimal(0),
+        total_amount_accepted=Decimal(0),
         total_amount_rejected=Decimal(0),
     )
 
@@ -121,8 +135,13 @@ def test_clean_batch_passes(tmp_path: Path) -> None:
     assert report.failing == []
     names = {c.name for c in report.checks}
     assert names == {
-        "min_rows_region", "min_rows_batch", "reject_rate", "history_volume",
-        "no_duplicate_keys", "no_rule_violations", "sale_date_is_business_date",
+        "min_rows_region",
+        "min_rows_batch",
+        "reject_rate",
+        "history_volume",
+        "no_duplicate_keys",
+        "no_rule_violations",
+        "sale_date_is_business_date",
         *(f"null_share_{c}" for c in contract.CRITICAL_COLUMNS),
     }
     assert check(report, "min_rows_batch", "*").measured == 300
@@ -137,8 +156,10 @@ def test_too_few_rows_fail_region_and_batch() -> None:
     assert check(report, "min_rows_batch", "*").status == "fail"
     assert report.verdict == "fail"
     thresholds = QualityThresholds(min_rows_per_region=50, min_rows_per_batch=80)
-    relaxed = evaluate({"us_east": stats(extracted=60), "europe": stats("europe", extracted=30)},
-                       thresholds=thresholds)
+    relaxed = evaluate(
+        {"us_east": stats(extracted=60), "europe": stats("europe", extracted=30)},
+        thresholds=thresholds,
+    )
     assert check(relaxed, "min_rows_region").status == "pass"
     assert check(relaxed, "min_rows_region", "europe").status == "fail"
     assert check(relaxed, "min_rows_batch", "*").status == "pass"
@@ -221,7 +242,8 @@ def _accepted_file(path: Path, rows: Sequence[dict[str, Any]], region: str = "us
     """Accepted parquet as the transform writes it, optionally corrupted afterwards."""
     accepted, _ = transform_frame(
         pa.Table.from_pylist(list(rows), schema=contract.contract_arrow_schema()),
-        region=region, business_date=D,
+        region=region,
+        business_date=D,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(accepted, path)
@@ -291,9 +313,14 @@ def test_records_for_dq_results() -> None:
     assert len(records) == len(report.checks)
     first = next(r for r in records if r["check_name"] == "min_rows_region")
     assert first == {
-        "batch_id": "B1", "business_date": D, "region": "us_east",
-        "check_name": "min_rows_region", "measured": 50.0, "threshold": 100.0,
-        "status": "fail", "detail": first["detail"],
+        "batch_id": "B1",
+        "business_date": D,
+        "region": "us_east",
+        "check_name": "min_rows_region",
+        "measured": 50.0,
+        "threshold": 100.0,
+        "status": "fail",
+        "detail": first["detail"],
     }
     history_row = next(r for r in records if r["check_name"] == "history_volume")
     assert history_row["threshold"] is None and history_row["status"] == "skipped"

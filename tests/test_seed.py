@@ -66,7 +66,9 @@ TABLE_MD5_SQL = (
 )
 
 
-def query(url: str, statement: str, params: Mapping[str, object] | None = None) -> list[tuple[Any, ...]]:
+def query(
+    url: str, statement: str, params: Mapping[str, object] | None = None
+) -> list[tuple[Any, ...]]:
     with pg.connect(url) as conn, conn.cursor() as cur:
         cur.execute(statement, params or {})
         return cur.fetchall()
@@ -90,8 +92,13 @@ def seeded(pg_server_url: str) -> Iterator[Seeded]:
     lines: list[str] = []
     try:
         summaries = seed.seed_regions(
-            pg_server_url, REGIONS, START, DAYS, ROWS,
-            database_for_region=lambda region: prefix + region, progress=lines.append,
+            pg_server_url,
+            REGIONS,
+            START,
+            DAYS,
+            ROWS,
+            database_for_region=lambda region: prefix + region,
+            progress=lines.append,
         )
         urls = {region: database_url(pg_server_url, prefix + region) for region in REGIONS}
         yield Seeded(urls=urls, summaries=summaries, progress=lines)
@@ -105,8 +112,9 @@ def test_summaries_and_progress(seeded: Seeded) -> None:
     assert all(s.rows == ROWS * DAYS for s in seeded.summaries)
     assert all(s.database.endswith(s.region) and s.seconds > 0 for s in seeded.summaries)
     assert len(seeded.progress) == len(REGIONS) * DAYS
-    assert any(line.startswith("us_east: day 2/2 (2024-01-16), 20,000 rows, ")
-               for line in seeded.progress)
+    assert any(
+        line.startswith("us_east: day 2/2 (2024-01-16), 20,000 rows, ") for line in seeded.progress
+    )
 
 
 @pytest.mark.parametrize("region", REGIONS)
@@ -125,47 +133,77 @@ def test_sale_date_index_exists(seeded: Seeded, region: str) -> None:
 @pytest.mark.parametrize("day", DATES)
 def test_every_kind_of_dirt_is_present(seeded: Seeded, region: str, day: date) -> None:
     url, p = seeded.urls[region], {"d": day}
-    for column in ("customer_id", "store_id", "product_id", "quantity", "unit_price",
-                   "total_amount"):
-        nulls = scalar(url, f"SELECT count(*) FROM sales WHERE {EXTRACTABLE} AND {column} IS NULL",
-                       p)
+    for column in (
+        "customer_id",
+        "store_id",
+        "product_id",
+        "quantity",
+        "unit_price",
+        "total_amount",
+    ):
+        nulls = scalar(
+            url, f"SELECT count(*) FROM sales WHERE {EXTRACTABLE} AND {column} IS NULL", p
+        )
         assert nulls > 0, column
-    for condition in ("quantity <= 0", "unit_price <= 0",
-                      "quantity > 0 AND unit_price > 0 AND total_amount NOT BETWEEN "
-                      "0.5 * quantity * unit_price AND 2 * quantity * unit_price",
-                      "discount IS NULL", "tax IS NULL"):
-        assert scalar(url, f"SELECT count(*) FROM sales WHERE {EXTRACTABLE} AND {condition}",
-                      p) > 0, condition
-    duplicated = scalar(url, f"SELECT count(*) FROM (SELECT sale_id FROM sales WHERE {EXTRACTABLE}"
-                             " GROUP BY sale_id HAVING count(*) > 1) d", p)
+    for condition in (
+        "quantity <= 0",
+        "unit_price <= 0",
+        "quantity > 0 AND unit_price > 0 AND total_amount NOT BETWEEN "
+        "0.5 * quantity * unit_price AND 2 * quantity * unit_price",
+        "discount IS NULL",
+        "tax IS NULL",
+    ):
+        assert (
+            scalar(url, f"SELECT count(*) FROM sales WHERE {EXTRACTABLE} AND {condition}", p) > 0
+        ), condition
+    duplicated = scalar(
+        url,
+        f"SELECT count(*) FROM (SELECT sale_id FROM sales WHERE {EXTRACTABLE}"
+        " GROUP BY sale_id HAVING count(*) > 1) d",
+        p,
+    )
     assert duplicated > 0
     statuses = query(url, "SELECT DISTINCT status FROM sales WHERE sale_date = %(d)s", p)
     assert {s for (s,) in statuses} == {"completed", "pending", "cancelled", "refunded"}
     assert scalar(url, "SELECT count(*) FROM sales WHERE sale_date = %(d)s AND is_deleted", p) > 0
-    late = scalar(url, "SELECT count(*) FROM sales WHERE sale_date = %(d)s"
-                       " AND (created_at AT TIME ZONE 'UTC')::date > sale_date", p)
+    late = scalar(
+        url,
+        "SELECT count(*) FROM sales WHERE sale_date = %(d)s"
+        " AND (created_at AT TIME ZONE 'UTC')::date > sale_date",
+        p,
+    )
     assert late > 0
-    updated = scalar(url, "SELECT count(*) FROM sales WHERE sale_date = %(d)s"
-                          " AND updated_at > created_at", p)
+    updated = scalar(
+        url, "SELECT count(*) FROM sales WHERE sale_date = %(d)s AND updated_at > created_at", p
+    )
     assert updated > 0
-    early = scalar(url, "SELECT count(*) FROM sales WHERE sale_date = %(d)s"
-                        " AND ((created_at AT TIME ZONE 'UTC')::date < sale_date"
-                        " OR updated_at < created_at)", p)
+    early = scalar(
+        url,
+        "SELECT count(*) FROM sales WHERE sale_date = %(d)s"
+        " AND ((created_at AT TIME ZONE 'UTC')::date < sale_date"
+        " OR updated_at < created_at)",
+        p,
+    )
     assert early == 0
 
 
 @pytest.mark.parametrize("region", REGIONS)
 def test_duplicates_are_older_versions_of_a_clean_sale(seeded: Seeded, region: str) -> None:
     url = seeded.urls[region]
-    groups = query(url, """
+    groups = query(
+        url,
+        """
         SELECT sale_id, count(*), count(DISTINCT sale_date), count(DISTINCT updated_at),
                bool_and(status = 'completed' AND NOT is_deleted),
                count(DISTINCT created_at)
-        FROM sales GROUP BY sale_id HAVING count(*) > 1""")
+        FROM sales GROUP BY sale_id HAVING count(*) > 1""",
+    )
     assert groups
     assert all(g[1:] == (2, 1, 2, True, 1) for g in groups)
     # The latest version of every duplicated sale is valid, so only the older one is rejected.
-    bad_winners = scalar(url, """
+    bad_winners = scalar(
+        url,
+        """
         SELECT count(*) FROM (
             SELECT DISTINCT ON (sale_id) * FROM sales
             WHERE sale_id IN (SELECT sale_id FROM sales GROUP BY sale_id HAVING count(*) > 1)
@@ -174,14 +212,17 @@ def test_duplicates_are_older_versions_of_a_clean_sale(seeded: Seeded, region: s
            OR quantity IS NULL OR quantity <= 0 OR unit_price IS NULL OR unit_price <= 0
            OR total_amount IS NULL
            OR total_amount NOT BETWEEN 0.5 * quantity * unit_price AND 2 * quantity * unit_price
-           OR updated_at <= created_at""")
+           OR updated_at <= created_at""",
+    )
     assert bad_winners == 0
 
 
 def test_sale_ids_overlap_across_regions(seeded: Seeded) -> None:
     ids = {
-        region: {row[0] for row in query(url, "SELECT sale_id FROM sales WHERE sale_date = %(d)s",
-                                         {"d": START})}
+        region: {
+            row[0]
+            for row in query(url, "SELECT sale_id FROM sales WHERE sale_date = %(d)s", {"d": START})
+        }
         for region, url in seeded.urls.items()
     }
     shared = ids["us_east"] & ids["europe"]
@@ -189,8 +230,14 @@ def test_sale_ids_overlap_across_regions(seeded: Seeded) -> None:
     assert ids["us_east"] != ids["europe"]
     # Within a region, sale ids of different dates never collide.
     for url in seeded.urls.values():
-        assert scalar(url, "SELECT count(*) FROM (SELECT sale_id FROM sales GROUP BY sale_id"
-                           " HAVING count(DISTINCT sale_date) > 1) x") == 0
+        assert (
+            scalar(
+                url,
+                "SELECT count(*) FROM (SELECT sale_id FROM sales GROUP BY sale_id"
+                " HAVING count(DISTINCT sale_date) > 1) x",
+            )
+            == 0
+        )
 
 
 @pytest.mark.parametrize("region", REGIONS)
@@ -214,10 +261,19 @@ def test_dirt_stays_under_the_quality_gate(seeded: Seeded, region: str, day: dat
     url, p = seeded.urls[region], {"d": day}
     extractable = scalar(url, f"SELECT count(*) FROM sales WHERE {EXTRACTABLE}", p)
     assert 0.85 * ROWS < extractable < 0.95 * ROWS
-    for column in ("sale_id", "customer_id", "store_id", "product_id", "quantity", "unit_price",
-                   "total_amount", "sale_date"):
-        nulls = scalar(url, f"SELECT count(*) FROM sales WHERE {EXTRACTABLE} AND {column} IS NULL",
-                       p)
+    for column in (
+        "sale_id",
+        "customer_id",
+        "store_id",
+        "product_id",
+        "quantity",
+        "unit_price",
+        "total_amount",
+        "sale_date",
+    ):
+        nulls = scalar(
+            url, f"SELECT count(*) FROM sales WHERE {EXTRACTABLE} AND {column} IS NULL", p
+        )
         assert nulls / extractable < 0.01, column
     manifest = seed.planted_dirt(url, day)
     rejects = sum(manifest[kind] for kind in seed.REJECT_KINDS)
@@ -228,7 +284,9 @@ def test_dirt_stays_under_the_quality_gate(seeded: Seeded, region: str, day: dat
 @pytest.mark.parametrize("region", REGIONS)
 def test_clean_rows_are_realistic(seeded: Seeded, region: str) -> None:
     url = seeded.urls[region]
-    stats = query(url, """
+    stats = query(
+        url,
+        """
         WITH clean AS (
             SELECT *, quantity * unit_price AS gross FROM sales s
             WHERE status = 'completed' AND NOT is_deleted
@@ -247,9 +305,24 @@ def test_clean_rows_are_realistic(seeded: Seeded, region: str) -> None:
                count(DISTINCT store_id), count(DISTINCT product_id),
                min(extract(hour FROM created_at AT TIME ZONE 'UTC')),
                max(extract(hour FROM created_at AT TIME ZONE 'UTC'))
-        FROM clean""")[0]
-    (min_price, max_price, min_qty, max_qty, share_qty_one, bad_discounts, discounted,
-     min_tax, max_tax, inconsistent, stores, products, first_hour, last_hour) = stats
+        FROM clean""",
+    )[0]
+    (
+        min_price,
+        max_price,
+        min_qty,
+        max_qty,
+        share_qty_one,
+        bad_discounts,
+        discounted,
+        min_tax,
+        max_tax,
+        inconsistent,
+        stores,
+        products,
+        first_hour,
+        last_hour,
+    ) = stats
     assert 0.8 < min_price < 10 and 500 < max_price <= 999.99
     assert (min_qty, max_qty) == (1, 10) and share_qty_one > 0.3
     assert bad_discounts == 0 and 0.2 < discounted < 0.4
@@ -263,15 +336,25 @@ def test_regions_get_different_data(seeded: Seeded) -> None:
     md5s = {scalar(url, TABLE_MD5_SQL) for url in seeded.urls.values()}
     assert len(md5s) == len(REGIONS)
     tax_rates = {
-        round(float(scalar(url, "SELECT avg(tax / (quantity * unit_price - discount)) FROM sales"
-                                " WHERE tax > 0 AND discount = 0 AND quantity > 0")), 3)
+        round(
+            float(
+                scalar(
+                    url,
+                    "SELECT avg(tax / (quantity * unit_price - discount)) FROM sales"
+                    " WHERE tax > 0 AND discount = 0 AND quantity > 0",
+                )
+            ),
+            3,
+        )
         for url in seeded.urls.values()
     }
     assert len(tax_rates) == len(REGIONS)
 
 
 def test_same_seed_gives_identical_data_other_seed_differs(
-    seeded: Seeded, pg_server_url: str, unique_prefix: str,
+    seeded: Seeded,
+    pg_server_url: str,
+    unique_prefix: str,
     drop_prefixed_databases: Callable[[str], None],
 ) -> None:
     drop_prefixed_databases(unique_prefix)
@@ -285,14 +368,16 @@ def test_same_seed_gives_identical_data_other_seed_differs(
     assert scalar(reseed(again, 42), TABLE_MD5_SQL) == original
     # replace=True (the default) recreates the database instead of appending.
     assert scalar(reseed(again, 42), TABLE_MD5_SQL) == original
-    manifest_sql = "SELECT md5(string_agg(m::text, ',' ORDER BY sale_date, kind)) FROM seed_manifest m"
+    manifest_sql = (
+        "SELECT md5(string_agg(m::text, ',' ORDER BY sale_date, kind)) FROM seed_manifest m"
+    )
     assert scalar(database_url(pg_server_url, again), manifest_sql) == scalar(
-        seeded.urls["us_east"], manifest_sql)
+        seeded.urls["us_east"], manifest_sql
+    )
     assert scalar(reseed(other, 7), TABLE_MD5_SQL) != original
 
 
-def test_is_seeded(seeded: Seeded, pg_server_url: str,
-                   make_database: Callable[[str], str]) -> None:
+def test_is_seeded(seeded: Seeded, pg_server_url: str, make_database: Callable[[str], str]) -> None:
     url = seeded.urls["us_east"]
     assert seed.is_seeded(url, START, DAYS)
     assert seed.is_seeded(url, START + timedelta(days=1), 1)
@@ -328,11 +413,19 @@ def test_rejects_bad_arguments(pg_server_url: str) -> None:
     with pytest.raises(ValueError, match="rows_per_region"):
         seed.seed_region(pg_server_url, "retail_x", "us_east", START, 1, 0)
     with pytest.raises(ValueError, match="days"):
-        seed.seed_regions(pg_server_url, ["us_east"], START, 0, 10,
-                          database_for_region=lambda r: f"retail_{r}")
+        seed.seed_regions(
+            pg_server_url, ["us_east"], START, 0, 10, database_for_region=lambda r: f"retail_{r}"
+        )
     with pytest.raises(ValueError, match="share a database"):
-        seed.seed_regions(pg_server_url, ["us_east", "europe"], START, 1, 10,
-                          database_for_region=lambda r: "retail_same")
+        seed.seed_regions(
+            pg_server_url,
+            ["us_east", "europe"],
+            START,
+            1,
+            10,
+            database_for_region=lambda r: "retail_same",
+        )
     with pytest.raises(InvalidIdentifierError):
-        seed.seed_regions(pg_server_url, ["us_east"], START, 1, 10,
-                          database_for_region=lambda r: "Retail-" + r)
+        seed.seed_regions(
+            pg_server_url, ["us_east"], START, 1, 10, database_for_region=lambda r: "Retail-" + r
+        )

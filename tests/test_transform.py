@@ -291,17 +291,27 @@ def test_duplicates_split_across_files_are_deduplicated(tmp_path: Path) -> None:
     extract = tmp_path / "extract" / "region=us_east"
     files = [
         # the winner sits in the FIRST file: order of files must not decide, updated_at does
-        write_extract(extract / "part-00000.parquet", [
-            row(sale_id=1, quantity=3, total_amount=Decimal("30.00"), updated_at=later),
-            row(sale_id=2),
-        ]),
-        write_extract(extract / "part-00001.parquet", [
-            row(sale_id=1, quantity=1, total_amount=Decimal("10.00")),
-            row(sale_id=3),
-        ]),
+        write_extract(
+            extract / "part-00000.parquet",
+            [
+                row(sale_id=1, quantity=3, total_amount=Decimal("30.00"), updated_at=later),
+                row(sale_id=2),
+            ],
+        ),
+        write_extract(
+            extract / "part-00001.parquet",
+            [
+                row(sale_id=1, quantity=1, total_amount=Decimal("10.00")),
+                row(sale_id=3),
+            ],
+        ),
     ]
     result = transform_region(
-        files, region="us_east", business_date=D, batch_id="B1", flow_run_id="F1",
+        files,
+        region="us_east",
+        business_date=D,
+        batch_id="B1",
+        flow_run_id="F1",
         out_dir=tmp_path,
     )
     accepted = read(result.accepted_files).to_pylist()
@@ -333,16 +343,23 @@ def mixed_extract(tmp_path: Path) -> list[Path]:
     """Two chunks; the second has quantity drifted to text. 6 rows: 3 accepted, 3 rejected."""
     extract = tmp_path / "extract" / "region=us_east"
     return [
-        write_extract(extract / "part-00000.parquet", [
-            row(sale_id=1, total_amount=Decimal("20.01")),
-            row(sale_id=2, quantity=3, total_amount=Decimal("30.55"), discount=None),
-            row(sale_id=3, total_amount=Decimal("99.99")),  # out of range
-        ]),
-        write_extract(extract / "part-00001.parquet", [
-            row(sale_id=4, quantity="abc", total_amount=Decimal("5.27")),  # invalid
-            row(sale_id=5, quantity="2", customer_id=None, total_amount=None),  # two nulls
-            row(sale_id=6, quantity="4", total_amount=Decimal("40.13")),
-        ], quantity=pa.string()),
+        write_extract(
+            extract / "part-00000.parquet",
+            [
+                row(sale_id=1, total_amount=Decimal("20.01")),
+                row(sale_id=2, quantity=3, total_amount=Decimal("30.55"), discount=None),
+                row(sale_id=3, total_amount=Decimal("99.99")),  # out of range
+            ],
+        ),
+        write_extract(
+            extract / "part-00001.parquet",
+            [
+                row(sale_id=4, quantity="abc", total_amount=Decimal("5.27")),  # invalid
+                row(sale_id=5, quantity="2", customer_id=None, total_amount=None),  # two nulls
+                row(sale_id=6, quantity="4", total_amount=Decimal("40.13")),
+            ],
+            quantity=pa.string(),
+        ),
     ]
 
 
@@ -351,12 +368,18 @@ def test_transform_region_writes_contract_schemas_and_reconciles(
 ) -> None:
     out = tmp_path / "run"
     result = transform_region(
-        mixed_extract, region="us_east", business_date=D, batch_id="B42", flow_run_id="F42",
+        mixed_extract,
+        region="us_east",
+        business_date=D,
+        batch_id="B42",
+        flow_run_id="F42",
         out_dir=out,
     )
     assert (result.rows_extracted, result.rows_accepted, result.rows_rejected) == (6, 3, 3)
     assert result.reasons == {
-        "invalid_quantity": 1, "null_customer_id": 1, "null_total_amount": 1,
+        "invalid_quantity": 1,
+        "null_customer_id": 1,
+        "null_total_amount": 1,
         "total_amount_out_of_range": 1,
     }
     assert result.null_counts["customer_id"] == 1
@@ -367,17 +390,20 @@ def test_transform_region_writes_contract_schemas_and_reconciles(
     assert result.total_amount_accepted == Decimal("90.69")
     assert result.total_amount_rejected == Decimal("105.26")
     assert (
-        result.total_amount_accepted + result.total_amount_rejected
-        == result.total_amount_extracted
+        result.total_amount_accepted + result.total_amount_rejected == result.total_amount_extracted
     )
 
     assert result.accepted_files == [out / "accepted" / "region=us_east" / "part-0.parquet"]
     assert result.reject_files == [out / "rejects" / "region=us_east" / "part-0.parquet"]
-    assert pq.read_schema(result.accepted_files[0]).remove_metadata().equals(
-        contract.accepted_arrow_schema()
+    assert (
+        pq.read_schema(result.accepted_files[0])
+        .remove_metadata()
+        .equals(contract.accepted_arrow_schema())
     )
-    assert pq.read_schema(result.reject_files[0]).remove_metadata().equals(
-        contract.reject_arrow_schema()
+    assert (
+        pq.read_schema(result.reject_files[0])
+        .remove_metadata()
+        .equals(contract.reject_arrow_schema())
     )
     accepted = read(result.accepted_files)
     assert accepted.column_names == list(contract.ACCEPTED_COLUMNS)
@@ -406,7 +432,10 @@ def test_transform_region_writes_contract_schemas_and_reconciles(
 
 def test_rerun_replaces_output(tmp_path: Path, mixed_extract: list[Path]) -> None:
     kwargs: dict[str, Any] = {
-        "region": "us_east", "business_date": D, "batch_id": "B", "flow_run_id": "F",
+        "region": "us_east",
+        "business_date": D,
+        "batch_id": "B",
+        "flow_run_id": "F",
         "out_dir": tmp_path / "run",
     }
     transform_region(mixed_extract, **kwargs)
@@ -426,16 +455,19 @@ def test_zero_rows_write_empty_files_with_schema(tmp_path: Path) -> None:
     accepted = read(result.accepted_files)
     assert accepted.num_rows == 0
     assert accepted.schema.remove_metadata().equals(contract.accepted_arrow_schema())
-    assert read(result.reject_files).schema.remove_metadata().equals(
-        contract.reject_arrow_schema()
-    )
+    assert read(result.reject_files).schema.remove_metadata().equals(contract.reject_arrow_schema())
 
 
 def test_max_file_rows_splits_output(tmp_path: Path) -> None:
     rows = [row(sale_id=i) for i in range(1, 5001)]
     f = write_extract(tmp_path / "x" / "part-00000.parquet", rows)
     result = transform_region(
-        [f], region="us_east", business_date=D, batch_id="B", flow_run_id="F", out_dir=tmp_path,
+        [f],
+        region="us_east",
+        business_date=D,
+        batch_id="B",
+        flow_run_id="F",
+        out_dir=tmp_path,
         max_file_rows=2500,
     )
     counts = [pq.read_metadata(p).num_rows for p in result.accepted_files]
@@ -447,7 +479,10 @@ def test_reconciliation_mismatch_raises_and_keeps_previous_output(
     tmp_path: Path, mixed_extract: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kwargs: dict[str, Any] = {
-        "region": "us_east", "business_date": D, "batch_id": "B", "flow_run_id": "F",
+        "region": "us_east",
+        "business_date": D,
+        "batch_id": "B",
+        "flow_run_id": "F",
         "out_dir": tmp_path / "run",
     }
     previous = transform_region(mixed_extract, **kwargs)
@@ -456,8 +491,13 @@ def test_reconciliation_mismatch_raises_and_keeps_previous_output(
     def lossy(con: Any) -> Any:
         stats = real(con)
         return transform._Stats(
-            stats.extracted, stats.accepted - 1, stats.rejected, stats.total_extracted,
-            stats.total_accepted, stats.total_rejected, stats.reasons,
+            stats.extracted,
+            stats.accepted - 1,
+            stats.rejected,
+            stats.total_extracted,
+            stats.total_accepted,
+            stats.total_rejected,
+            stats.reasons,
         )
 
     monkeypatch.setattr(transform, "_stats", lossy)
@@ -473,7 +513,11 @@ def test_unreadable_extract_raises_input_error(tmp_path: Path) -> None:
     bad.write_text("not parquet")
     with pytest.raises(TransformInputError, match="us_east"):
         transform_region(
-            [bad], region="us_east", business_date=D, batch_id="B", flow_run_id="F",
+            [bad],
+            region="us_east",
+            business_date=D,
+            batch_id="B",
+            flow_run_id="F",
             out_dir=tmp_path,
         )
 
@@ -490,8 +534,14 @@ def test_regions_can_run_concurrently_from_threads(tmp_path: Path) -> None:
 
     def one(region: str) -> transform.RegionTransformResult:
         return transform_region(
-            [files[region]], region=region, business_date=D, batch_id="B", flow_run_id="F",
-            out_dir=tmp_path, threads=1, memory_limit="256MB",
+            [files[region]],
+            region=region,
+            business_date=D,
+            batch_id="B",
+            flow_run_id="F",
+            out_dir=tmp_path,
+            threads=1,
+            memory_limit="256MB",
         )
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -505,6 +555,10 @@ def test_regions_can_run_concurrently_from_threads(tmp_path: Path) -> None:
 def test_invalid_region_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="region"):
         transform_region(
-            [], region="us-east; drop", business_date=D, batch_id="B", flow_run_id="F",
+            [],
+            region="us-east; drop",
+            business_date=D,
+            batch_id="B",
+            flow_run_id="F",
             out_dir=tmp_path,
         )

@@ -1,0 +1,358 @@
+"""The alert a person reads at 7 AM: what failed, why, what was loaded and how to rerun.
+
+Plain code, no Prefect: :func:`build_alert_message` turns a :class:`~retail_etl.run.RunSummary`
+(and the quality report, if the gate ran) into an :class:`AlertMessage` with Slack ``mrkdwn``
+text and the same content as Markdown for the Prefect artifact. ``blocks.notifications`` sends
+it; ``flows.alert`` wires both.
+
+Nothing secret and no customer data goes into a message: only region names, counts, check
+results, ids and error texts, and error texts are scrubbed of URL credentials
+(``scheme://user:pass@`` -> ``scheme://user:***@``) and ``password=...`` pairs defensively.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from retail_etl.run import RegionOutcome, RunSummary
+
+if TYPE_CHECKING:
+    from retail_etl.quality import QualityReport
+
+__all__ = [
+    "AlertMessage",
+    "build_alert_message",
+    "rerun_commands",
+    "scrub_secrets",
+    "should_alert",
+]
+
+FLOW_NAME = "retail-sales-etl"
+DAILY_DEPLOYMENT = f"{FLOW_NAME}/daily"
+MAX_ERROR_CHARS = 400
+MAX_CHECKS_SHOWN = 12
+BATCH_REGION = "*"
+
+_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]+):[^\s@/]*@")
+_KEY_VALUE_SECRET = re.compile(
+    r"(?P<key>\b(?:password|passwd|pwd|secret|token|api[_-]?key)\s*[=:]\s*)"
+    r"(?P<quote>['\"]?)[^\s'\"&;,]+(?P=quote)",
+    re.IGNORECASE,
+)
+_RATIO_CHECK_PREFIXES = ("null_share_", "reject_rate", "history_volume")
+_NOT_LOADED_REASON = {
+    "pending": "not processed",
+    "extracted": "stopped before load",
+    "transformed": "stopped before load",
+    "extract_failed": "extraction failed",
+    "transform_failed": "transform failed",
+    "gate_failed": "quality gate failed",
+    "load_failed": "load failed",
+}
+
+
+@dataclass(frozen=True)
+class AlertMessage:
+    """``text`` is Slack mrkdwn (without the title); ``markdown`` the same for an artifact."""
+
+    title: str
+    text: str
+    markdown: str = ""
+
+    def slack_text(self) -> str:
+        """Title and body as one Slack message."""
+        return f"*{_slack_escape(self.title)}*\n{self.text}"
+
+
+class _Check(Protocol):
+    """What the message needs of a ``retail_etl.quality.CheckResult``."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def measured(self) -> float: ...
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def detail(self) -> str: ...
+
+
+def scrub_secrets(text: str) -> str:
+    """Mask credentials in URLs and ``password=...``-style pairs."""
+    text = _URL_CREDENTIALS.sub(r"\g<head>:***@", text)
+    return _KEY_VALUE_SECRET.sub(r"\g<key>\g<quote>***\g<quote>", text)
+
+
+def should_alert(summary: RunSummary) -> bool:
+    """True when any region was not loaded cleanly, the gate failed or verification failed."""
+    ok, _ = summary.outcome()
+    return (not ok) or bool(summary.failed_regions) or summary.gate_verdict == "fail"
+
+
+def rerun_commands(summary: RunSummary) -> list[str]:
+    """Commands that rerun the regions that were not loaded cleanly (loads are idempotent)."""
+    day = summary.run_date.isoformat()
+    regions = _rerun_regions(summary)
+    cli = f"retail-etl run --date {day}"
+    deployment = f"prefect deployment run '{DAILY_DEPLOYMENT}' -p run_date={day}"
+    if regions:
+        cli += f" --regions {','.join(regions)}"
+        if len(regions) < len(summary.regions):
+            listed = ",".join(f'"{r}"' for r in regions)
+            deployment += f" -p 'regions=[{listed}]'"
+    return [cli, deployment]
+
+
+def build_alert_message(
+    summary: RunSummary,
+    report: QualityReport | None = None,
+    *,
+    flow_run_url: str | None = None,
+) -> AlertMessage:
+    """The alert for one run: Slack mrkdwn in ``text``, Markdown in ``markdown``."""
+    title = _title(summary)
+    return AlertMessage(
+        title=title,
+        text=_render(summary, report, flow_run_url, _SLACK),
+        markdown=f"# {_MARKDOWN.escape(title)}\n\n"
+        + _render(summary, report, flow_run_url, _MARKDOWN),
+    )
+
+
+# --- content ------------------------------------------------------------------------------------
+
+
+def _rerun_regions(summary: RunSummary) -> list[str]:
+    return [o.region for o in summary.regions.values() if o.status != "loaded"]
+
+
+def _title(summary: RunSummary) -> str:
+    day = summary.run_date.isoformat()
+    total = len(summary.regions)
+    not_loaded = [
+        o for o in summary.regions.values() if o.status not in ("loaded", "verify_failed")
+    ]
+    causes = []
+    if any(o.status == "extract_failed" for o in summary.regions.values()):
+        causes.append("extraction failed")
+    if any(o.status == "transform_failed" for o in summary.regions.values()):
+        causes.append("transform failed")
+    if summary.gate_verdict == "fail" or any(
+        o.status == "gate_failed" for o in summary.regions.values()
+    ):
+        causes.append("quality gate failed")
+    if any(o.status == "load_failed" for o in summary.regions.values()):
+        causes.append("load failed")
+    if summary.verification_failures or any(
+        o.status == "verify_failed" for o in summary.regions.values()
+    ):
+        causes.append("verification failed")
+    if not causes:
+        return f"{FLOW_NAME} {day}: OK, {total - len(not_loaded)}/{total} region(s) loaded"
+    return (
+        f"{FLOW_NAME} {day} FAILED ({', '.join(causes)}): "
+        f"{total - len(not_loaded)}/{total} region(s) loaded"
+    )
+
+
+@dataclass(frozen=True)
+class _Format:
+    bold: Callable[[str], str]
+    code: Callable[[str], str]
+    link: Callable[[str, str], str]
+    escape: Callable[[str], str]
+    pre_open: str
+    pre_close: str
+    bullet: str
+    sub: str
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _inline_code(text: str) -> str:
+    return "`" + text.replace("`", "'") + "`"
+
+
+def _md_escape(text: str) -> str:
+    return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", text)
+
+
+_SLACK = _Format(
+    bold=lambda s: f"*{s}*",
+    code=_inline_code,
+    link=lambda url, label: f"<{url}|{_slack_escape(label)}>",
+    escape=_slack_escape,
+    pre_open="```",
+    pre_close="```",
+    bullet="• ",
+    sub="    – ",
+)
+_MARKDOWN = _Format(
+    bold=lambda s: f"**{s}**",
+    code=_inline_code,
+    link=lambda url, label: f"[{_md_escape(label)}]({url})",
+    escape=_md_escape,
+    pre_open="```text",
+    pre_close="```",
+    bullet="- ",
+    sub="    - ",
+)
+
+
+def _clean_error(error: str | None) -> str:
+    text = scrub_secrets(" ".join((error or "unknown error").split()))
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 1] + "…"
+    return text
+
+
+def _fmt_value(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if name.startswith(_RATIO_CHECK_PREFIXES):
+        return f"{value:.2%}"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.4g}"
+
+
+def _check_line(check: _Check, f: _Format) -> str:
+    where = "batch" if check.region == BATCH_REGION else check.region
+    line = (
+        f"{f.code(check.name)} ({f.escape(where)}): measured {_fmt_value(check.name, check.measured)}"
+        f" vs threshold {_fmt_value(check.name, check.threshold)}"
+    )
+    if check.detail:
+        line += f" ({f.escape(_clean_error(check.detail))})"
+    return line
+
+
+def _failing_checks(report: QualityReport | None) -> list[_Check]:
+    return list(report.failing) if report is not None else []
+
+
+_STAGE_FAILURES = {
+    "extract_failed": "Extraction failed",
+    "transform_failed": "Transform failed",
+    "load_failed": "Load failed",
+}
+
+
+def _region_lines(summary: RunSummary, f: _Format) -> list[str]:
+    """One line per region that failed in a stage of its own (gate and verify come apart)."""
+    lines: list[str] = []
+    for status, label in _STAGE_FAILURES.items():
+        lines.extend(
+            f"{f.bullet}{f.bold(label)} for {f.code(o.region)}: {f.escape(_clean_error(o.error))}"
+            for o in summary.regions.values()
+            if o.status == status
+        )
+    return lines
+
+
+def _render(
+    summary: RunSummary, report: QualityReport | None, flow_run_url: str | None, f: _Format
+) -> str:
+    day = summary.run_date.isoformat()
+    run_ref = (
+        f.link(flow_run_url, summary.flow_run_id) if flow_run_url else f.code(summary.flow_run_id)
+    )
+    lines = [
+        f"Business date {f.bold(day)} · flow run {run_ref} · batch {f.code(summary.batch_id)}"
+        + (f" · warehouse {f.escape(summary.warehouse)}" if summary.warehouse else ""),
+        "",
+    ]
+
+    problems = _region_lines(summary, f)
+    failing = _failing_checks(report)
+    if summary.gate_verdict == "fail" or failing:
+        shown = failing[:MAX_CHECKS_SHOWN]
+        problems.append(
+            f"{f.bullet}{f.bold('Quality gate failed')}"
+            + (f" ({len(failing)} failing check(s)):" if failing else ":")
+        )
+        problems.extend(f"{f.sub}{_check_line(c, f)}" for c in shown)
+        if len(failing) > len(shown):
+            problems.append(f"{f.sub}… and {len(failing) - len(shown)} more (see the artifact)")
+        if not failing:
+            names = summary.failing_checks or ["(no details)"]
+            problems.extend(f"{f.sub}{f.code(n)}" for n in names[:MAX_CHECKS_SHOWN])
+        gated = [o.region for o in summary.regions.values() if o.status == "gate_failed"]
+        if gated:
+            problems.append(f"{f.sub}regions held back: {', '.join(f.code(r) for r in gated)}")
+    verify_failed = [o for o in summary.regions.values() if o.status == "verify_failed"]
+    if summary.verification_failures or verify_failed:
+        problems.append(f"{f.bullet}{f.bold('Post-load verification failed')}:")
+        problems.extend(
+            f"{f.sub}{f.escape(_clean_error(v))}" for v in summary.verification_failures
+        )
+        problems.extend(
+            f"{f.sub}{f.code(o.region)}: {f.escape(_clean_error(o.error))}"
+            for o in verify_failed
+            if o.error
+        )
+    if problems:
+        lines.append(f.bold("What failed"))
+        lines.extend(problems)
+        lines.append("")
+
+    lines.append(f.bold("Rows per region"))
+    lines.append(f.pre_open)
+    lines.extend(_rows_table(summary.regions.values()))
+    lines.append(f.pre_close)
+
+    loaded = [o for o in summary.regions.values() if o.status in ("loaded", "verify_failed")]
+    not_loaded = [
+        o for o in summary.regions.values() if o.status not in ("loaded", "verify_failed")
+    ]
+    if loaded:
+        lines.append(
+            f"{f.bullet}{f.bold('Loaded')}: "
+            + ", ".join(
+                f"{o.region} ({o.rows_inserted:,} new, {o.rows_updated:,} updated"
+                + (", verification failed" if o.status == "verify_failed" else "")
+                + ")"
+                for o in loaded
+            )
+        )
+    else:
+        lines.append(f"{f.bullet}{f.bold('Loaded')}: nothing")
+    if not_loaded:
+        lines.append(
+            f"{f.bullet}{f.bold('Not loaded')}: "
+            + ", ".join(
+                f"{o.region} ({_NOT_LOADED_REASON.get(o.status, o.status)})" for o in not_loaded
+            )
+        )
+    else:
+        lines.append(f"{f.bullet}{f.bold('Not loaded')}: nothing")
+
+    if _rerun_regions(summary):
+        cli, deployment = rerun_commands(summary)
+        lines.append("")
+        lines.append(f"{f.bold('Rerun')} after fixing the cause (loads are idempotent):")
+        lines.append(f"{f.bullet}{f.code(cli)}")
+        lines.append(f"{f.bullet}{f.code(deployment)}")
+    return "\n".join(lines)
+
+
+def _rows_table(outcomes: Iterable[RegionOutcome]) -> list[str]:
+    header = (
+        f"{'region':<12} {'status':<15} {'extracted':>10} {'accepted':>10} "
+        f"{'rejected':>9} {'loaded':>10}"
+    )
+    rows = [header]
+    for o in outcomes:
+        loaded = o.rows_inserted + o.rows_updated
+        rows.append(
+            f"{o.region:<12} {o.status:<15} {o.rows_extracted:>10,} {o.rows_accepted:>10,} "
+            f"{o.rows_rejected:>9,} {loaded:>10,}"
+        )
+    return rows

@@ -1,0 +1,537 @@
+"""What both warehouses share: table definitions, load inputs/outputs, errors, the protocol.
+
+Tables (same names and columns in DuckDB and Snowflake):
+
+- ``sales_fact``: the accepted columns (:data:`retail_etl.contract.ACCEPTED_COLUMNS`) plus
+  ``loaded_at`` and ``updated_in_warehouse_at``; key ``(region, sale_id)``.
+- ``sales_rejects``: :data:`retail_etl.contract.REJECT_COLUMNS` plus ``rejected_at``.
+- ``dq_results``: one row per quality check of a batch (``region = '*'`` for batch-level checks).
+- ``etl_load_ledger``: one row per (batch, region) outcome; the ``loaded`` row is written in the
+  transaction of its MERGE.
+
+Merge semantics (both engines): ``ON t.region = s.region AND t.sale_id = s.sale_id``; a matched
+row is updated only when the incoming ``updated_at`` is newer (or the stored one is NULL and the
+incoming one is not); an unmatched row is inserted. ``unchanged`` = matched but not newer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+
+import pyarrow as pa
+
+from retail_etl import contract
+from retail_etl.settings import validate_identifier
+
+if TYPE_CHECKING:
+    from retail_etl.staging import StagedFile
+
+SALES_FACT = "sales_fact"
+SALES_REJECTS = "sales_rejects"
+DQ_RESULTS = "dq_results"
+LEDGER = "etl_load_ledger"
+
+LedgerStatus = Literal[
+    "loaded", "load_failed", "extract_failed", "transform_failed", "gate_failed", "verify_failed"
+]
+LEDGER_STATUSES: tuple[str, ...] = get_args(LedgerStatus)
+DqStatus = Literal["pass", "warn", "fail", "skipped"]
+DQ_STATUSES: tuple[str, ...] = get_args(DqStatus)
+BATCH_LEVEL_REGION = "*"
+
+
+class WarehouseError(RuntimeError):
+    """A warehouse operation failed (message names table / region / date, never secrets)."""
+
+
+class WarehouseLoadError(WarehouseError):
+    """Loading one region's batch failed; nothing of it was merged and no 'loaded' ledger row
+    was written (the transaction was rolled back)."""
+
+    def __init__(self, message: str, *, region: str, business_date: date, batch_id: str):
+        super().__init__(message)
+        self.region = region
+        self.business_date = business_date
+        self.batch_id = batch_id
+
+
+# --------------------------------------------------------------------------- table definitions
+
+
+@dataclass(frozen=True)
+class WarehouseColumn:
+    name: str
+    duckdb_type: str
+    snowflake_type: str
+
+    def sql_type(self, dialect: str) -> str:
+        return self.duckdb_type if dialect == "duckdb" else self.snowflake_type
+
+
+def _arrow_sql_types(arrow_type: pa.DataType) -> tuple[str, str]:
+    """(DuckDB, Snowflake) type of an arrow type used by the staged schemas."""
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "VARCHAR", "VARCHAR"
+    if pa.types.is_int64(arrow_type):
+        return "BIGINT", "NUMBER(19,0)"
+    if pa.types.is_int32(arrow_type):
+        return "INTEGER", "NUMBER(10,0)"
+    if pa.types.is_date32(arrow_type):
+        return "DATE", "DATE"
+    if pa.types.is_boolean(arrow_type):
+        return "BOOLEAN", "BOOLEAN"
+    if pa.types.is_float64(arrow_type):
+        return "DOUBLE", "DOUBLE"
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMPTZ", "TIMESTAMP_TZ"
+    if pa.types.is_decimal(arrow_type):
+        p, s = arrow_type.precision, arrow_type.scale
+        return f"DECIMAL({p},{s})", f"NUMBER({p},{s})"
+    raise TypeError(f"no warehouse type for arrow type {arrow_type}")
+
+
+def _accepted_columns(*, extras_variant: bool) -> tuple[WarehouseColumn, ...]:
+    by_name: dict[str, tuple[str, str]] = {"region": ("VARCHAR", "VARCHAR")}
+    for c in contract.SALES_COLUMNS:
+        by_name[c.name] = (c.duckdb_type, c.snowflake_type)
+    for p in (*contract.DERIVED_COLUMNS, *contract.LINEAGE_COLUMNS):
+        by_name[p.name] = (p.duckdb_type, p.snowflake_type)
+    by_name[contract.EXTRAS_COLUMN] = ("VARCHAR", "VARIANT" if extras_variant else "VARCHAR")
+    return tuple(WarehouseColumn(n, *by_name[n]) for n in contract.ACCEPTED_COLUMNS)
+
+
+def _timestamp(name: str) -> WarehouseColumn:
+    return WarehouseColumn(name, "TIMESTAMPTZ", "TIMESTAMP_TZ")
+
+
+def _varchar(name: str) -> WarehouseColumn:
+    return WarehouseColumn(name, "VARCHAR", "VARCHAR")
+
+
+def _int(name: str) -> WarehouseColumn:
+    return WarehouseColumn(name, "BIGINT", "NUMBER(19,0)")
+
+
+def _double(name: str) -> WarehouseColumn:
+    return WarehouseColumn(name, "DOUBLE", "DOUBLE")
+
+
+#: Columns of the per-batch stage table: exactly the staged parquet (extras still text).
+SALES_STAGE_COLUMNS: tuple[WarehouseColumn, ...] = _accepted_columns(extras_variant=False)
+SALES_FACT_COLUMNS: tuple[WarehouseColumn, ...] = (
+    *_accepted_columns(extras_variant=True),
+    _timestamp("loaded_at"),
+    _timestamp("updated_in_warehouse_at"),
+)
+REJECTS_STAGE_COLUMNS: tuple[WarehouseColumn, ...] = tuple(
+    WarehouseColumn(f.name, *_arrow_sql_types(f.type)) for f in contract.reject_arrow_schema()
+)
+SALES_REJECTS_COLUMNS: tuple[WarehouseColumn, ...] = (
+    *REJECTS_STAGE_COLUMNS,
+    _timestamp("rejected_at"),
+)
+DQ_RESULTS_COLUMNS: tuple[WarehouseColumn, ...] = (
+    _varchar("batch_id"),
+    WarehouseColumn("business_date", "DATE", "DATE"),
+    _varchar("region"),
+    _varchar("check_name"),
+    _double("measured"),
+    _double("threshold"),
+    _varchar("status"),
+    _varchar("detail"),
+    _varchar("flow_run_id"),
+    _timestamp("checked_at"),
+)
+LEDGER_COLUMNS: tuple[WarehouseColumn, ...] = (
+    _varchar("batch_id"),
+    _varchar("region"),
+    WarehouseColumn("business_date", "DATE", "DATE"),
+    _varchar("status"),
+    _int("rows_extracted"),
+    _int("rows_accepted"),
+    _int("rows_rejected"),
+    _int("rows_inserted"),
+    _int("rows_updated"),
+    _int("rows_unchanged"),
+    _double("extract_seconds"),
+    _double("transform_seconds"),
+    _double("load_seconds"),
+    _varchar("flow_run_id"),
+    _varchar("error"),
+    _timestamp("started_at"),
+    _timestamp("finished_at"),
+)
+
+#: Every permanent table and its columns, in DDL order.
+TABLES: dict[str, tuple[WarehouseColumn, ...]] = {
+    SALES_FACT: SALES_FACT_COLUMNS,
+    SALES_REJECTS: SALES_REJECTS_COLUMNS,
+    DQ_RESULTS: DQ_RESULTS_COLUMNS,
+    LEDGER: LEDGER_COLUMNS,
+}
+DQ_RESULT_FIELDS: tuple[str, ...] = tuple(c.name for c in DQ_RESULTS_COLUMNS)
+
+
+def dq_results_arrow_schema() -> pa.Schema:
+    """Arrow schema of staged quality results (same columns as ``dq_results``)."""
+    return pa.schema(
+        [
+            pa.field("batch_id", pa.string()),
+            pa.field("business_date", pa.date32()),
+            pa.field("region", pa.string()),
+            pa.field("check_name", pa.string()),
+            pa.field("measured", pa.float64()),
+            pa.field("threshold", pa.float64()),
+            pa.field("status", pa.string()),
+            pa.field("detail", pa.string()),
+            pa.field("flow_run_id", pa.string()),
+            pa.field("checked_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- inputs and results
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row of ``etl_load_ledger`` (the latest row per (region, date) is its state)."""
+
+    batch_id: str
+    region: str
+    business_date: date
+    status: LedgerStatus
+    rows_extracted: int | None = None
+    rows_accepted: int | None = None
+    rows_rejected: int | None = None
+    rows_inserted: int | None = None
+    rows_updated: int | None = None
+    rows_unchanged: int | None = None
+    extract_seconds: float | None = None
+    transform_seconds: float | None = None
+    load_seconds: float | None = None
+    flow_run_id: str | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def validated(self) -> LedgerEntry:
+        """Check status and identifiers; fill ``finished_at`` with now if missing."""
+        if self.status not in LEDGER_STATUSES:
+            raise ValueError(
+                f"ledger status {self.status!r} for region {self.region!r} "
+                f"{self.business_date} is not one of {', '.join(LEDGER_STATUSES)}"
+            )
+        validate_identifier(self.region, "region")
+        if self.finished_at is None:
+            return _replace(self, finished_at=utc_now())
+        return self
+
+    def row(self) -> tuple[Any, ...]:
+        """Values in :data:`LEDGER_COLUMNS` order."""
+        values = asdict(self)
+        return tuple(values[c.name] for c in LEDGER_COLUMNS)
+
+
+def _replace(entry: LedgerEntry, **changes: Any) -> LedgerEntry:
+    values = {f.name: getattr(entry, f.name) for f in fields(entry)}
+    values.update(changes)
+    return LedgerEntry(**values)
+
+
+@dataclass(frozen=True)
+class RegionLoad:
+    """One region's accepted batch, staged and ready to merge, with the counts for its ledger row."""
+
+    region: str
+    business_date: date
+    batch_id: str
+    files: tuple[StagedFile, ...]
+    flow_run_id: str | None = None
+    rows_extracted: int | None = None
+    rows_accepted: int | None = None
+    rows_rejected: int | None = None
+    extract_seconds: float | None = None
+    transform_seconds: float | None = None
+    started_at: datetime | None = None
+
+    @property
+    def staged_rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @property
+    def keys(self) -> list[str]:
+        return [f.key for f in self.files]
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What one region's MERGE did. ``inserted + updated + unchanged + duplicate_rows ==
+    staged_rows`` (duplicates of a key inside the batch are dropped before the MERGE)."""
+
+    region: str
+    business_date: date
+    batch_id: str
+    staged_rows: int
+    inserted: int
+    updated: int
+    unchanged: int
+    duplicate_rows: int
+    seconds: float
+    rows_accepted: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One post-load check (``region='*'`` for batch-level checks)."""
+
+    name: str
+    region: str
+    measured: float
+    expected: float
+    passed: bool
+    detail: str = ""
+
+    def to_dq_record(
+        self, batch_id: str, business_date: date, flow_run_id: str | None
+    ) -> dict[str, Any]:
+        """As a ``dq_results`` row (status 'pass' or 'fail', threshold = expected)."""
+        return {
+            "batch_id": batch_id,
+            "business_date": business_date,
+            "region": self.region,
+            "check_name": self.name,
+            "measured": float(self.measured),
+            "threshold": float(self.expected),
+            "status": "pass" if self.passed else "fail",
+            "detail": self.detail,
+            "flow_run_id": flow_run_id,
+            "checked_at": utc_now(),
+        }
+
+
+@dataclass(frozen=True)
+class TransformCounts:
+    """Per-region counts from the transform, for ``extracted = accepted + rejected``."""
+
+    rows_extracted: int
+    rows_accepted: int
+    rows_rejected: int
+
+
+def merge_checks(
+    merge_results: Sequence[MergeResult],
+    transform_counts: Mapping[str, TransformCounts] | None = None,
+) -> list[CheckResult]:
+    """Checks computed from counts only (no query): per region
+
+    - ``merge_reconciles``: inserted + updated + unchanged == staged rows (duplicates of a key
+      inside the batch make this fail: they were dropped, not merged);
+    - ``batch_duplicate_keys``: 0 duplicate (region, sale_id) inside the staged batch;
+    - ``staged_equals_accepted``: staged rows == the transform's accepted rows (when known);
+    - ``extracted_equals_accepted_plus_rejected`` (when ``transform_counts`` is given).
+    """
+    checks: list[CheckResult] = []
+    for r in merge_results:
+        merged = r.inserted + r.updated + r.unchanged
+        checks.append(
+            CheckResult(
+                "merge_reconciles",
+                r.region,
+                merged,
+                r.staged_rows,
+                merged == r.staged_rows,
+                f"inserted {r.inserted} + updated {r.updated} + unchanged {r.unchanged} = {merged}; "
+                f"staged {r.staged_rows}",
+            )
+        )
+        checks.append(
+            CheckResult(
+                "batch_duplicate_keys",
+                r.region,
+                r.duplicate_rows,
+                0,
+                r.duplicate_rows == 0,
+                f"{r.duplicate_rows} staged row(s) repeated a (region, sale_id) of the batch and "
+                "were dropped before the MERGE (latest updated_at kept)"
+                if r.duplicate_rows
+                else "no duplicate key in the staged batch",
+            )
+        )
+        accepted = r.rows_accepted
+        if transform_counts and r.region in transform_counts:
+            accepted = transform_counts[r.region].rows_accepted
+        if accepted is not None:
+            checks.append(
+                CheckResult(
+                    "staged_equals_accepted",
+                    r.region,
+                    r.staged_rows,
+                    accepted,
+                    r.staged_rows == accepted,
+                    f"staged {r.staged_rows} row(s), transform accepted {accepted}",
+                )
+            )
+    for region, counts in sorted((transform_counts or {}).items()):
+        total = counts.rows_accepted + counts.rows_rejected
+        checks.append(
+            CheckResult(
+                "extracted_equals_accepted_plus_rejected",
+                region,
+                counts.rows_extracted,
+                total,
+                counts.rows_extracted == total,
+                f"extracted {counts.rows_extracted}, accepted {counts.rows_accepted} + "
+                f"rejected {counts.rows_rejected} = {total}",
+            )
+        )
+    return checks
+
+
+def normalize_dq_record(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A ``dq_results`` record as a row tuple; unknown keys and bad statuses are errors."""
+    unknown = set(record) - set(DQ_RESULT_FIELDS)
+    if unknown:
+        raise ValueError(f"dq_results record has unknown field(s): {', '.join(sorted(unknown))}")
+    for required in ("batch_id", "business_date", "region", "check_name", "status"):
+        if record.get(required) is None:
+            raise ValueError(f"dq_results record is missing {required!r}: {dict(record)!r}")
+    if record["status"] not in DQ_STATUSES:
+        raise ValueError(
+            f"dq_results status {record['status']!r} of check {record['check_name']!r} is not "
+            f"one of {', '.join(DQ_STATUSES)}"
+        )
+    values = dict(record)
+    values.setdefault("checked_at", utc_now())
+    for name in ("measured", "threshold"):
+        value = values.get(name)
+        if value is not None:
+            value = float(value)
+            values[name] = None if math.isnan(value) else value
+    return tuple(values.get(name) for name in DQ_RESULT_FIELDS)
+
+
+def loaded_ledger_entry(
+    batch: RegionLoad,
+    inserted: int,
+    updated: int,
+    unchanged: int,
+    seconds: float,
+    started_at: datetime,
+) -> LedgerEntry:
+    """The 'loaded' ledger row of a region load (written in the MERGE's transaction)."""
+    return LedgerEntry(
+        batch_id=batch.batch_id,
+        region=batch.region,
+        business_date=batch.business_date,
+        status="loaded",
+        rows_extracted=batch.rows_extracted,
+        rows_accepted=batch.rows_accepted,
+        rows_rejected=batch.rows_rejected,
+        rows_inserted=inserted,
+        rows_updated=updated,
+        rows_unchanged=unchanged,
+        extract_seconds=batch.extract_seconds,
+        transform_seconds=batch.transform_seconds,
+        load_seconds=seconds,
+        flow_run_id=batch.flow_run_id,
+        started_at=started_at,
+        finished_at=utc_now(),
+    )
+
+
+class StepTimer:
+    """The step a load is in (for error messages) and the seconds each step took."""
+
+    def __init__(self, first: str = "connect") -> None:
+        self.current = first
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def start(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[self.current] = round(now - self._mark, 3)
+        self.current, self._mark = name, now
+
+
+def describe_error(e: BaseException) -> str:
+    """First line of an error, bounded; for messages that must not carry whole SQL texts."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def load_error(batch: RegionLoad, step: str, e: BaseException) -> WarehouseLoadError:
+    return WarehouseLoadError(
+        f"loading region {batch.region!r} for {batch.business_date} (batch {batch.batch_id}) "
+        f"into sales_fact failed at step '{step}'; rolled back, nothing merged: {describe_error(e)}",
+        region=batch.region,
+        business_date=batch.business_date,
+        batch_id=batch.batch_id,
+    )
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+class Warehouse(Protocol):
+    """What the load subflow needs from a warehouse (DuckDB or Snowflake)."""
+
+    def ensure_schema(self) -> list[str]:
+        """Create missing tables; add missing columns (NULLABLE) to existing ones.
+        Returns the ``table.column`` names added."""
+        ...
+
+    def load_region(self, batch: RegionLoad) -> MergeResult:
+        """Stage table, dedup guard, MERGE and the 'loaded' ledger row in one transaction.
+        Raises :class:`WarehouseLoadError` (rolled back) on any failure."""
+        ...
+
+    def load_rejects(
+        self, region: str, business_date: date, batch_id: str, files: Sequence[StagedFile]
+    ) -> int:
+        """Replace the rejects of (region, business_date) with the staged ones; returns rows."""
+        ...
+
+    def load_dq_results(self, records: Sequence[Mapping[str, Any]]) -> int:
+        """Replace the quality results of the records' batch ids with ``records``."""
+        ...
+
+    def record_ledger(self, entry: LedgerEntry) -> None:
+        """Append one ledger row in its own transaction."""
+        ...
+
+    def verify(
+        self,
+        batch_id: str,
+        business_date: date,
+        merge_results: Sequence[MergeResult],
+        *,
+        transform_counts: Mapping[str, TransformCounts] | None = None,
+    ) -> list[CheckResult]:
+        """Post-load checks (see :func:`merge_checks` plus fact-table queries)."""
+        ...
+
+    def accepted_history(self, region: str, before: date, days: int) -> list[tuple[date, int]]:
+        """``rows_accepted`` of the latest 'loaded' ledger row per date in [before-days, before)."""
+        ...
+
+    def loaded_pairs(self, start: date, end: date) -> set[tuple[str, date]]:
+        """(region, date) pairs in [start, end] whose latest ledger status is 'loaded'."""
+        ...
+
+    def ledger(self, business_date: date | None = None) -> list[dict[str, Any]]: ...
+
+    def fact_rows(
+        self, region: str | None = None, business_date: date | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...

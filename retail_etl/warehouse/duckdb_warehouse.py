@@ -1,0 +1,332 @@
+"""DuckDB, the embedded default warehouse: one file at ``RETAIL_ETL_DUCKDB_PATH``.
+
+A connection is opened per operation and closed after it (a DuckDB file has one writer process;
+other processes can use the file between operations). Inside this process, operations on one
+file are serialized by a lock: DuckDB's optimistic concurrency would otherwise abort one of two
+concurrent MERGEs into ``sales_fact``, so regions loaded from concurrent tasks simply queue.
+
+A region load is one transaction::
+
+    BEGIN
+    CREATE TEMP TABLE stg_sales_<batch>_<region>      -- connection-local, never collides
+    INSERT INTO it SELECT ... FROM read_parquet([explicit staged files])   (or a pyarrow
+        dataset over S3: DuckDB has no httpfs offline; pyarrow's S3 filesystem needs none)
+    checks: staged rows == staged file rows, every row of this region, duplicate keys counted
+    (duplicates: the stage is deduplicated, latest updated_at wins)
+    classify (inserted / updated / unchanged) by a join, then MERGE; the MERGE's row count
+        must equal inserted + updated
+    INSERT the 'loaded' ledger row
+    COMMIT                                             -- or ROLLBACK and WarehouseLoadError
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from retail_etl.settings import Settings, validate_identifier
+from retail_etl.staging import StagedFile, StagingStore, validate_batch_id
+from retail_etl.warehouse import sql
+from retail_etl.warehouse.base import (
+    REJECTS_STAGE_COLUMNS,
+    SALES_STAGE_COLUMNS,
+    TABLES,
+    LedgerEntry,
+    MergeResult,
+    RegionLoad,
+    StepTimer,
+    WarehouseError,
+    describe_error,
+    load_error,
+    loaded_ledger_entry,
+    normalize_dq_record,
+    utc_now,
+)
+
+log = logging.getLogger(__name__)
+
+_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(path: Path) -> threading.RLock:
+    key = str(path.resolve())
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.RLock())
+
+
+class DuckDBWarehouse(sql.QueryMixin):
+    """The warehouse in one DuckDB file."""
+
+    def __init__(
+        self,
+        path: Path,
+        store: StagingStore,
+        *,
+        memory_limit: str = "1GB",
+        threads: int = 2,
+    ) -> None:
+        self.path = Path(path)
+        self.store = store
+        self.memory_limit = memory_limit
+        self.threads = threads
+        self._t = sql.SqlTarget("duckdb")
+        self._lock = _lock_for(self.path)
+
+    def __repr__(self) -> str:
+        return f"DuckDBWarehouse({str(self.path)!r})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: StagingStore) -> DuckDBWarehouse:
+        return cls(
+            settings.duckdb_path,
+            store,
+            memory_limit=settings.duckdb_memory_limit,
+            threads=settings.duckdb_threads,
+        )
+
+    @contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            try:
+                con = duckdb.connect(
+                    str(self.path),
+                    config={"memory_limit": self.memory_limit, "threads": self.threads},
+                )
+            except duckdb.Error as e:
+                raise WarehouseError(
+                    f"cannot open the DuckDB warehouse {self.path}: {e} (another process may "
+                    "hold it open for writing)"
+                ) from e
+            try:
+                yield con
+            finally:
+                con.close()
+
+    def _fetch(self, sql_text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._connect() as con:
+            return con.execute(sql_text, list(params)).fetchall()
+
+    # ------------------------------------------------------------------ schema
+
+    def ensure_schema(self) -> list[str]:
+        """Create missing tables; add columns missing from existing tables (NULLABLE, via
+        ``ALTER TABLE ADD COLUMN``: metadata only, no rewrite). Returns ``table.column`` added."""
+        added: list[str] = []
+        t = self._t
+        with self._connect() as con:
+            for table, columns in TABLES.items():
+                con.execute(sql.create_table_sql(t, table, columns))
+                existing = {
+                    r[0].lower()
+                    for r in con.execute(sql.existing_columns_sql(t), ["main", table]).fetchall()
+                }
+                for column in columns:
+                    if column.name not in existing:
+                        con.execute(sql.add_column_sql(t, table, column))
+                        added.append(f"{table}.{column.name}")
+        if added:
+            log.info("added column(s) to the DuckDB warehouse: %s", ", ".join(added))
+        return added
+
+    # ------------------------------------------------------------------ loads
+
+    def _fill_stage(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        stage: str,
+        columns: Sequence[str],
+        files: Sequence[StagedFile],
+    ) -> None:
+        """INSERT the staged files into the stage table (nothing for an empty list)."""
+        keys = [f.key for f in files]
+        if not keys:
+            return
+        paths = [self.store.local_path(k) for k in keys]
+        if all(p is not None for p in paths):
+            source = "read_parquet(?, union_by_name = true)"
+            con.execute(
+                sql.insert_select_sql(self._t, stage, columns, source), [[str(p) for p in paths]]
+            )
+            return
+        view = f"src_{uuid.uuid4().hex[:12]}"
+        con.register(view, self.store.open_dataset(keys))
+        try:
+            con.execute(sql.insert_select_sql(self._t, stage, columns, self._t.ident(view)))
+        finally:
+            con.unregister(view)
+
+    def load_region(self, batch: RegionLoad) -> MergeResult:
+        """Merge one region's staged batch and write its 'loaded' ledger row, atomically."""
+        region = validate_identifier(batch.region, "region")
+        validate_batch_id(batch.batch_id)
+        t = self._t
+        stage = sql.stage_table_name("sales", batch.batch_id, region)
+        started = time.perf_counter()
+        started_at = batch.started_at or utc_now()
+        step = StepTimer()
+        with self._connect() as con:
+            try:
+                step.start("begin")
+                con.execute("BEGIN TRANSACTION")
+                step.start("create stage table")
+                con.execute(sql.create_table_sql(t, stage, SALES_STAGE_COLUMNS, temporary=True))
+                step.start("read staged files")
+                self._fill_stage(con, stage, sql.ACCEPTED, batch.files)
+                step.start("check stage")
+                row = con.execute(sql.stage_stats_sql(t, stage), [region]).fetchone()
+                staged, foreign, duplicates = (int(v) for v in row or (0, 0, 0))
+                if staged != batch.staged_rows:
+                    raise WarehouseError(
+                        f"stage holds {staged} row(s) but the staged files have {batch.staged_rows}"
+                    )
+                if foreign:
+                    raise WarehouseError(f"{foreign} staged row(s) are not of region {region!r}")
+                source = sql.plain_source_sql(t, stage)
+                if duplicates:
+                    log.warning(
+                        "region %s %s batch %s: %d staged row(s) repeat a key; keeping the "
+                        "latest updated_at",
+                        region,
+                        batch.business_date,
+                        batch.batch_id,
+                        duplicates,
+                    )
+                    dedup = f"{stage}_dedup"
+                    con.execute(
+                        sql.create_temp_table_as_sql(t, dedup, sql.dedup_source_sql(t, stage))
+                    )
+                    source = sql.plain_source_sql(t, dedup)
+                step.start("classify")
+                counts = con.execute(sql.classify_sql(t, source)).fetchone()
+                inserted, updated, unchanged = (int(v) for v in counts or (0, 0, 0))
+                step.start("merge")
+                merged = con.execute(sql.merge_sql(t, source)).fetchone()
+                affected = int(merged[0]) if merged else 0
+                if affected != inserted + updated:
+                    raise WarehouseError(
+                        f"MERGE changed {affected} row(s), expected {inserted} inserted + "
+                        f"{updated} updated"
+                    )
+                step.start("ledger")
+                seconds = time.perf_counter() - started
+                entry = loaded_ledger_entry(
+                    batch, inserted, updated, unchanged, seconds, started_at
+                )
+                con.execute(sql.insert_ledger_sql(t), list(entry.validated().row()))
+                step.start("commit")
+                con.execute("COMMIT")
+            except Exception as e:
+                _rollback(con)
+                raise load_error(batch, step.current, e) from e
+        step.start("done")
+        log.debug("load of %s %s, seconds per step: %s", region, batch.business_date, step.seconds)
+        result = MergeResult(
+            region=region,
+            business_date=batch.business_date,
+            batch_id=batch.batch_id,
+            staged_rows=staged,
+            inserted=inserted,
+            updated=updated,
+            unchanged=unchanged,
+            duplicate_rows=duplicates,
+            seconds=time.perf_counter() - started,
+            rows_accepted=batch.rows_accepted,
+        )
+        log.info(
+            "loaded %s %s: %d staged, %d inserted, %d updated, %d unchanged in %.2f s",
+            region,
+            batch.business_date,
+            staged,
+            inserted,
+            updated,
+            unchanged,
+            result.seconds,
+        )
+        return result
+
+    def load_rejects(
+        self, region: str, business_date: date, batch_id: str, files: Sequence[StagedFile]
+    ) -> int:
+        """Replace the rejects of (region, business_date) by the staged ones, atomically."""
+        validate_identifier(region, "region")
+        validate_batch_id(batch_id)
+        t = self._t
+        stage = sql.stage_table_name("rejects", batch_id, region)
+        cols = [c.name for c in REJECTS_STAGE_COLUMNS]
+        with self._connect() as con:
+            try:
+                con.execute("BEGIN TRANSACTION")
+                con.execute(sql.create_table_sql(t, stage, REJECTS_STAGE_COLUMNS, temporary=True))
+                self._fill_stage(con, stage, cols, files)
+                ((staged, foreign, _),) = con.execute(
+                    sql.stage_stats_sql(t, stage), [region]
+                ).fetchall()
+                if foreign:
+                    raise WarehouseError(f"{foreign} reject row(s) are not of region {region!r}")
+                expected = sum(f.rows for f in files)
+                if staged != expected:
+                    raise WarehouseError(
+                        f"read {staged} reject row(s), staged files have {expected}"
+                    )
+                con.execute(sql.delete_rejects_sql(t), [region, business_date])
+                con.execute(sql.insert_rejects_sql(t, stage))
+                con.execute("COMMIT")
+            except Exception as e:
+                _rollback(con)
+                raise WarehouseError(
+                    f"loading rejects of region {region!r} for {business_date} "
+                    f"(batch {batch_id}) into sales_rejects failed: {describe_error(e)}"
+                ) from e
+        return int(staged)
+
+    def load_dq_results(self, records: Sequence[Mapping[str, Any]]) -> int:
+        """Replace the quality results of the records' batch ids (a rerun of a batch replaces
+        its own results; other batches' results stay as history)."""
+        rows = [normalize_dq_record(r) for r in records]
+        if not rows:
+            return 0
+        batch_ids = sorted({str(r["batch_id"]) for r in records})
+        t = self._t
+        with self._connect() as con:
+            try:
+                con.execute("BEGIN TRANSACTION")
+                con.execute(sql.delete_dq_sql(t, len(batch_ids)), batch_ids)
+                con.executemany(sql.insert_dq_sql(t), [list(r) for r in rows])
+                con.execute("COMMIT")
+            except Exception as e:
+                _rollback(con)
+                raise WarehouseError(
+                    f"writing {len(rows)} dq_results row(s) of batch(es) {', '.join(batch_ids)} "
+                    f"failed: {describe_error(e)}"
+                ) from e
+        return len(rows)
+
+    def record_ledger(self, entry: LedgerEntry) -> None:
+        """Append one ledger row in its own transaction (e.g. 'load_failed' after a rollback)."""
+        entry = entry.validated()
+        try:
+            with self._connect() as con:
+                con.execute(sql.insert_ledger_sql(self._t), list(entry.row()))
+        except duckdb.Error as e:
+            raise WarehouseError(
+                f"recording ledger status {entry.status!r} for region {entry.region!r} "
+                f"{entry.business_date} (batch {entry.batch_id}) failed: {describe_error(e)}"
+            ) from e
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:  # no transaction active (failed before BEGIN) or already aborted
+        log.debug("rollback had no transaction to undo", exc_info=True)

@@ -1,0 +1,456 @@
+"""Snowflake warehouse: external stage over the staging bucket, COPY, MERGE.
+
+Connections come from a factory (production: the prefect-snowflake ``SnowflakeConnector``
+block's credentials; tests: fakesnow), one per operation, with ``autocommit`` off so that a
+load's MERGE and its ledger row are one transaction committed together.
+
+A region load::
+
+    CREATE OR REPLACE TRANSIENT TABLE stg_sales_<batch>_<region>     -- DDL: auto-commits, so
+                                                                    --   it runs before the txn
+    COPY INTO it FROM @stage FILES = (<explicit keys>) ... MATCH_BY_COLUMN_NAME, FORCE; commit
+    checks: rows loaded == staged file rows, every row of this region, duplicate keys counted
+    classify by a join, MERGE (source: the stage deduplicated with QUALIFY ROW_NUMBER() = 1),
+        MERGE's (inserted, updated) must equal the classification
+    INSERT the 'loaded' ledger row
+    COMMIT                                  -- any error: ROLLBACK, WarehouseLoadError
+    DROP TABLE stg_...                      -- always
+
+The stage table name contains the batch id (date + random) and the region, so runs of
+different dates (or two runs of one date) never share one.
+
+Secrets: the stage's AWS key pair is bound as parameters and never logged; an error while
+creating the stage is re-raised with the secret values redacted and without the driver's
+exception attached (its text could echo the statement). Prefer a STORAGE INTEGRATION
+(``storage_integration=``), which keeps keys out of SQL entirely.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import date
+from typing import Any
+
+from pydantic import SecretStr
+
+from retail_etl.settings import validate_identifier
+from retail_etl.staging import S3StagingStore, StagedFile, StagingStore, validate_batch_id
+from retail_etl.warehouse import sql
+from retail_etl.warehouse.base import (
+    REJECTS_STAGE_COLUMNS,
+    SALES_FACT,
+    SALES_STAGE_COLUMNS,
+    TABLES,
+    LedgerEntry,
+    MergeResult,
+    RegionLoad,
+    StepTimer,
+    WarehouseError,
+    describe_error,
+    load_error,
+    loaded_ledger_entry,
+    normalize_dq_record,
+    utc_now,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCHEMA = "retail_etl"
+DEFAULT_STAGE = "retail_etl_staging"
+DEFAULT_FILE_FORMAT = "retail_etl_parquet"
+COPY_MAX_FILES = 1000  # Snowflake's limit for FILES = (...)
+CLUSTER_BY = ("sale_date", "region")
+
+Connection = Any  # a DB-API connection of snowflake-connector-python (or fakesnow)
+
+
+def stage_url(store: StagingStore) -> str:
+    """The URL the external stage points at: the staging root, ``s3://bucket/prefix/`` in
+    production (a ``file://`` root only works with fakesnow, in tests)."""
+    url = store.root_uri
+    if not url.endswith("/"):
+        url += "/"
+    return url
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class SnowflakeWarehouse(sql.QueryMixin):
+    """The warehouse in one Snowflake schema."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        store: StagingStore,
+        *,
+        database: str | None = None,
+        schema: str = DEFAULT_SCHEMA,
+        stage_name: str = DEFAULT_STAGE,
+        file_format_name: str = DEFAULT_FILE_FORMAT,
+        url: str | None = None,
+        aws_key_id: str | None = None,
+        aws_secret_key: SecretStr | None = None,
+        storage_integration: str | None = None,
+    ) -> None:
+        self._connect = connect
+        self.store = store
+        self._t = sql.SqlTarget("snowflake", database=database, schema=schema)
+        self.stage_name = validate_identifier(stage_name.lower(), "stage")
+        self.file_format_name = validate_identifier(file_format_name.lower(), "file format")
+        self.url = url or stage_url(store)
+        if (aws_key_id is None) != (aws_secret_key is None):
+            raise ValueError("give both aws_key_id and aws_secret_key, or neither")
+        self._aws_key_id = aws_key_id
+        self._aws_secret_key = aws_secret_key
+        self.storage_integration = (
+            validate_identifier(storage_integration.lower(), "storage integration")
+            if storage_integration
+            else None
+        )
+
+    def __repr__(self) -> str:  # no credentials
+        return f"SnowflakeWarehouse(schema={self._t.schema!r}, stage_url={self.url!r})"
+
+    @classmethod
+    def from_blocks(
+        cls,
+        connector: Any,
+        s3_bucket: Any,
+        store: StagingStore,
+        *,
+        schema: str | None = None,
+        storage_integration: str | None = None,
+    ) -> SnowflakeWarehouse:
+        """From a prefect-snowflake ``SnowflakeConnector`` and the prefect-aws ``S3Bucket`` of
+        the staging store. Each operation opens its own connection with the connector's
+        credentials, database, warehouse and schema (the block's cached connection is not
+        shared, so autocommit can be switched off safely)."""
+        if not isinstance(store, S3StagingStore):
+            raise ValueError(
+                "Snowflake loads from the S3 staging store (RETAIL_ETL_STAGING_STORE=s3)"
+            )
+
+        def connect() -> Connection:
+            return connector.credentials.get_client(
+                database=connector.database,
+                warehouse=connector.warehouse,
+                schema=connector.schema_,
+                autocommit=False,
+            )
+
+        key_id: str | None = None
+        secret: SecretStr | None = None
+        if storage_integration is None:
+            creds = s3_bucket.credentials
+            key_id = getattr(creds, "aws_access_key_id", None) or getattr(
+                creds, "minio_root_user", None
+            )
+            secret = getattr(creds, "aws_secret_access_key", None) or getattr(
+                creds, "minio_root_password", None
+            )
+        return cls(
+            connect,
+            store,
+            database=connector.database,
+            schema=schema or connector.schema_,
+            aws_key_id=key_id,
+            aws_secret_key=secret,
+            storage_integration=storage_integration,
+        )
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        conn = self._connect()
+        try:
+            conn.autocommit(False)
+            yield conn
+        finally:
+            with suppress(Exception):
+                conn.close()
+
+    def _fetch(self, sql_text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._connection() as conn:
+            cur = conn.cursor()
+            cur.execute(sql_text, list(params) if params else None)
+            rows = [tuple(r) for r in cur.fetchall()]
+            conn.rollback()  # read only; end the implicit transaction
+            return rows
+
+    @staticmethod
+    def _one(cur: Any, sql_text: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:
+        cur.execute(sql_text, list(params) if params else None)
+        row = cur.fetchone()
+        if row is None:
+            raise WarehouseError("query returned no row")
+        return tuple(row)
+
+    # ------------------------------------------------------------------ schema
+
+    def ensure_schema(self) -> list[str]:
+        """Schema, parquet file format, external stage, tables (``sales_fact`` clustered by
+        (sale_date, region)); add missing columns NULLABLE (metadata only)."""
+        t = self._t
+        added: list[str] = []
+        with self._connection() as conn:
+            cur = conn.cursor()
+            cur.execute(sql.create_schema_sql(t))
+            cur.execute(sql.create_file_format_sql(t, self.file_format_name))
+            self._create_stage(cur)
+            for table, columns in TABLES.items():
+                cluster = CLUSTER_BY if table == SALES_FACT else ()
+                cur.execute(sql.create_table_sql(t, table, columns, cluster_by=cluster))
+                cur.execute(
+                    sql.existing_columns_sql(t),
+                    [t.schema.upper() if t.schema else "", table.upper()],
+                )
+                existing = {str(r[0]).lower() for r in cur.fetchall()}
+                for column in columns:
+                    if column.name not in existing:
+                        cur.execute(sql.add_column_sql(t, table, column))
+                        added.append(f"{table}.{column.name}")
+            conn.commit()
+        if added:
+            log.info("added column(s) to the Snowflake warehouse: %s", ", ".join(added))
+        return added
+
+    def _create_stage(self, cur: Any) -> None:
+        credentials = self._aws_key_id is not None and self.storage_integration is None
+        text = sql.create_stage_sql(
+            self._t,
+            self.stage_name,
+            credentials=credentials,
+            storage_integration=self.storage_integration,
+        )
+        params: list[Any] = [self.url]
+        secrets: list[str] = []
+        if credentials and self._aws_secret_key is not None:
+            secret = self._aws_secret_key.get_secret_value()
+            params += [self._aws_key_id, secret]
+            secrets = [secret, self._aws_key_id or ""]
+        try:
+            cur.execute(text, params)
+        except Exception as e:
+            message = redact(describe_error(e), secrets)
+            # not chained: the driver's exception may echo the statement with the key pair
+            raise WarehouseError(
+                f"creating the external stage {self.stage_name} over {self.url} failed: {message}"
+            ) from None
+
+    # ------------------------------------------------------------------ loads
+
+    def _copy(self, cur: Any, stage_table: str, files: Sequence[StagedFile]) -> int:
+        """COPY exactly ``files`` into the stage table; returns rows loaded."""
+        keys = [f.key for f in files]
+        loaded = 0
+        for start in range(0, len(keys), COPY_MAX_FILES):
+            chunk = keys[start : start + COPY_MAX_FILES]
+            text = sql.copy_into_sql(
+                self._t, stage_table, self.stage_name, self.file_format_name, len(chunk)
+            )
+            cur.execute(text, chunk)
+            names = [d[0].lower() for d in cur.description or []]
+            for row in cur.fetchall():
+                record = dict(zip(names, row, strict=False))
+                if "file" not in record:  # "Copy executed with 0 files processed."
+                    continue
+                status = str(record.get("status", "")).upper()
+                if status != "LOADED":
+                    raise WarehouseError(
+                        f"COPY of {record.get('file')} into {stage_table}: status {status}"
+                        f" ({record.get('first_error')})"
+                    )
+                loaded += int(record.get("rows_loaded") or 0)
+        return loaded
+
+    def load_region(self, batch: RegionLoad) -> MergeResult:
+        """COPY, dedup guard, MERGE and the 'loaded' ledger row (one transaction)."""
+        region = validate_identifier(batch.region, "region")
+        validate_batch_id(batch.batch_id)
+        t = self._t
+        stage = sql.stage_table_name("sales", batch.batch_id, region)
+        started = time.perf_counter()
+        started_at = batch.started_at or utc_now()
+        step = StepTimer()
+        with self._connection() as conn:
+            cur = conn.cursor()
+            try:
+                step.start("create stage table")
+                cur.execute(
+                    sql.create_table_sql(
+                        t, stage, SALES_STAGE_COLUMNS, replace=True, transient=True
+                    )
+                )
+                step.start("copy")
+                loaded = self._copy(cur, stage, batch.files)
+                conn.commit()
+                step.start("check stage")
+                staged, foreign, duplicates = (
+                    int(v) for v in self._one(cur, sql.stage_stats_sql(t, stage), [region])
+                )
+                if staged != batch.staged_rows or loaded != batch.staged_rows:
+                    raise WarehouseError(
+                        f"COPY loaded {loaded} row(s), stage holds {staged}, staged files "
+                        f"have {batch.staged_rows}"
+                    )
+                if foreign:
+                    raise WarehouseError(f"{foreign} staged row(s) are not of region {region!r}")
+                if duplicates:
+                    log.warning(
+                        "region %s %s batch %s: %d staged row(s) repeat a key; keeping the "
+                        "latest updated_at",
+                        region,
+                        batch.business_date,
+                        batch.batch_id,
+                        duplicates,
+                    )
+                source = sql.dedup_source_sql(t, stage)
+                step.start("classify")
+                inserted, updated, unchanged = (
+                    int(v) for v in self._one(cur, sql.classify_sql(t, source))
+                )
+                step.start("merge")
+                cur.execute(sql.merge_sql(t, source))
+                names = [d[0].lower() for d in cur.description or []]
+                merged = dict(zip(names, cur.fetchone() or (), strict=False))
+                m_inserted = int(merged.get("number of rows inserted") or 0)
+                m_updated = int(merged.get("number of rows updated") or 0)
+                if (m_inserted, m_updated) != (inserted, updated):
+                    raise WarehouseError(
+                        f"MERGE reported {m_inserted} inserted / {m_updated} updated, expected "
+                        f"{inserted} / {updated}"
+                    )
+                step.start("ledger")
+                seconds = time.perf_counter() - started
+                entry = loaded_ledger_entry(
+                    batch, inserted, updated, unchanged, seconds, started_at
+                )
+                cur.execute(sql.insert_ledger_sql(t), list(entry.validated().row()))
+                step.start("commit")
+                conn.commit()
+            except Exception as e:
+                with suppress(Exception):
+                    conn.rollback()
+                raise load_error(batch, step.current, e) from e
+            finally:
+                self._drop(cur, stage)
+        step.start("done")
+        log.debug("load of %s %s, seconds per step: %s", region, batch.business_date, step.seconds)
+        result = MergeResult(
+            region=region,
+            business_date=batch.business_date,
+            batch_id=batch.batch_id,
+            staged_rows=staged,
+            inserted=inserted,
+            updated=updated,
+            unchanged=unchanged,
+            duplicate_rows=duplicates,
+            seconds=time.perf_counter() - started,
+            rows_accepted=batch.rows_accepted,
+        )
+        log.info(
+            "loaded %s %s: %d staged, %d inserted, %d updated, %d unchanged in %.2f s",
+            region,
+            batch.business_date,
+            staged,
+            inserted,
+            updated,
+            unchanged,
+            result.seconds,
+        )
+        return result
+
+    def _drop(self, cur: Any, table: str) -> None:
+        try:
+            cur.execute(sql.drop_table_sql(self._t, table))
+        except Exception:
+            log.warning("could not drop stage table %s", table, exc_info=True)
+
+    def load_rejects(
+        self, region: str, business_date: date, batch_id: str, files: Sequence[StagedFile]
+    ) -> int:
+        """Replace the rejects of (region, business_date) by the staged ones (one transaction)."""
+        validate_identifier(region, "region")
+        validate_batch_id(batch_id)
+        t = self._t
+        stage = sql.stage_table_name("rejects", batch_id, region)
+        with self._connection() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(
+                    sql.create_table_sql(
+                        t, stage, REJECTS_STAGE_COLUMNS, replace=True, transient=True
+                    )
+                )
+                loaded = self._copy(cur, stage, files)
+                conn.commit()
+                staged, foreign, _ = (
+                    int(v) for v in self._one(cur, sql.stage_stats_sql(t, stage), [region])
+                )
+                if foreign:
+                    raise WarehouseError(f"{foreign} reject row(s) are not of region {region!r}")
+                expected = sum(f.rows for f in files)
+                if not staged == loaded == expected:
+                    raise WarehouseError(
+                        f"COPY loaded {loaded} reject row(s), stage holds {staged}, staged files "
+                        f"have {expected}"
+                    )
+                cur.execute(sql.delete_rejects_sql(t), [region, business_date])
+                cur.execute(sql.insert_rejects_sql(t, stage))
+                conn.commit()
+            except Exception as e:
+                with suppress(Exception):
+                    conn.rollback()
+                raise WarehouseError(
+                    f"loading rejects of region {region!r} for {business_date} "
+                    f"(batch {batch_id}) into sales_rejects failed: {describe_error(e)}"
+                ) from e
+            finally:
+                self._drop(cur, stage)
+        return staged
+
+    def load_dq_results(self, records: Sequence[Mapping[str, Any]]) -> int:
+        """Replace the quality results of the records' batch ids (one transaction)."""
+        rows = [normalize_dq_record(r) for r in records]
+        if not rows:
+            return 0
+        batch_ids = sorted({str(r["batch_id"]) for r in records})
+        t = self._t
+        with self._connection() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(sql.delete_dq_sql(t, len(batch_ids)), batch_ids)
+                cur.executemany(sql.insert_dq_sql(t), [list(r) for r in rows])
+                conn.commit()
+            except Exception as e:
+                with suppress(Exception):
+                    conn.rollback()
+                raise WarehouseError(
+                    f"writing {len(rows)} dq_results row(s) of batch(es) {', '.join(batch_ids)} "
+                    f"failed: {describe_error(e)}"
+                ) from e
+        return len(rows)
+
+    def record_ledger(self, entry: LedgerEntry) -> None:
+        """Append one ledger row in its own transaction."""
+        entry = entry.validated()
+        with self._connection() as conn:
+            try:
+                conn.cursor().execute(sql.insert_ledger_sql(self._t), list(entry.row()))
+                conn.commit()
+            except Exception as e:
+                with suppress(Exception):
+                    conn.rollback()
+                raise WarehouseError(
+                    f"recording ledger status {entry.status!r} for region {entry.region!r} "
+                    f"{entry.business_date} (batch {entry.batch_id}) failed: {describe_error(e)}"
+                ) from e

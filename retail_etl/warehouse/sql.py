@@ -1,0 +1,556 @@
+"""SQL builders shared by the DuckDB and Snowflake warehouses.
+
+Every identifier goes through :func:`retail_etl.settings.validate_identifier` and is quoted
+(DuckDB: ``"sales_fact"``; Snowflake: ``"SALES_FACT"``, the same object as unquoted
+``sales_fact``, so users can query without quotes). Every value is a bound parameter (DuckDB
+``?``, Snowflake pyformat ``%s``), including stage URLs and credentials. Builders return SQL
+text only; the callers bind.
+
+The MERGE source is always :func:`dedup_source_sql`: the stage table deduplicated on
+``(region, sale_id)`` keeping the latest ``updated_at`` (``QUALIFY ROW_NUMBER() ... = 1``),
+because Snowflake rejects a MERGE whose source matches one target row twice
+(ERROR_ON_NONDETERMINISTIC_MERGE).
+"""
+# ruff: noqa: S608 - this module builds SQL text from validated, quoted identifiers only;
+# every value is a bound parameter.
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any, Literal
+
+from retail_etl import contract
+from retail_etl.settings import validate_identifier
+from retail_etl.warehouse.base import (
+    BATCH_LEVEL_REGION,
+    DQ_RESULT_FIELDS,
+    DQ_RESULTS,
+    LEDGER,
+    LEDGER_COLUMNS,
+    SALES_FACT,
+    SALES_FACT_COLUMNS,
+    SALES_REJECTS,
+    SALES_REJECTS_COLUMNS,
+    CheckResult,
+    MergeResult,
+    TransformCounts,
+    WarehouseColumn,
+    merge_checks,
+)
+
+Dialect = Literal["duckdb", "snowflake"]
+
+KEY_COLUMNS: tuple[str, ...] = contract.NATURAL_KEY  # ("region", "sale_id")
+ACCEPTED: tuple[str, ...] = contract.ACCEPTED_COLUMNS
+WAREHOUSE_TIMESTAMPS = ("loaded_at", "updated_in_warehouse_at")
+#: Tie-break of the dedup window after updated_at (the transform deduplicates the same way).
+DEDUP_ORDER = ("updated_at", "created_at")
+
+
+@dataclass(frozen=True)
+class SqlTarget:
+    """Where and how to write SQL: dialect plus (Snowflake) database and schema."""
+
+    dialect: Dialect
+    database: str | None = None
+    schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.database is not None:
+            validate_identifier(self.database.lower(), "database")
+        if self.schema is not None:
+            validate_identifier(self.schema.lower(), "schema")
+
+    @property
+    def param(self) -> str:
+        return "?" if self.dialect == "duckdb" else "%s"
+
+    def params(self, n: int) -> str:
+        return ", ".join([self.param] * n)
+
+    def ident(self, name: str) -> str:
+        """Validated, quoted identifier."""
+        validate_identifier(name.lower(), "identifier")
+        return f'"{name.lower()}"' if self.dialect == "duckdb" else f'"{name.upper()}"'
+
+    def table(self, name: str) -> str:
+        """Qualified table (or stage / file format) name."""
+        parts = [p for p in (self.database, self.schema) if p is not None]
+        return ".".join([*(self.ident(p) for p in parts), self.ident(name)])
+
+    def now(self) -> str:
+        return "current_timestamp" if self.dialect == "duckdb" else "CURRENT_TIMESTAMP()"
+
+    def cols(self, names: Sequence[str], prefix: str = "") -> str:
+        return ", ".join(f"{prefix}{self.ident(n)}" for n in names)
+
+
+def stage_table_name(kind: Literal["sales", "rejects"], batch_id: str, region: str) -> str:
+    """Per-batch, per-region stage table: two runs (other dates = other batch ids) never share one."""
+    validate_identifier(region, "region")
+    return validate_identifier(f"stg_{kind}_{batch_id}_{region}", "stage table")
+
+
+# --------------------------------------------------------------------------- DDL
+
+
+def create_schema_sql(t: SqlTarget) -> str:
+    if t.schema is None:
+        raise ValueError("create_schema_sql needs a schema")
+    parts = [p for p in (t.database, t.schema) if p is not None]
+    return f"CREATE SCHEMA IF NOT EXISTS {'.'.join(t.ident(p) for p in parts)}"
+
+
+def create_table_sql(
+    t: SqlTarget,
+    table: str,
+    columns: Sequence[WarehouseColumn],
+    *,
+    replace: bool = False,
+    transient: bool = False,
+    temporary: bool = False,
+    cluster_by: Sequence[str] = (),
+) -> str:
+    """``transient`` applies to Snowflake, ``temporary`` to DuckDB (a connection-local table)."""
+    cols = ", ".join(f"{t.ident(c.name)} {c.sql_type(t.dialect)}" for c in columns)
+    head = "CREATE OR REPLACE" if replace else "CREATE"
+    kind = "TABLE"
+    if transient and t.dialect == "snowflake":
+        kind = "TRANSIENT TABLE"
+    elif temporary and t.dialect == "duckdb":
+        kind = "TEMP TABLE"
+    tail = "" if replace else " IF NOT EXISTS"
+    sql = f"{head} {kind}{tail} {t.table(table)} ({cols})"
+    if cluster_by and t.dialect == "snowflake":
+        sql += f" CLUSTER BY ({t.cols(cluster_by)})"
+    return sql
+
+
+def existing_columns_sql(t: SqlTarget) -> str:
+    """Columns of one table; params: (schema, table) as the catalog stores them."""
+    if t.dialect == "duckdb":
+        return (
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ?"
+        )
+    prefix = f"{t.ident(t.database)}." if t.database else ""
+    return (
+        f"SELECT column_name FROM {prefix}information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s"
+    )
+
+
+def add_column_sql(t: SqlTarget, table: str, column: WarehouseColumn) -> str:
+    """Metadata-only, NULLABLE (no default, no NOT NULL): existing rows read NULL."""
+    return (
+        f"ALTER TABLE {t.table(table)} ADD COLUMN {t.ident(column.name)} "
+        f"{column.sql_type(t.dialect)}"
+    )
+
+
+def drop_table_sql(t: SqlTarget, table: str) -> str:
+    return f"DROP TABLE IF EXISTS {t.table(table)}"
+
+
+def create_file_format_sql(t: SqlTarget, name: str) -> str:
+    return f"CREATE FILE FORMAT IF NOT EXISTS {t.table(name)} TYPE = PARQUET"
+
+
+def create_stage_sql(
+    t: SqlTarget, name: str, *, credentials: bool, storage_integration: str | None = None
+) -> str:
+    """External stage over the staging root. Params: (url,) or (url, key id, secret key).
+
+    ``CREATE OR REPLACE`` so a changed bucket or prefix takes effect; the stage holds no data
+    and COPY names its file format explicitly, so replacing it loses nothing.
+    """
+    sql = f"CREATE OR REPLACE STAGE {t.table(name)} URL = %s"
+    if storage_integration is not None:
+        sql += f" STORAGE_INTEGRATION = {t.ident(storage_integration)}"
+    elif credentials:
+        sql += " CREDENTIALS = (AWS_KEY_ID = %s AWS_SECRET_KEY = %s)"
+    return sql
+
+
+def copy_into_sql(t: SqlTarget, table: str, stage: str, file_format: str, n_files: int) -> str:
+    """COPY exactly the listed files (params: the keys, relative to the stage URL).
+
+    ``FORCE = TRUE``: the stage table is new for every load and the file list is explicit, so
+    Snowflake's load history must not skip a file re-staged under the same name by a rerun of
+    the same batch.
+    """
+    if n_files < 1:
+        raise ValueError("copy_into_sql needs at least one file")
+    return (
+        f"COPY INTO {t.table(table)} FROM @{t.table(stage)} "
+        f"FILES = ({t.params(n_files)}) "
+        f"FILE_FORMAT = (FORMAT_NAME = '{t.table(file_format)}') "
+        "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE FORCE = TRUE"
+    )
+
+
+# --------------------------------------------------------------------------- load
+
+
+def stage_stats_sql(t: SqlTarget, stage: str) -> str:
+    """(staged rows, rows of another region, rows repeating a key). Param: the region."""
+    key = t.cols(KEY_COLUMNS)
+    return (
+        "SELECT "
+        f"(SELECT COUNT(*) FROM {t.table(stage)}), "
+        f"(SELECT COUNT(*) FROM {t.table(stage)} "
+        f"WHERE {t.ident('region')} IS NULL OR {t.ident('region')} <> {t.param}), "
+        f"(SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM {t.table(stage)} "
+        f"GROUP BY {key} HAVING COUNT(*) > 1) d)"
+    )
+
+
+def plain_source_sql(t: SqlTarget, stage: str) -> str:
+    """The stage as a MERGE source when it is known to hold no duplicate key (DuckDB skips the
+    dedup window then; Snowflake always uses :func:`dedup_source_sql`)."""
+    return f"SELECT {t.cols(ACCEPTED)} FROM {t.table(stage)}"
+
+
+def dedup_source_sql(t: SqlTarget, stage: str) -> str:
+    """The MERGE source: one row per (region, sale_id), the latest ``updated_at`` winning.
+
+    In Snowflake ``extras`` becomes VARIANT here (PARSE_JSON), so the MERGE copies columns
+    one to one.
+    """
+    select = []
+    for name in ACCEPTED:
+        col = t.ident(name)
+        if name == contract.EXTRAS_COLUMN and t.dialect == "snowflake":
+            select.append(f"PARSE_JSON({col}) AS {col}")
+        else:
+            select.append(col)
+    order = ", ".join(f"{t.ident(c)} DESC NULLS LAST" for c in DEDUP_ORDER)
+    return (
+        f"SELECT {', '.join(select)} FROM {t.table(stage)} "
+        f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {t.cols(KEY_COLUMNS)} ORDER BY {order}) = 1"
+    )
+
+
+def newer_predicate(t: SqlTarget, s: str = "s", tgt: str = "t") -> str:
+    """Incoming row ``s`` is newer than stored row ``t`` (a stored NULL loses to a value).
+
+    Never NULL (so ``NOT newer`` counts the unchanged rows exactly, NULLs included).
+    """
+    u = t.ident("updated_at")
+    return f"(COALESCE({s}.{u} > {tgt}.{u}, FALSE) OR ({tgt}.{u} IS NULL AND {s}.{u} IS NOT NULL))"
+
+
+def _key_join(t: SqlTarget, s: str = "s", tgt: str = "t") -> str:
+    return " AND ".join(f"{tgt}.{t.ident(k)} = {s}.{t.ident(k)}" for k in KEY_COLUMNS)
+
+
+def classify_sql(t: SqlTarget, source_sql: str) -> str:
+    """(inserted, updated, unchanged) the MERGE of ``source_sql`` will do, counted by a join.
+
+    Run in the MERGE's transaction; the MERGE's own counts must agree.
+    """
+    probe = t.ident("sale_id")  # NULL after the LEFT JOIN <=> no stored row with this key
+    newer = newer_predicate(t)
+    return (
+        "SELECT "
+        f"COALESCE(SUM(CASE WHEN t.{probe} IS NULL THEN 1 ELSE 0 END), 0), "
+        f"COALESCE(SUM(CASE WHEN t.{probe} IS NOT NULL AND {newer} THEN 1 ELSE 0 END), 0), "
+        f"COALESCE(SUM(CASE WHEN t.{probe} IS NOT NULL AND NOT {newer} THEN 1 ELSE 0 END), 0) "
+        f"FROM ({source_sql}) s LEFT JOIN {t.table(SALES_FACT)} t ON {_key_join(t)}"
+    )
+
+
+def merge_sql(t: SqlTarget, source_sql: str) -> str:
+    """MERGE the (deduplicated) source into ``sales_fact``: update if newer, insert if new."""
+    updates = ", ".join(f"{t.ident(n)} = s.{t.ident(n)}" for n in ACCEPTED if n not in KEY_COLUMNS)
+    now = t.now()
+    insert_cols = t.cols([*ACCEPTED, *WAREHOUSE_TIMESTAMPS])
+    insert_vals = ", ".join([*(f"s.{t.ident(n)}" for n in ACCEPTED), now, now])
+    return (
+        f"MERGE INTO {t.table(SALES_FACT)} t USING ({source_sql}) s ON {_key_join(t)} "
+        f"WHEN MATCHED AND {newer_predicate(t)} THEN UPDATE SET {updates}, "
+        f"{t.ident('updated_in_warehouse_at')} = {now} "
+        f"WHEN NOT MATCHED THEN INSERT ({insert_cols}) VALUES ({insert_vals})"
+    )
+
+
+def insert_select_sql(t: SqlTarget, table: str, columns: Sequence[str], source: str) -> str:
+    """``INSERT INTO table (cols) SELECT cols FROM <source>``; ``source`` is a relation built
+    here or by the caller from constants (``read_parquet(?)``, a registered view name)."""
+    cols = t.cols(columns)
+    return f"INSERT INTO {t.table(table)} ({cols}) SELECT {cols} FROM {source}"
+
+
+def insert_values_sql(t: SqlTarget, table: str, columns: Sequence[str]) -> str:
+    return f"INSERT INTO {t.table(table)} ({t.cols(columns)}) VALUES ({t.params(len(columns))})"
+
+
+def insert_ledger_sql(t: SqlTarget) -> str:
+    return insert_values_sql(t, LEDGER, [c.name for c in LEDGER_COLUMNS])
+
+
+def insert_dq_sql(t: SqlTarget) -> str:
+    return insert_values_sql(t, DQ_RESULTS, DQ_RESULT_FIELDS)
+
+
+def delete_dq_sql(t: SqlTarget, n_batches: int) -> str:
+    return (
+        f"DELETE FROM {t.table(DQ_RESULTS)} WHERE {t.ident('batch_id')} IN ({t.params(n_batches)})"
+    )
+
+
+def delete_rejects_sql(t: SqlTarget) -> str:
+    """Params: (region, business_date): a rerun replaces the rejects of that region and day."""
+    return (
+        f"DELETE FROM {t.table(SALES_REJECTS)} "
+        f"WHERE {t.ident('region')} = {t.param} AND {t.ident('sale_date')} = {t.param}"
+    )
+
+
+def insert_rejects_sql(t: SqlTarget, stage: str) -> str:
+    cols = [c.name for c in SALES_REJECTS_COLUMNS if c.name != "rejected_at"]
+    return (
+        f"INSERT INTO {t.table(SALES_REJECTS)} ({t.cols([*cols, 'rejected_at'])}) "
+        f"SELECT {t.cols(cols)}, {t.now()} FROM {t.table(stage)}"
+    )
+
+
+# --------------------------------------------------------------------------- ledger queries
+
+
+def _latest_ledger(t: SqlTarget, where: str, statuses: Sequence[str] | None = None) -> str:
+    """Latest ledger row per (region, business_date) among rows matching ``where``."""
+    status_filter = ""
+    if statuses:
+        status_filter = f" AND {t.ident('status')} IN ({t.params(len(statuses))})"
+    order = f"{t.ident('finished_at')} DESC NULLS LAST, {t.ident('started_at')} DESC NULLS LAST"
+    return (
+        f"SELECT * FROM {t.table(LEDGER)} WHERE {where}{status_filter} "
+        f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {t.cols(['region', 'business_date'])} "
+        f"ORDER BY {order}) = 1"
+    )
+
+
+def accepted_history_sql(t: SqlTarget) -> str:
+    """Params: (region, from_date, before_date, 'loaded') -> (business_date, rows_accepted)."""
+    where = (
+        f"{t.ident('region')} = {t.param} AND {t.ident('business_date')} >= {t.param} "
+        f"AND {t.ident('business_date')} < {t.param}"
+    )
+    latest = _latest_ledger(t, where, ["loaded"])
+    return (
+        f"SELECT {t.cols(['business_date', 'rows_accepted'])} FROM ({latest}) l "
+        f"ORDER BY {t.ident('business_date')}"
+    )
+
+
+def loaded_pairs_sql(t: SqlTarget) -> str:
+    """Params: (start, end, 'loaded') -> (region, business_date) whose latest status is loaded."""
+    where = f"{t.ident('business_date')} BETWEEN {t.param} AND {t.param}"
+    latest = _latest_ledger(t, where)
+    return (
+        f"SELECT {t.cols(['region', 'business_date'])} FROM ({latest}) l "
+        f"WHERE {t.ident('status')} = {t.param}"
+    )
+
+
+def ledger_sql(t: SqlTarget, *, by_date: bool) -> str:
+    cols = t.cols([c.name for c in LEDGER_COLUMNS])
+    where = f" WHERE {t.ident('business_date')} = {t.param}" if by_date else ""
+    order = t.cols(["business_date", "region"]) + f", {t.ident('finished_at')} NULLS FIRST"
+    return f"SELECT {cols} FROM {t.table(LEDGER)}{where} ORDER BY {order}"
+
+
+def ledger_for_batch_sql(t: SqlTarget) -> str:
+    """Params: (batch_id, region): that batch's ledger rows, latest first."""
+    cols = t.cols(["status", "rows_inserted", "rows_updated", "rows_unchanged"])
+    return (
+        f"SELECT {cols} FROM {t.table(LEDGER)} "
+        f"WHERE {t.ident('batch_id')} = {t.param} AND {t.ident('region')} = {t.param} "
+        f"ORDER BY {t.ident('finished_at')} DESC NULLS LAST"
+    )
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def fact_duplicate_keys_sql(t: SqlTarget, n_regions: int) -> str:
+    """Keys stored more than once, in the given regions (a region-scoped GROUP BY)."""
+    return (
+        f"SELECT COUNT(*) FROM (SELECT {t.cols(KEY_COLUMNS)} FROM {t.table(SALES_FACT)} "
+        f"WHERE {t.ident('region')} IN ({t.params(n_regions)}) "
+        f"GROUP BY {t.cols(KEY_COLUMNS)} HAVING COUNT(*) > 1) d"
+    )
+
+
+def rows_outside_dates_sql(t: SqlTarget, n_regions: int, n_dates: int) -> str:
+    """Rows this batch wrote (its lineage) whose sale_date is not one of the batch's dates.
+    Params: (batch_id, *regions, *dates)."""
+    return (
+        f"SELECT COUNT(*) FROM {t.table(SALES_FACT)} WHERE {t.ident('batch_id')} = {t.param} "
+        f"AND {t.ident('region')} IN ({t.params(n_regions)}) "
+        f"AND ({t.ident('sale_date')} IS NULL OR {t.ident('sale_date')} NOT IN "
+        f"({t.params(n_dates)}))"
+    )
+
+
+def fact_rows_sql(t: SqlTarget, *, by_region: bool, by_date: bool) -> str:
+    cols = t.cols([c.name for c in SALES_FACT_COLUMNS])
+    where = []
+    if by_region:
+        where.append(f"{t.ident('region')} = {t.param}")
+    if by_date:
+        where.append(f"{t.ident('sale_date')} = {t.param}")
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {cols} FROM {t.table(SALES_FACT)}{clause} ORDER BY {t.cols(KEY_COLUMNS)}"
+
+
+# --------------------------------------------------------------------------- shared reads
+
+
+_INT_TYPES = {"BIGINT", "INTEGER"}
+
+
+def _normalize(columns: Sequence[WarehouseColumn], row: Sequence[Any]) -> dict[str, Any]:
+    """Row as a dict; integers as int and doubles as float (Snowflake returns NUMBER as
+    Decimal), everything else as the driver returned it."""
+    out: dict[str, Any] = {}
+    for col, value in zip(columns, row, strict=True):
+        if value is not None and col.duckdb_type in _INT_TYPES:
+            value = int(value)
+        elif value is not None and col.duckdb_type == "DOUBLE":
+            value = float(value)
+        out[col.name] = value
+    return out
+
+
+class QueryMixin:
+    """Ledger, history and verification reads, identical for both engines.
+
+    An engine provides ``_t`` (its :class:`SqlTarget`) and ``_fetch(sql, params)``.
+    """
+
+    _t: SqlTarget
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query (tests and ad-hoc checks)."""
+        return self._fetch(sql, params)
+
+    def ledger(self, business_date: date | None = None) -> list[dict[str, Any]]:
+        params: list[Any] = [business_date] if business_date is not None else []
+        rows = self._fetch(ledger_sql(self._t, by_date=business_date is not None), params)
+        return [_normalize(LEDGER_COLUMNS, r) for r in rows]
+
+    def fact_rows(
+        self, region: str | None = None, business_date: date | None = None
+    ) -> list[dict[str, Any]]:
+        params: list[Any] = []
+        if region is not None:
+            params.append(validate_identifier(region, "region"))
+        if business_date is not None:
+            params.append(business_date)
+        sql = fact_rows_sql(
+            self._t, by_region=region is not None, by_date=business_date is not None
+        )
+        return [_normalize(SALES_FACT_COLUMNS, r) for r in self._fetch(sql, params)]
+
+    def accepted_history(self, region: str, before: date, days: int) -> list[tuple[date, int]]:
+        validate_identifier(region, "region")
+        if days <= 0:
+            raise ValueError(f"history days must be positive, got {days}")
+        start = before - timedelta(days=days)
+        rows = self._fetch(accepted_history_sql(self._t), [region, start, before, "loaded"])
+        return [(_as_date(d), int(n)) for d, n in rows if n is not None]
+
+    def loaded_pairs(self, start: date, end: date) -> set[tuple[str, date]]:
+        rows = self._fetch(loaded_pairs_sql(self._t), [start, end, "loaded"])
+        return {(str(region), _as_date(d)) for region, d in rows}
+
+    def verify(
+        self,
+        batch_id: str,
+        business_date: date,
+        merge_results: Sequence[MergeResult],
+        *,
+        transform_counts: Mapping[str, TransformCounts] | None = None,
+    ) -> list[CheckResult]:
+        """Post-load checks: :func:`merge_checks` plus, on the fact table,
+
+        - ``fact_unique_keys``: no (region, sale_id) stored twice in the batch's regions;
+        - ``loaded_rows_in_batch_dates``: every row this batch wrote (``batch_id`` lineage) has
+          ``sale_date`` = the business date;
+        - ``ledger_recorded`` (per region): the batch's latest ledger row is 'loaded' with the
+          MERGE's counts.
+        """
+        checks = merge_checks(merge_results, transform_counts)
+        regions = sorted({r.region for r in merge_results})
+        for region in regions:
+            validate_identifier(region, "region")
+        if not regions:
+            return checks
+        ((dups,),) = self._fetch(fact_duplicate_keys_sql(self._t, len(regions)), regions)
+        checks.append(
+            CheckResult(
+                "fact_unique_keys",
+                BATCH_LEVEL_REGION,
+                int(dups),
+                0,
+                int(dups) == 0,
+                f"{int(dups)} (region, sale_id) key(s) stored more than once in "
+                f"{SALES_FACT} for region(s) {', '.join(regions)}",
+            )
+        )
+        ((outside,),) = self._fetch(
+            rows_outside_dates_sql(self._t, len(regions), 1), [batch_id, *regions, business_date]
+        )
+        checks.append(
+            CheckResult(
+                "loaded_rows_in_batch_dates",
+                BATCH_LEVEL_REGION,
+                int(outside),
+                0,
+                int(outside) == 0,
+                f"{int(outside)} row(s) written by batch {batch_id} have a sale_date other than "
+                f"{business_date}",
+            )
+        )
+        for r in merge_results:
+            rows = self._fetch(ledger_for_batch_sql(self._t), [batch_id, r.region])
+            latest = rows[0] if rows else None
+            ok = (
+                latest is not None
+                and latest[0] == "loaded"
+                and [None if v is None else int(v) for v in latest[1:]]
+                == [r.inserted, r.updated, r.unchanged]
+            )
+            checks.append(
+                CheckResult(
+                    "ledger_recorded",
+                    r.region,
+                    1.0 if ok else 0.0,
+                    1.0,
+                    ok,
+                    "latest ledger row is 'loaded' with the MERGE counts"
+                    if ok
+                    else f"latest ledger row of batch {batch_id}: {latest!r}",
+                )
+            )
+        return checks
+
+
+def _as_date(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value))
+
+
+def create_temp_table_as_sql(t: SqlTarget, table: str, select_sql: str) -> str:
+    """DuckDB: materialize a select (built here) as a connection-local table."""
+    return f"CREATE TEMP TABLE {t.table(table)} AS {select_sql}"

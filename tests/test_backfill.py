@@ -1,0 +1,95 @@
+"""Backfill: plan (pure) and the flow over seeded days with --missing-only."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from retail_etl.backfill import date_range, plan_backfill
+from tests.pipeline import run_day
+
+D1 = date(2024, 1, 15)
+
+
+def test_plan_runs_dates_in_order_and_skips_loaded_pairs():
+    loaded = {("us_east", D1), ("europe", D1), ("us_east", D1 + timedelta(days=1))}
+    plan = plan_backfill(
+        D1, D1 + timedelta(days=2), ["us_east", "europe"], missing_only=True, loaded=loaded
+    )
+    assert [(d.run_date, d.regions, d.skipped) for d in plan] == [
+        (D1, (), ("us_east", "europe")),
+        (D1 + timedelta(days=1), ("europe",), ("us_east",)),
+        (D1 + timedelta(days=2), ("us_east", "europe"), ()),
+    ]
+    everything = plan_backfill(D1, D1, ["us_east"], missing_only=False, loaded=loaded)
+    assert everything[0].regions == ("us_east",)
+
+
+def test_date_range_refuses_an_inverted_range():
+    with pytest.raises(ValueError, match="before start"):
+        date_range(D1, D1 - timedelta(days=1))
+
+
+def _ledger(env):  # type: ignore[no-untyped-def]
+    return env.warehouse(
+        "SELECT business_date, region, status, batch_id FROM etl_load_ledger ORDER BY finished_at"
+    )
+
+
+def test_missing_only_backfill_loads_only_what_the_ledger_lacks(etl_env, monkeypatch):
+    from flows.backfill import retail_sales_backfill
+
+    env = etl_env
+    env.seed(days=7, rows=400)
+    monkeypatch.setenv("RETAIL_ETL_MIN_ROWS_PER_REGION", "10")
+    for offset in range(3):
+        state, _ = run_day(D1 + timedelta(days=offset))
+        assert state.is_completed(), state.message
+    before = _ledger(env)
+    merged_days_1_3 = env.warehouse(
+        "SELECT region, sale_date, count(*), max(batch_id) FROM sales_fact GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+
+    # Europe's source breaks on day 5 only during the backfill (reading that day errors).
+    day5 = D1 + timedelta(days=4)
+    env.source("europe", "ALTER TABLE sales RENAME TO sales_offline")
+    env.source(
+        "europe",
+        "CREATE VIEW sales AS SELECT sale_id, "
+        "CASE WHEN sale_date = %s THEN customer_id / (sale_id - sale_id) ELSE customer_id END AS customer_id, "
+        "store_id, product_id, quantity, unit_price, discount, tax, total_amount, sale_date, "
+        "status, is_deleted, created_at, updated_at FROM sales_offline",
+        (day5,),
+    )
+    state = retail_sales_backfill(
+        start_date=D1, end_date=D1 + timedelta(days=6), missing_only=True, return_state=True
+    )
+    env.source("europe", "DROP VIEW sales; ALTER TABLE sales_offline RENAME TO sales")
+
+    assert state.is_failed() and f"{day5} europe: extract_failed" in state.message
+    after = _ledger(env)
+    new_rows = after[len(before) :]
+    assert after[: len(before)] == before
+    # Days 1-3 were not re-merged: no new ledger row for them, their fact rows untouched.
+    assert {row[0] for row in new_rows} == {D1 + timedelta(days=n) for n in range(3, 7)}
+    assert (
+        env.warehouse(
+            "SELECT region, sale_date, count(*), max(batch_id) FROM sales_fact "
+            "WHERE sale_date <= ? GROUP BY 1, 2 ORDER BY 1, 2",
+            [D1 + timedelta(days=2)],
+        )
+        == merged_days_1_3
+    )
+    assert env.warehouse("SELECT count(DISTINCT (region, sale_date)) FROM sales_fact") == [
+        (4 * 7 - 1,)
+    ]
+
+    # The next missing-only run picks up exactly the failed pair.
+    state = retail_sales_backfill(
+        start_date=D1, end_date=D1 + timedelta(days=6), missing_only=True, return_state=True
+    )
+    assert state.is_completed(), state.message
+    last = _ledger(env)[len(after) :]
+    assert [(row[0], row[1], row[2]) for row in last] == [(day5, "europe", "loaded")]
+    assert env.fact("europe", day5) == env.expected_accepted("europe", day5)

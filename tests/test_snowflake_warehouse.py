@@ -1,0 +1,529 @@
+"""Snowflake warehouse SQL against fakesnow (DuckDB underneath), staging from a file:// stage.
+
+fakesnow cannot COPY from s3:// offline, so the external stage points at the local staging
+root (``file://``); the COPY statement, FILES list, file format and MATCH_BY_COLUMN_NAME are the
+production ones. fakesnow silently double-updates on duplicate MERGE keys where Snowflake
+raises, so the dedup guard is tested on the exact MERGE source query.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from pydantic import SecretStr
+
+from retail_etl.staging import LocalStagingStore
+from retail_etl.warehouse import sql
+from retail_etl.warehouse.base import (
+    SALES_STAGE_COLUMNS,
+    LedgerEntry,
+    RegionLoad,
+    WarehouseError,
+    WarehouseLoadError,
+)
+from retail_etl.warehouse.snowflake_warehouse import SnowflakeWarehouse, redact
+from tests.test_staging import accepted_table, reject_table, write_parquet
+
+pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+
+fakesnow = pytest.importorskip("fakesnow")
+snowflake_connector = pytest.importorskip("snowflake.connector")
+
+DAY = dt.date(2024, 1, 15)
+B1 = "20240115_00000000000a"
+B2 = "20240115_00000000000b"
+KEY_ID = "AKIAFAKEKEYID0001"
+SECRET = "fake-secret-Wk2/x9+Q"
+ACCEPTED = list(sql.ACCEPTED)
+
+
+@pytest.fixture
+def fake_snowflake() -> Iterator[Callable[[], Any]]:
+    """A fresh in-memory fakesnow per test; returns the connection factory."""
+    with fakesnow.patch():
+        yield lambda: snowflake_connector.connect(database="retail_db", schema="public")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStagingStore:
+    return LocalStagingStore(tmp_path / "staging")
+
+
+@pytest.fixture
+def wh(fake_snowflake: Callable[[], Any], store: LocalStagingStore) -> SnowflakeWarehouse:
+    warehouse = SnowflakeWarehouse(
+        fake_snowflake,
+        store,
+        database="retail_db",
+        schema="retail",
+        aws_key_id=KEY_ID,
+        aws_secret_key=SecretStr(SECRET),
+    )
+    warehouse.ensure_schema()
+    return warehouse
+
+
+def stage(
+    tmp_path: Path,
+    store: LocalStagingStore,
+    table: pa.Table,
+    region: str,
+    batch_id: str,
+    *,
+    table_name: str = "sales",
+    target_file_rows: int | None = None,
+) -> RegionLoad:
+    src = write_parquet(tmp_path / "transform" / f"{batch_id}-{region}-{table_name}.parquet", table)
+    files = store.stage_dataset(
+        table_name,
+        DAY,
+        region,
+        batch_id,
+        [src],  # type: ignore[arg-type]
+        target_file_rows=target_file_rows,
+    )
+    return RegionLoad(
+        region=region,
+        business_date=DAY,
+        batch_id=batch_id,
+        files=tuple(files),
+        flow_run_id="flow-1",
+        rows_accepted=table.num_rows,
+    )
+
+
+def accepted_view(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        view = {k: r[k] for k in ACCEPTED}
+        if view["extras"] is not None:  # VARIANT comes back as JSON text; compare parsed
+            view["extras"] = json.loads(view["extras"])
+        out.append(view)
+    return out
+
+
+def expected(table: pa.Table) -> list[dict[str, Any]]:
+    rows = sorted(table.to_pylist(), key=lambda r: (r["region"], r["sale_id"]))
+    for r in rows:
+        if r["extras"] is not None:
+            r["extras"] = json.loads(r["extras"])
+    return rows
+
+
+def stage_tables(wh: SnowflakeWarehouse) -> list[str]:
+    rows = wh.query(
+        "SELECT table_name FROM retail_db.information_schema.tables WHERE table_schema = 'RETAIL'"
+    )
+    return sorted(str(r[0]).lower() for r in rows if str(r[0]).lower().startswith("stg_"))
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_ensure_schema_creates_objects_and_adds_missing_columns(
+    fake_snowflake: Callable[[], Any], store: LocalStagingStore
+) -> None:
+    conn = fake_snowflake()
+    cur = conn.cursor()
+    cur.execute('CREATE SCHEMA IF NOT EXISTS "RETAIL_DB"."RETAIL"')
+    cur.execute(
+        'CREATE TABLE "RETAIL_DB"."RETAIL"."SALES_FACT" ("REGION" VARCHAR, '
+        '"SALE_ID" NUMBER(19,0), "UNIT_PRICE" NUMBER(10,2))'
+    )
+    cur.execute("""INSERT INTO "RETAIL_DB"."RETAIL"."SALES_FACT" VALUES ('us_east', 1, 2.50)""")
+    conn.close()
+    wh = SnowflakeWarehouse(fake_snowflake, store, database="retail_db", schema="retail")
+
+    added = wh.ensure_schema()
+
+    assert "sales_fact.extras" in added and "sales_fact.loaded_at" in added
+    assert "sales_fact.sale_id" not in added
+    assert [(r["sale_id"], str(r["unit_price"]), r["extras"]) for r in wh.fact_rows()] == [
+        (1, "2.50", None)
+    ]
+    tables = {
+        str(r[0]).lower()
+        for r in wh.query(
+            "SELECT table_name FROM retail_db.information_schema.tables WHERE table_schema = %s",
+            ["RETAIL"],
+        )
+    }
+    assert tables == {"sales_fact", "sales_rejects", "dq_results", "etl_load_ledger"}
+    types = dict(
+        wh.query(
+            "SELECT column_name, data_type FROM retail_db.information_schema.columns "
+            "WHERE table_schema = 'RETAIL' AND table_name = 'SALES_FACT'"
+        )
+    )
+    assert types["EXTRAS"] == "VARIANT" and types["UPDATED_AT"] == "TIMESTAMP_TZ"
+    assert wh.ensure_schema() == []  # idempotent
+
+
+def test_ddl_text_clusters_the_fact_and_quotes_identifiers() -> None:
+    # fakesnow ignores CLUSTER BY, so check the statement itself
+    from retail_etl.warehouse.base import SALES_FACT_COLUMNS
+
+    t = sql.SqlTarget("snowflake", database="retail_db", schema="retail")
+    ddl = sql.create_table_sql(
+        t, "sales_fact", SALES_FACT_COLUMNS, cluster_by=("sale_date", "region")
+    )
+    assert ddl.startswith('CREATE TABLE IF NOT EXISTS "RETAIL_DB"."RETAIL"."SALES_FACT" (')
+    assert ddl.endswith('CLUSTER BY ("SALE_DATE", "REGION")')
+    assert '"EXTRAS" VARIANT' in ddl and '"UNIT_PRICE" NUMBER(10,2)' in ddl
+    with pytest.raises(ValueError):
+        t.ident('sales"; DROP TABLE x; --')
+    stage = sql.create_stage_sql(t, "retail_etl_staging", credentials=True)
+    assert "%s" in stage and SECRET not in stage
+    copy = sql.copy_into_sql(t, "stg_sales_x", "retail_etl_staging", "retail_etl_parquet", 2)
+    assert "FILES = (%s, %s)" in copy and "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE" in copy
+
+
+# --------------------------------------------------------------------------- loads
+
+
+def test_copy_merge_and_idempotent_rerun(
+    wh: SnowflakeWarehouse, store: LocalStagingStore, tmp_path: Path
+) -> None:
+    table = accepted_table("us_east", DAY, range(1, 11), batch_id=B1)
+    batch = stage(tmp_path, store, table, "us_east", B1, target_file_rows=4)  # 3 files
+    assert len(batch.files) == 3
+
+    first = wh.load_region(batch)
+    assert (first.staged_rows, first.inserted, first.updated, first.unchanged) == (10, 10, 0, 0)
+    assert accepted_view(wh.fact_rows()) == expected(table)
+    before = wh.fact_rows()
+
+    for _ in range(3):  # same batch, same file names: FORCE makes COPY reload them
+        again = wh.load_region(batch)
+        assert (again.staged_rows, again.inserted, again.updated, again.unchanged) == (10, 0, 0, 10)
+    assert wh.fact_rows() == before
+    assert [r["status"] for r in wh.ledger()] == ["loaded"] * 4
+    assert stage_tables(wh) == []  # per-batch stage tables dropped
+    checks = wh.verify(B1, DAY, [again])
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+
+
+def test_late_data_merge_counts(
+    wh: SnowflakeWarehouse, store: LocalStagingStore, tmp_path: Path
+) -> None:
+    t0 = dt.datetime(2024, 1, 15, 12, tzinfo=dt.UTC)
+    wh.load_region(
+        stage(
+            tmp_path,
+            store,
+            accepted_table("us_east", DAY, range(1, 11), batch_id=B1, updated_at=t0),
+            "us_east",
+            B1,
+        )
+    )
+    europe = wh.load_region(
+        stage(
+            tmp_path,
+            store,
+            accepted_table("europe", DAY, range(1, 4), batch_id=B1, updated_at=t0),
+            "europe",
+            B1,
+        )
+    )
+    assert europe.inserted == 3
+    europe_before = wh.fact_rows(region="europe")
+
+    late = pa.concat_tables(
+        [
+            accepted_table(
+                "us_east",
+                DAY,
+                [6, 7, 8],
+                batch_id=B2,
+                updated_at=t0 + dt.timedelta(hours=1),
+                price="12.00",
+            ),
+            accepted_table("us_east", DAY, [9, 10], batch_id=B2, updated_at=t0),
+            accepted_table(
+                "us_east",
+                DAY,
+                [5],
+                batch_id=B2,
+                updated_at=t0 - dt.timedelta(hours=1),
+                price="1.00",
+            ),
+            accepted_table("us_east", DAY, range(11, 16), batch_id=B2, updated_at=t0),
+        ]
+    )
+    result = wh.load_region(stage(tmp_path, store, late, "us_east", B2))
+
+    assert (result.inserted, result.updated, result.unchanged) == (5, 3, 3)
+    rows = {r["sale_id"]: r for r in wh.fact_rows(region="us_east")}
+    assert sorted(rows) == list(range(1, 16))
+    assert {sid: str(rows[sid]["unit_price"]) for sid in (5, 6, 9, 11)} == {
+        5: "10.00",
+        6: "12.00",
+        9: "10.00",
+        11: "10.00",
+    }
+    assert wh.fact_rows(region="europe") == europe_before
+    assert all(c.passed for c in wh.verify(B2, DAY, [result]))
+
+
+def test_failure_between_merge_and_commit_leaves_neither(
+    wh: SnowflakeWarehouse,
+    store: LocalStagingStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wh.load_region(
+        stage(
+            tmp_path, store, accepted_table("us_east", DAY, range(1, 6), batch_id=B1), "us_east", B1
+        )
+    )
+    before = wh.fact_rows()
+    batch = stage(
+        tmp_path,
+        store,
+        accepted_table(
+            "us_east",
+            DAY,
+            range(1, 11),
+            batch_id=B2,
+            updated_at=dt.datetime(2024, 1, 16, tzinfo=dt.UTC),
+            price="50.00",
+        ),
+        "us_east",
+        B2,
+    )
+
+    monkeypatch.setattr(
+        sql,
+        "insert_ledger_sql",
+        lambda t: 'INSERT INTO "RETAIL_DB"."RETAIL"."NO_SUCH_LEDGER" VALUES (%s)',
+    )
+    with pytest.raises(WarehouseLoadError, match="step 'ledger'") as info:
+        wh.load_region(batch)
+    assert (info.value.region, info.value.batch_id) == ("us_east", B2)
+    monkeypatch.undo()
+
+    assert wh.fact_rows() == before  # the MERGE was rolled back with the failed ledger insert
+    assert [r["batch_id"] for r in wh.ledger()] == [B1]
+    assert stage_tables(wh) == []
+    wh.record_ledger(LedgerEntry(B2, "us_east", DAY, "load_failed", error="boom"))
+    assert wh.loaded_pairs(DAY, DAY) == set()
+
+    result = wh.load_region(batch)
+    assert (result.inserted, result.updated, result.unchanged) == (5, 5, 0)
+    assert [r["status"] for r in wh.ledger()] == ["loaded", "load_failed", "loaded"]
+    assert wh.loaded_pairs(DAY, DAY) == {("us_east", DAY)}
+
+
+def test_dedup_guard_on_the_exact_merge_source(
+    wh: SnowflakeWarehouse,
+    store: LocalStagingStore,
+    tmp_path: Path,
+    fake_snowflake: Callable[[], Any],
+) -> None:
+    t0 = dt.datetime(2024, 1, 15, 12, tzinfo=dt.UTC)
+    table = pa.concat_tables(
+        [
+            accepted_table("us_east", DAY, [1, 2, 3], batch_id=B1, updated_at=t0),
+            accepted_table(
+                "us_east",
+                DAY,
+                [2, 3],
+                batch_id=B1,
+                updated_at=t0 + dt.timedelta(hours=2),
+                price="20.00",
+            ),
+            accepted_table(
+                "us_east",
+                DAY,
+                [3],
+                batch_id=B1,
+                updated_at=t0 - dt.timedelta(hours=2),
+                price="1.00",
+            ),
+        ]
+    )
+    batch = stage(tmp_path, store, table, "us_east", B1)
+    t = sql.SqlTarget("snowflake", database="retail_db", schema="retail")
+    name = sql.stage_table_name("sales", B1, "us_east")
+
+    # build the stage table exactly as load_region does (COPY from the file stage)
+    conn = fake_snowflake()
+    cur = conn.cursor()
+    cur.execute(sql.create_table_sql(t, name, SALES_STAGE_COLUMNS, replace=True, transient=True))
+    cur.execute(
+        sql.copy_into_sql(t, name, wh.stage_name, wh.file_format_name, 1), [batch.files[0].key]
+    )
+    cur.execute(f"SELECT COUNT(*) FROM {t.table(name)}")
+    assert cur.fetchone()[0] == 6  # duplicates are in the stage
+
+    source = sql.dedup_source_sql(t, name)
+    merge = sql.merge_sql(t, source)
+    assert f"USING ({source}) s ON" in merge  # the MERGE uses exactly this source
+    cur.execute(
+        f'SELECT "REGION", "SALE_ID", COUNT(*) FROM ({source}) q '
+        'GROUP BY "REGION", "SALE_ID" HAVING COUNT(*) > 1'
+    )
+    assert cur.fetchall() == []  # Snowflake would not raise ERROR_ON_NONDETERMINISTIC_MERGE
+    cur.execute(f'SELECT "SALE_ID", "UNIT_PRICE" FROM ({source}) q ORDER BY 1')
+    assert [(int(a), str(b)) for a, b in cur.fetchall()] == [
+        (1, "10.00"),
+        (2, "20.00"),
+        (3, "20.00"),
+    ]
+    cur.execute(sql.drop_table_sql(t, name))
+    conn.close()
+
+    result = wh.load_region(batch)  # end to end: dropped and counted
+    assert (result.staged_rows, result.duplicate_rows, result.inserted) == (6, 3, 3)
+    assert [(r["sale_id"], str(r["unit_price"])) for r in wh.fact_rows()] == [
+        (1, "10.00"),
+        (2, "20.00"),
+        (3, "20.00"),
+    ]
+    failed = {c.name for c in wh.verify(B1, DAY, [result]) if not c.passed}
+    assert failed == {"merge_reconciles", "batch_duplicate_keys"}
+
+
+def test_stage_tables_are_unique_per_batch_and_region() -> None:
+    names = {
+        sql.stage_table_name("sales", "20240115_3f9a2c1b7d4e", "us_east"),
+        sql.stage_table_name("sales", "20240116_3f9a2c1b7d4e", "us_east"),
+        sql.stage_table_name("sales", "20240115_3f9a2c1b7d4e", "europe"),
+        sql.stage_table_name("rejects", "20240115_3f9a2c1b7d4e", "us_east"),
+    }
+    assert len(names) == 4
+    assert "stg_sales_20240115_3f9a2c1b7d4e_us_east" in names
+
+
+def test_missing_staged_file_fails_the_load_cleanly(
+    wh: SnowflakeWarehouse, store: LocalStagingStore, tmp_path: Path
+) -> None:
+    batch = stage(
+        tmp_path, store, accepted_table("us_east", DAY, [1, 2], batch_id=B1), "us_east", B1
+    )
+    path = store.local_path(batch.files[0].key)
+    assert path is not None
+    path.unlink()
+    with pytest.raises(WarehouseLoadError, match="step 'copy'"):
+        wh.load_region(batch)
+    assert wh.fact_rows() == [] and wh.ledger() == [] and stage_tables(wh) == []
+
+
+def test_rejects_dq_results_history(
+    wh: SnowflakeWarehouse, store: LocalStagingStore, tmp_path: Path
+) -> None:
+    east = stage(
+        tmp_path,
+        store,
+        reject_table("us_east", DAY, [1, None], batch_id=B1),
+        "us_east",
+        B1,
+        table_name="rejects",
+    )
+    assert wh.load_rejects("us_east", DAY, B1, east.files) == 2
+    rerun = stage(
+        tmp_path,
+        store,
+        reject_table("us_east", DAY, [7], batch_id=B2),
+        "us_east",
+        B2,
+        table_name="rejects",
+    )
+    assert wh.load_rejects("us_east", DAY, B2, rerun.files) == 1
+    assert [
+        (r[0], int(r[1]))
+        for r in wh.query('SELECT "BATCH_ID", "SALE_ID" FROM retail_db.retail.sales_rejects')
+    ] == [(B2, 7)]
+
+    record = {
+        "batch_id": B1,
+        "business_date": DAY,
+        "region": "*",
+        "check_name": "rows",
+        "measured": 5,
+        "threshold": 1,
+        "status": "pass",
+        "detail": "ok",
+        "flow_run_id": "f",
+    }
+    assert wh.load_dq_results([record, {**record, "check_name": "nulls"}]) == 2
+    assert wh.load_dq_results([record]) == 1
+    assert wh.query('SELECT "CHECK_NAME" FROM retail_db.retail.dq_results') == [("rows",)]
+
+    wh.record_ledger(
+        LedgerEntry("b0", "us_east", DAY - dt.timedelta(days=1), "loaded", rows_accepted=40)
+    )
+    assert wh.accepted_history("us_east", DAY, 7) == [(DAY - dt.timedelta(days=1), 40)]
+
+
+# --------------------------------------------------------------------------- secrets, blocks
+
+
+def test_stage_credentials_never_reach_errors_or_logs(
+    fake_snowflake: Callable[[], Any],
+    store: LocalStagingStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wh = SnowflakeWarehouse(
+        fake_snowflake,
+        store,
+        database="retail_db",
+        schema="retail",
+        aws_key_id=KEY_ID,
+        aws_secret_key=SecretStr(SECRET),
+    )
+    assert SECRET not in repr(wh)
+    # a stage statement the engine rejects, with the key pair bound into it
+    monkeypatch.setattr(
+        sql,
+        "create_stage_sql",
+        lambda *a, **k: (
+            "CREATE STAGE x URL = %s CREDENTIALS = (AWS_KEY_ID = %s AWS_SECRET_KEY = %s) )))"
+        ),
+    )
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(WarehouseError, match="creating the external stage") as info:
+        wh.ensure_schema()
+    assert SECRET not in str(info.value) and KEY_ID not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert SECRET not in caplog.text
+    assert redact(f"key {SECRET} and {KEY_ID}", [SECRET, KEY_ID]) == "key *** and ***"
+
+
+def test_from_blocks_uses_the_connector_credentials(
+    fake_snowflake: Callable[[], Any], tmp_path: Path
+) -> None:
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
+
+    from retail_etl.staging import S3StagingStore
+
+    connector = SnowflakeConnector(
+        credentials=SnowflakeCredentials(account="acct", user="etl", password="pw"),
+        database="retail_db",
+        warehouse="etl_wh",
+        schema="retail",
+    )
+    bucket = S3Bucket(
+        bucket_name="bkt",
+        bucket_folder="staging",
+        credentials=AwsCredentials(
+            aws_access_key_id=KEY_ID, aws_secret_access_key=SecretStr(SECRET)
+        ),
+    )
+    store = S3StagingStore("bkt", "staging", client=None)
+    wh = SnowflakeWarehouse.from_blocks(connector, bucket, store)
+    assert wh.url == "s3://bkt/staging/"
+    wh.ensure_schema()  # schema, file format, s3 stage (not read by fakesnow), tables
+    stages = wh.query("SHOW STAGES IN SCHEMA retail_db.retail")
+    assert any("s3://bkt/staging/" in str(row) for row in stages)
+    with pytest.raises(ValueError, match="S3 staging store"):
+        SnowflakeWarehouse.from_blocks(connector, bucket, LocalStagingStore(tmp_path))
