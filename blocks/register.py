@@ -30,7 +30,7 @@ def register_staging_bucket(settings: Settings) -> str | None:
     credentials.save(credentials_name, overwrite=True)
     S3Bucket(
         bucket_name=settings.s3_bucket_name,
-        credentials=AwsCredentials.load(credentials_name),
+        credentials=credentials,
         bucket_folder=settings.s3_prefix,
     ).save(settings.s3_bucket_block, overwrite=True)
     return settings.s3_bucket_block
@@ -52,14 +52,15 @@ def register_snowflake(settings: Settings) -> str | None:
             "Snowflake needs RETAIL_ETL_SNOWFLAKE_DATABASE and RETAIL_ETL_SNOWFLAKE_WAREHOUSE"
         )
     credentials_name = f"{settings.snowflake_block}-credentials"
-    SnowflakeCredentials(
+    credentials = SnowflakeCredentials(
         account=settings.snowflake_account,
         user=settings.snowflake_user,
         password=settings.snowflake_password,
         role=settings.snowflake_role,
-    ).save(credentials_name, overwrite=True)
+    )
+    credentials.save(credentials_name, overwrite=True)
     SnowflakeConnector(
-        credentials=SnowflakeCredentials.load(credentials_name),
+        credentials=credentials,
         database=settings.snowflake_database,
         warehouse=settings.snowflake_warehouse,
         schema=settings.snowflake_schema,

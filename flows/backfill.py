@@ -11,7 +11,14 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.etl import retail_sales_etl
-from retail_etl.backfill import BackfillDay, BackfillResult, plan_backfill, summary_rows
+from retail_etl.backfill import (
+    BackfillDay,
+    BackfillFailed,
+    BackfillResult,
+    plan_backfill,
+    summary_rows,
+)
+from retail_etl.run import summary_from_result
 from retail_etl.settings import get_settings
 from tasks.warehouse import open_targets
 
@@ -31,9 +38,9 @@ def run_day_task(day: BackfillDay) -> BackfillResult:
         result.message = "nothing to do"
         return result
     state = retail_sales_etl(run_date=day.run_date, regions=list(day.regions), return_state=True)
-    summary = state.result(raise_on_failure=False)
+    summary = summary_from_result(state.result(raise_on_failure=False))
     result.message = state.message or state.name or ""
-    if isinstance(summary, BaseException) or summary is None:
+    if summary is None:
         result.statuses = dict.fromkeys(day.regions, "failed")
     else:
         result.statuses = {r: o.status for r, o in summary.regions.items()}
@@ -89,10 +96,8 @@ def retail_sales_backfill(
     ]
     ran = sum(len(r.regions) for r in results)
     if failed:
-        return Failed(
-            message=f"backfill {start}..{end}: {len(failed)} of {ran} failed: " + "; ".join(failed),
-            data=results,
-        )
+        message = f"backfill {start}..{end}: {len(failed)} of {ran} failed: " + "; ".join(failed)
+        return Failed(message=message, data=BackfillFailed(message, results))
     return Completed(
         message=f"backfill {start}..{end}: {ran} (region, date) pair(s) loaded", data=results
     )

@@ -16,7 +16,7 @@ from flows.alert import alert
 from flows.load import load_batch
 from flows.transform import transform_batch
 from flows.validate import validate_batch
-from retail_etl.run import RunSummary, ledger_entries, new_run_context
+from retail_etl.run import PipelineRunFailed, RunSummary, ledger_entries, new_run_context
 from retail_etl.settings import get_settings
 from tasks.extract import configured_extract_task, publish_extract_artifact
 from tasks.results import collect
@@ -86,4 +86,4 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
     logger.info("%s", summary.render_text())
     if ok:
         return Completed(message=message, data=summary)
-    return Failed(message=message, data=summary)
+    return Failed(message=message, data=PipelineRunFailed(message, summary))

@@ -23,6 +23,17 @@ class BackfillResult:
     message: str = ""
 
 
+class BackfillFailed(Exception):
+    """The data of a Failed backfill run: its message, with every date's result attached."""
+
+    def __init__(self, message: str, results: list[BackfillResult]) -> None:
+        super().__init__(message)
+        self.results = results
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (BackfillFailed, (str(self), self.results))
+
+
 def date_range(start: date, end: date) -> list[date]:
     if end < start:
         raise ValueError(f"backfill end {end} is before start {start}")

@@ -91,12 +91,13 @@ def run_pipeline(run_date: date | None, regions: list[str] | None) -> tuple[bool
     """Run the flow in this process; (every requested region loaded, summary text)."""
     _quiet_offline_prefect()
     from flows.etl import retail_sales_etl
+    from retail_etl.run import summary_from_result
 
     with _without_heartbeat():
         state = retail_sales_etl(run_date=run_date, regions=regions, return_state=True)
-    summary = state.result(raise_on_failure=False)
-    if isinstance(summary, BaseException):
-        return False, f"{state.name}: {state.message or summary}"
+    summary = summary_from_result(state.result(raise_on_failure=False))
+    if summary is None:
+        return False, f"{state.name}: {state.message}"
     return bool(state.is_completed() and summary.succeeded), summary.render_text()
 
 
@@ -110,7 +111,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     """Run the daily pipeline over a date range; exit 0 only if every pair ends loaded."""
     _quiet_offline_prefect()
     from flows.backfill import retail_sales_backfill
-    from retail_etl.backfill import summary_rows
+    from retail_etl.backfill import BackfillFailed, summary_rows
 
     with _without_heartbeat():
         state = retail_sales_backfill(
@@ -121,9 +122,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             max_concurrent_days=args.max_concurrent_days,
             return_state=True,
         )
-    results = state.result(raise_on_failure=False)
-    if isinstance(results, BaseException):
-        print(f"{state.name}: {state.message or results}")
+    outcome = state.result(raise_on_failure=False)
+    results = outcome.results if isinstance(outcome, BackfillFailed) else outcome
+    if not isinstance(results, list):
+        print(f"{state.name}: {state.message}")
         return 1
     for row in summary_rows(results):
         print(f"{row['date']}  {row['region']:<10} {row['action']:<26} {row['status']}")

@@ -7,13 +7,37 @@ into a :class:`RunSummary`, and let :func:`RunSummary.outcome` decide the final 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 from retail_etl.settings import Settings, validate_identifier
+
+
+class PipelineRunFailed(Exception):
+    """The data of a Failed run: its message, with the run's summary attached.
+
+    A Failed state must carry an exception; this one lets callers (CLI, backfill, tests)
+    still read what happened to every region.
+    """
+
+    def __init__(self, message: str, summary: RunSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PipelineRunFailed, (str(self), self.summary))
+
+
+def summary_from_result(result: object) -> RunSummary | None:
+    """The :class:`RunSummary` of a finished run's result (Completed or Failed), if any."""
+    if isinstance(result, RunSummary):
+        return result
+    if isinstance(result, PipelineRunFailed):
+        return result.summary
+    return None
 
 
 @dataclass(frozen=True)
@@ -75,7 +99,9 @@ class RegionOutcome:
     status: Literal[
         "pending",
         "extracted",
+        "transformed",
         "extract_failed",
+        "transform_failed",
         "gate_failed",
         "loaded",
         "load_failed",

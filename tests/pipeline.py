@@ -89,6 +89,8 @@ class PipelineEnv:
 
 def run_day(day: date, regions: list[str] | None = None) -> tuple[Any, Any]:
     from flows.etl import retail_sales_etl
+    from retail_etl.run import summary_from_result
 
     state = retail_sales_etl(run_date=day, regions=regions, return_state=True)
-    return state, state.result(raise_on_failure=False)
+    result = state.result(raise_on_failure=False)
+    return state, summary_from_result(result) or result

@@ -1,0 +1,1 @@
+"""Prefect flows: the daily pipeline, its subflows, alerting and backfill."""
