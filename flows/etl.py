@@ -6,10 +6,9 @@ from __future__ import annotations
 import time
 from datetime import date
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.targets import describe_warehouse
 from flows.alert import alert
@@ -18,14 +17,16 @@ from flows.transform import transform_batch
 from flows.validate import validate_batch
 from retail_etl.run import PipelineRunFailed, RunSummary, ledger_entries, new_run_context
 from retail_etl.settings import get_settings
-from tasks.extract import configured_extract_task, publish_extract_artifact
-from tasks.results import collect
+from tasks.extract import ExtractionThread, publish_extract_artifact
+from tasks.runners import ConfiguredTaskRunner
+from tasks.schema import record_schemas_task
+from tasks.transform import ExtractFeed
 from tasks.warehouse import record_ledger_task
 
 
 @flow(
     name="retail-sales-etl",
-    task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
+    task_runner=ConfiguredTaskRunner(max_workers=8),  # threads or Dask: RETAIL_ETL_TASK_RUNNER
     validate_parameters=True,
 )
 def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = None) -> State:
@@ -37,24 +38,26 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
     summary.warehouse = describe_warehouse(settings)
     logger.info("Batch %s: %s for regions %s", ctx.batch_id, ctx.run_date, ", ".join(ctx.regions))
 
-    # Extract: every region concurrently; a failed region is reported, the rest go on.
+    # Extract: every region concurrently (RETAIL_ETL_EXTRACT_SPLITS: several tasks per
+    # region, combined before the transform); a failed region is reported, the rest go on.
+    # The transform subflow runs meanwhile and takes each region as soon as it lands.
     started = time.perf_counter()
-    futures = configured_extract_task(settings).map(
-        list(ctx.regions),
-        business_date=unmapped(ctx.run_date),
-        extract_dir=unmapped(ctx.extract_dir),
-        settings=unmapped(settings),
-    )
-    extracts, extract_failures = collect(list(ctx.regions), futures)
-    summary.stage_seconds["extract"] = time.perf_counter() - started
+    feed = ExtractFeed()
+    extraction = ExtractionThread(ctx, settings, feed)
+    extraction.start()
+    transformed, transform_errors = transform_batch(feed, ctx, settings)
+    extracts, extract_failures = extraction.result()
+    summary.stage_seconds["extract"] = extraction.seconds
+    # (the time after the last extract landed; earlier regions overlapped the extraction)
+    summary.stage_seconds["transform"] = time.perf_counter() - started - extraction.seconds
     summary.record_extracts(extracts, {r: f.message for r, f in extract_failures.items()})
     publish_extract_artifact(ctx, summary, extracts)
+    # Schema history: a new fingerprint that differs from the contract is warned about once.
+    if extracts:
+        summary.schema_warnings = record_schemas_task(extracts, ctx, settings)
 
     report = None
     if extracts:
-        started = time.perf_counter()
-        transformed, transform_errors = transform_batch(extracts, ctx, settings)
-        summary.stage_seconds["transform"] = time.perf_counter() - started
         summary.record_transforms(transformed, transform_errors)
 
         started = time.perf_counter()
@@ -73,12 +76,16 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
                 {r: e.seconds for r, e in extracts.items()},
             )
             summary.stage_seconds["load"] = time.perf_counter() - started
+            summary.stage_seconds.update(loaded.stage_seconds)  # stage, merge, verify
             summary.record_load(loaded.merges, loaded.errors, loaded.failed_checks)
+            summary.ledger_errors.extend(loaded.ledger_errors)
 
     # Regions that never reached a MERGE still get a ledger row, so backfills find them.
     unloaded = ledger_entries(summary)
     if unloaded:
-        record_ledger_task(unloaded, settings)
+        ledger_state = record_ledger_task(unloaded, settings, return_state=True)
+        if not ledger_state.is_completed():
+            summary.ledger_errors.append(ledger_state.message or "recording the ledger failed")
     if summary.needs_alert:
         alert(summary, report)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from retail_etl.quality import QualityReport
 from retail_etl.run import RunContext
@@ -14,6 +14,7 @@ from retail_etl.settings import Settings
 from retail_etl.transform import RegionTransformResult
 from retail_etl.warehouse import CheckResult, LedgerEntry, MergeResult
 from tasks.results import collect
+from tasks.runners import ConfiguredTaskRunner
 from tasks.warehouse import (
     ensure_schema_task,
     merge_region_task,
@@ -29,13 +30,23 @@ class LoadOutcome:
     merges: dict[str, MergeResult] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     checks: list[CheckResult] = field(default_factory=list)
+    ledger_errors: list[str] = field(default_factory=list)
+    #: wall seconds of the load's steps: stage, merge (COPY + MERGE + rejects), verify
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def failed_checks(self) -> list[CheckResult]:
         return [c for c in self.checks if not c.passed]
 
 
-@flow(name="load-batch", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
+def _record(outcome: LoadOutcome, entries: list[LedgerEntry], settings: Settings) -> None:
+    """Write ledger rows; a warehouse that cannot take them must not hide the run's result."""
+    state = record_ledger_task(entries, settings, return_state=True)
+    if not state.is_completed():
+        outcome.ledger_errors.append(state.message or "recording the ledger failed")
+
+
+@flow(name="load-batch", task_runner=ConfiguredTaskRunner(max_workers=4))
 def load_batch(
     results: dict[str, RegionTransformResult],
     report: QualityReport,
@@ -45,6 +56,7 @@ def load_batch(
 ) -> LoadOutcome:
     logger = get_run_logger()
     outcome = LoadOutcome()
+    started = time.perf_counter()
     ensure_schema_task(settings)
     regions = list(results)
     # Staging is independent per region; the warehouse takes one MERGE at a time.
@@ -54,6 +66,8 @@ def load_batch(
     staged, stage_failures = collect(regions, staged_futures)
     for region, failure in stage_failures.items():
         outcome.errors[region] = failure.error
+    outcome.stage_seconds["stage"] = time.perf_counter() - started
+    started = time.perf_counter()
     for region in regions:
         if region not in staged:
             continue
@@ -65,6 +79,8 @@ def load_batch(
             outcome.merges[region] = merged[region]
         else:
             outcome.errors[region] = failures[region].error
+    outcome.stage_seconds["merge"] = time.perf_counter() - started
+    started = time.perf_counter()
     failed_entries = [
         LedgerEntry(
             batch_id=ctx.batch_id,
@@ -80,7 +96,7 @@ def load_batch(
         for region, error in outcome.errors.items()
     ]
     if failed_entries:
-        record_ledger_task(failed_entries, settings)
+        _record(outcome, failed_entries, settings)
     if outcome.merges:
         outcome.checks = verify_task(
             list(outcome.merges.values()), {r: results[r] for r in outcome.merges}, ctx, settings
@@ -89,7 +105,8 @@ def load_batch(
     if unverified:
         # The MERGE committed, but the day is not trusted: the ledger says so, and a
         # `backfill --missing-only` picks the region up again.
-        record_ledger_task(
+        _record(
+            outcome,
             [
                 LedgerEntry(
                     batch_id=ctx.batch_id,
@@ -130,4 +147,5 @@ def load_batch(
     )
     for check in outcome.failed_checks:
         logger.error("Verification failed: %s/%s: %s", check.region, check.name, check.detail)
+    outcome.stage_seconds["verify"] = time.perf_counter() - started
     return outcome

@@ -89,9 +89,15 @@ def scrub_secrets(text: str) -> str:
 
 
 def should_alert(summary: RunSummary) -> bool:
-    """True when any region was not loaded cleanly, the gate failed or verification failed."""
+    """True when any region was not loaded cleanly, the gate failed, verification failed or
+    a source schema changed (a warning, sent once per change)."""
     ok, _ = summary.outcome()
-    return (not ok) or bool(summary.failed_regions) or summary.gate_verdict == "fail"
+    return (
+        (not ok)
+        or bool(summary.failed_regions)
+        or summary.gate_verdict == "fail"
+        or bool(summary.schema_warnings)
+    )
 
 
 def rerun_commands(summary: RunSummary) -> list[str]:
@@ -152,8 +158,15 @@ def _title(summary: RunSummary) -> str:
         o.status == "verify_failed" for o in summary.regions.values()
     ):
         causes.append("verification failed")
+    if summary.ledger_errors:
+        causes.append("ledger not written")
     if not causes:
-        return f"{FLOW_NAME} {day}: OK, {total - len(not_loaded)}/{total} region(s) loaded"
+        schema = (
+            f", {len(summary.schema_warnings)} source schema change(s)"
+            if summary.schema_warnings
+            else ""
+        )
+        return f"{FLOW_NAME} {day}: OK, {total - len(not_loaded)}/{total} region(s) loaded{schema}"
     return (
         f"{FLOW_NAME} {day} FAILED ({', '.join(causes)}): "
         f"{total - len(not_loaded)}/{total} region(s) loaded"
@@ -298,9 +311,23 @@ def _render(
             for o in verify_failed
             if o.error
         )
+    if summary.ledger_errors:
+        problems.append(
+            f"{f.bullet}{f.bold('Load ledger not written')} (backfills cannot see this run):"
+        )
+        problems.extend(f"{f.sub}{f.escape(_clean_error(e))}" for e in summary.ledger_errors)
     if problems:
         lines.append(f.bold("What failed"))
         lines.extend(problems)
+        lines.append("")
+
+    if summary.schema_warnings:
+        lines.append(
+            f.bold("Schema changes")
+            + " (reported once per change; contract columns still loaded, new columns kept "
+            "in `extras`):"
+        )
+        lines.extend(f"{f.bullet}{f.escape(_clean_error(w))}" for w in summary.schema_warnings)
         lines.append("")
 
     lines.append(f.bold("Rows per region"))

@@ -63,10 +63,39 @@ def inspect_source(
         return {name: pg_type for name, pg_type in cur.fetchall()}
 
 
+def split_predicate(plan: ExtractionPlan, split: int, splits: int) -> sql.Composable:
+    """SQL that is TRUE for the rows of extraction split ``split`` of ``splits`` (0-based).
+
+    Rows are assigned by ``sale_id`` (its value modulo ``splits``, or a hash of its text when
+    the source column is not an integer), so every version of a sale lands in the same split;
+    a NULL ``sale_id`` goes to split 0. The splits partition the day: each row is in exactly one.
+    """
+    if not 1 <= splits <= 64 or not 0 <= split < splits:
+        raise ValueError(f"extraction split {split} of {splits} is out of range")
+    if splits == 1:
+        return sql.SQL("TRUE")
+    column = plan.column("sale_id")
+    source = sql.Identifier(column.source_name)
+    if not column.cast_in_transform and column.source_type in ("smallint", "integer", "bigint"):
+        key: sql.Composable = source
+    else:
+        key = sql.SQL("hashtext({}::text)").format(source)
+    n = sql.Literal(splits)
+    return sql.SQL("coalesce((({key} % {n}) + {n}) % {n}, 0) = {k}").format(
+        key=key, n=n, k=sql.Literal(split)
+    )
+
+
 def build_copy_query(
-    plan: ExtractionPlan, business_date: date, *, schema: str = "public"
+    plan: ExtractionPlan,
+    business_date: date,
+    *,
+    schema: str = "public",
+    split: int = 0,
+    splits: int = 1,
 ) -> sql.Composed:
-    """``COPY (SELECT <explicit columns> ...) TO STDOUT`` for one business date.
+    """``COPY (SELECT <explicit columns> ...) TO STDOUT`` for one business date (and, with
+    ``splits`` > 1, only the rows of one split: :func:`split_predicate`).
 
     Timestamps leave PostgreSQL already converted to UTC; columns whose source type
     drifted from the contract are sent as text for the transform to cast.
@@ -104,9 +133,12 @@ def build_copy_query(
     sale_date = sql.Identifier(plan.column("sale_date").source_name)
     return sql.SQL(
         "COPY (SELECT {columns} FROM {schema}.{table} "
-        "WHERE {sale_date} = {business_date} AND {status} = {completed} AND {deleted} IS NOT TRUE) "
-        "TO STDOUT WITH (FORMAT csv)"
+        "WHERE {sale_date} = {business_date} AND {status} = {completed} AND {deleted} IS NOT TRUE"
+        "{split}) TO STDOUT WITH (FORMAT csv)"
     ).format(
+        split=sql.SQL("")
+        if splits == 1
+        else sql.SQL(" AND ") + split_predicate(plan, split, splits),
         columns=sql.SQL(", ").join(selects),
         schema=sql.Identifier(schema),
         table=sql.Identifier(plan.table),
@@ -199,16 +231,22 @@ def extract_region(
     aliases: Mapping[str, Sequence[str]] | None = None,
     table: str = SOURCE_TABLE,
     plan: ExtractionPlan | None = None,
+    split: int = 0,
+    splits: int = 1,
 ) -> RegionExtract:
     """Stream one region's completed, not-deleted sales of ``business_date`` to parquet.
 
     Files go to ``out_dir/region=<region>/part-NNNNN.parquet`` (the folder is emptied
-    first, so a retry never mixes attempts). Raises :class:`ExtractionError` naming
-    the region, date and table, chained to the driver's error.
+    first, so a retry never mixes attempts). With ``splits`` > 1 only the rows of split
+    ``split`` are read (:func:`split_predicate`), into ``out_dir/region=<region>/split=<k>/``;
+    :func:`combine_splits` makes the region's extract of all of them. Raises
+    :class:`ExtractionError` naming the region, date and table, chained to the driver's error.
     """
     started = time.perf_counter()
     started_at = time.time()
     where = f"region {region}, {business_date.isoformat()}, table {table}"
+    if splits > 1:
+        where += f", split {split + 1}/{splits}"
     if plan is None:
         try:
             source_columns = inspect_source(source_url, table=table)
@@ -221,12 +259,14 @@ def extract_region(
         plan = plan_extraction(region, source_columns, aliases=aliases, table=table)
 
     region_dir = out_dir / f"region={region}"
+    if splits > 1:
+        region_dir = region_dir / f"split={split}"
     if region_dir.exists():
         shutil.rmtree(region_dir)
     region_dir.mkdir(parents=True)
 
     read_schema, out_schema = csv_read_types(plan)
-    query = build_copy_query(plan, business_date)
+    query = build_copy_query(plan, business_date, split=split, splits=splits)
     files: list[Path] = []
     rows = 0
     writer: pq.ParquetWriter | None = None
@@ -244,7 +284,12 @@ def extract_region(
             while offset < batch.num_rows:
                 if writer is None:
                     path = region_dir / f"part-{len(files):05d}.parquet"
-                    writer = pq.ParquetWriter(path, out_schema, compression="snappy")
+                    # Run-local scratch, read once by the transform: uncompressed and without
+                    # dictionaries costs ~30 % less CPU than snappy + dictionaries (460K rows:
+                    # 0.36 s vs 0.49 s) for ~50 % more disk.
+                    writer = pq.ParquetWriter(
+                        path, out_schema, compression="none", use_dictionary=False
+                    )
                     files.append(path)
                     rows_in_file = 0
                 take = min(chunk_rows - rows_in_file, batch.num_rows - offset)
@@ -282,6 +327,44 @@ def extract_region(
         extra_columns=list(plan.extra_columns),
         started_at=started_at,
         finished_at=time.time(),
+    )
+
+
+def combine_splits(parts: Sequence[RegionExtract]) -> RegionExtract:
+    """One region's extract from the extracts of its splits (given in split order).
+
+    Files keep the split order, so the transform sees the rows of split 0 first; rows, bytes
+    add up; ``seconds`` is the wall time from the first split's start to the last one's end.
+    Raises :class:`ExtractionError` if the splits saw different source schemas.
+    """
+    if not parts:
+        raise ValueError("combine_splits needs at least one split")
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    fingerprints = {p.schema_fingerprint for p in parts}
+    if len(fingerprints) > 1 or any(p.region != first.region for p in parts):
+        raise ExtractionError(
+            f"region {first.region}, {first.business_date.isoformat()}: the source table "
+            f"changed while its {len(parts)} splits were extracted (schema fingerprints "
+            f"{', '.join(sorted(fingerprints))}); extract the region again"
+        )
+    started = min(p.started_at for p in parts)
+    finished = max(p.finished_at for p in parts)
+    return RegionExtract(
+        region=first.region,
+        business_date=first.business_date,
+        files=[f for p in parts for f in p.files],
+        rows=sum(p.rows for p in parts),
+        bytes=sum(p.bytes for p in parts),
+        seconds=max(finished - started, max(p.seconds for p in parts)),
+        source_columns=first.source_columns,
+        schema_fingerprint=first.schema_fingerprint,
+        schema_changes=first.schema_changes,
+        cast_columns=first.cast_columns,
+        extra_columns=first.extra_columns,
+        started_at=started,
+        finished_at=finished,
     )
 
 

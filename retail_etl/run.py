@@ -129,8 +129,11 @@ class RunSummary:
     gate_verdict: Literal["pass", "fail", "not_run"] = "not_run"
     failing_checks: list[str] = field(default_factory=list)
     verification_failures: list[str] = field(default_factory=list)
+    ledger_errors: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     warehouse: str = ""
+    #: New source schemas that differ from the contract (warned once; not a failure).
+    schema_warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def start(cls, ctx: RunContext) -> RunSummary:
@@ -202,7 +205,11 @@ class RunSummary:
     @property
     def needs_alert(self) -> bool:
         return bool(
-            self.failed_regions or self.gate_verdict == "fail" or self.verification_failures
+            self.failed_regions
+            or self.gate_verdict == "fail"
+            or self.verification_failures
+            or self.ledger_errors
+            or self.schema_warnings
         )
 
     @property
@@ -229,13 +236,20 @@ class RunSummary:
             )
         if self.verification_failures:
             parts.append("post-load verification failed: " + ", ".join(self.verification_failures))
+        if self.ledger_errors:
+            parts.append("the load ledger could not be written: " + "; ".join(self.ledger_errors))
         if not parts and not loaded:
             parts.append("no region was loaded")
         if not parts:
             rows = sum(o.rows_accepted for o in self.regions.values())
+            schema = (
+                f"; {len(self.schema_warnings)} source schema change(s), see the alert"
+                if self.schema_warnings
+                else ""
+            )
             return True, (
                 f"{self.run_date}: loaded {len(loaded)} region(s), {rows:,} accepted rows "
-                f"(batch {self.batch_id})"
+                f"(batch {self.batch_id}){schema}"
             )
         tail = f"; loaded: {', '.join(loaded)}" if loaded else "; nothing loaded"
         return False, f"{self.run_date}: " + "; ".join(parts) + tail
@@ -280,6 +294,7 @@ class RunSummary:
             lines.append(
                 "stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_seconds.items())
             )
+        lines.extend(f"schema change: {w}" for w in self.schema_warnings)
         if self.warehouse:
             lines.append(f"warehouse: {self.warehouse}")
         return "\n".join(lines)

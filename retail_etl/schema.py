@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from retail_etl.contract import COLUMNS_BY_NAME, SALES_COLUMNS, SOURCE_TABLE, ContractColumn
 
@@ -24,6 +25,9 @@ class SchemaContractError(RuntimeError):
         super().__init__(f"region {region}: {message}")
         self.region = region
 
+
+#: :meth:`SchemaDiff.describe` of a source that matches the contract.
+MATCHES_CONTRACT = "matches the contract"
 
 _NUMERIC = re.compile(r"^numeric\((\d+),(\d+)\)$")
 _INTEGER_TYPES = {"smallint": 16, "integer": 32, "bigint": 64}
@@ -65,7 +69,7 @@ class SchemaDiff:
         parts = [f"new column {n} ({t})" for n, t in self.new_columns.items()]
         parts += [f"{c} read from {s}" for c, s in self.renamed.items()]
         parts += [f"{n} is {s} (contract {c})" for n, (c, s) in self.retyped.items()]
-        return "; ".join(parts) if parts else "matches the contract"
+        return "; ".join(parts) if parts else MATCHES_CONTRACT
 
 
 @dataclass(frozen=True)
@@ -200,13 +204,75 @@ def contract_plan(region: str, table: str = SOURCE_TABLE) -> ExtractionPlan:
     return plan_extraction(region, {c.name: c.pg_type for c in SALES_COLUMNS}, table=table)
 
 
+class ObservedSchema(Protocol):
+    """What a run saw of one region's source (``retail_etl.extract.RegionExtract``)."""
+
+    @property
+    def source_columns(self) -> dict[str, str]: ...
+    @property
+    def schema_fingerprint(self) -> str: ...
+    @property
+    def schema_changes(self) -> str: ...
+
+
+class SchemaHistory(Protocol):
+    """The warehouse's ``source_schema_history`` (``Warehouse.record_schema``)."""
+
+    def record_schema(
+        self,
+        region: str,
+        fingerprint: str,
+        columns: Mapping[str, str],
+        differences: str,
+        batch_id: str,
+        flow_run_id: str | None,
+    ) -> bool: ...
+
+
+def record_schema_changes(
+    history: SchemaHistory,
+    observed: Mapping[str, ObservedSchema],
+    *,
+    batch_id: str,
+    flow_run_id: str | None,
+) -> list[str]:
+    """Record each region's source schema fingerprint; return the warnings to send.
+
+    A warning is due once per change: when a region's fingerprint is new (differs from the
+    latest one recorded for the region) and the source differs from the contract. The next
+    run with the same fingerprint records nothing and warns about nothing; a source that
+    changes back to the contract is recorded without a warning.
+    """
+    warnings: list[str] = []
+    for region in sorted(observed):
+        seen = observed[region]
+        new = history.record_schema(
+            region,
+            seen.schema_fingerprint,
+            seen.source_columns,
+            seen.schema_changes,
+            batch_id,
+            flow_run_id,
+        )
+        if new and seen.schema_changes != MATCHES_CONTRACT:
+            warnings.append(
+                f"{region}: source schema changed (fingerprint {seen.schema_fingerprint}): "
+                f"{seen.schema_changes}"
+            )
+    return warnings
+
+
 __all__ = [
     "COLUMNS_BY_NAME",
+    "MATCHES_CONTRACT",
     "ColumnPlan",
     "ExtractionPlan",
+    "ObservedSchema",
     "SchemaContractError",
     "SchemaDiff",
+    "SchemaHistory",
     "contract_plan",
     "inspect_columns_sql",
     "plan_extraction",
+    "record_schema_changes",
 ]

@@ -14,6 +14,15 @@ it towards 5-6M rows for Snowflake's 100-250 MB advice) with row groups of at mo
 and memory holds one row group, not the day (the file size costs no memory). At least one file
 is written, possibly with zero rows, so loaders never special-case a missing file.
 
+Fast path: source files that already are what staging would write are published as they are,
+not rewritten (a hard link on the local store, a plain upload on S3). A file qualifies when its
+footer says so, without reading data: exactly the staged schema, at most ``target_file_rows``
+rows, row groups of at most :data:`ROW_GROUP_ROWS`, and (for a region partition) row-group
+statistics proving every row is of the region (min = max = region, no NULL); and the set is not
+a heap of small files (every file but the last holds at least half of ``target_file_rows``).
+The transform writes its output that way, so a day is staged without touching its rows; any
+other input takes the rewrite, which checks and conforms every row.
+
 Reruns and stale files: a partition (table, date, region) belongs to the batch that staged it
 last. The new files are written first (each appears atomically: local write + rename, or one S3
 upload), then every other file in that exact partition is deleted. So after a successful
@@ -34,6 +43,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -253,6 +263,46 @@ class _PartWriter:
                     yield done
 
 
+def _publishable_as_is(
+    paths: Sequence[Path], schema: pa.Schema, region: str | None, target_file_rows: int
+) -> list[tuple[Path, int]] | None:
+    """(path, rows) of every file if the set can be published unchanged, else None.
+
+    Reads footers only. See the module docstring, "Fast path".
+    """
+    if not paths:
+        return None
+    ready: list[tuple[Path, int]] = []
+    for path in paths:
+        try:
+            meta = pq.read_metadata(path)
+            file_schema = meta.schema.to_arrow_schema()
+        except (OSError, pa.ArrowInvalid):
+            return None  # the rewrite reports the error with its context
+        if meta.num_rows > target_file_rows or not file_schema.equals(schema, check_metadata=False):
+            return None
+        column = file_schema.get_field_index("region") if region is not None else -1
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            if group.num_rows > ROW_GROUP_ROWS:
+                return None
+            if column < 0 or group.num_rows == 0:
+                continue
+            stats = group.column(column).statistics
+            if (
+                stats is None
+                or not stats.has_min_max
+                or stats.null_count != 0
+                or stats.min != region
+                or stats.max != region
+            ):
+                return None
+        ready.append((Path(path), meta.num_rows))
+    if any(rows < target_file_rows // 2 for _, rows in ready[:-1]):
+        return None  # many small files: the rewrite merges them
+    return ready
+
+
 def _write_parts(
     pieces: Iterable[tuple[pa.Table, str]],
     schema: pa.Schema,
@@ -285,7 +335,17 @@ class _StoreBase:
         raise NotImplementedError
 
     def _publish(self, local: Path, key: str) -> None:
+        """Make ``local`` (a file in the scratch folder, consumed) the object ``key``."""
         raise NotImplementedError
+
+    def _scratch_copy(self, source: Path, scratch: Path, n: int) -> Path:
+        """A file :meth:`_publish` may consume that has the content of ``source`` (which stays)."""
+        target = scratch / f"ready-{n}.parquet"
+        try:
+            os.link(source, target)  # no copy when scratch and source share a filesystem
+        except OSError:
+            shutil.copyfile(source, target)
+        return target
 
     def list_keys(self, prefix: str) -> list[str]:
         raise NotImplementedError
@@ -314,7 +374,9 @@ class _StoreBase:
         batch_id: str,
         pieces: Iterable[tuple[pa.Table, str]],
         target_file_rows: int | None,
+        ready: Sequence[tuple[Path, int]] | None = None,
     ) -> list[StagedFile]:
+        """Write ``pieces`` into staged files, or publish the ``ready`` files unchanged."""
         validate_batch_id(batch_id)
         prefix = partition_prefix(table, business_date, region)
         schema = staged_schema(table)
@@ -324,7 +386,13 @@ class _StoreBase:
         scratch_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="stage-", dir=scratch_root) as tmp:
             try:
-                parts = _write_parts(pieces, schema, region, target, Path(tmp))
+                if ready is None:
+                    parts = _write_parts(pieces, schema, region, target, Path(tmp))
+                else:
+                    parts = (
+                        (self._scratch_copy(path, Path(tmp), n), rows)
+                        for n, (path, rows) in enumerate(ready)
+                    )
                 for n, (path, rows) in enumerate(parts):
                     key = f"{prefix}{batch_id}-{n}.parquet"
                     size = path.stat().st_size
@@ -365,9 +433,20 @@ class _StoreBase:
         *,
         target_file_rows: int | None = None,
     ) -> list[StagedFile]:
-        """Rewrite ``source_files`` (parquet) into the partition of (table, date, region)."""
+        """Stage ``source_files`` (parquet) into the partition of (table, date, region):
+        published as they are when they already conform (module docstring, "Fast path"),
+        otherwise rewritten."""
+        ready = _publishable_as_is(
+            source_files, staged_schema(table), region, self._target(target_file_rows)
+        )
         return self._stage(
-            table, business_date, region, batch_id, _iter_files(source_files), target_file_rows
+            table,
+            business_date,
+            region,
+            batch_id,
+            _iter_files(source_files),
+            target_file_rows,
+            ready=ready,
         )
 
     def stage_table(

@@ -263,6 +263,30 @@ def test_should_alert_only_when_something_failed():
     verified.verification_failures = ["counts differ"]
     assert should_alert(verified) is True
     assert should_alert(_summary(apac={"status": "load_failed", "error": "x"})) is True
+    warned = _summary()
+    warned.schema_warnings = ["us_east: source schema changed (fingerprint f): new column x (text)"]
+    assert should_alert(warned) is True
+
+
+def test_schema_change_warning_is_its_own_section_of_a_successful_run():
+    summary = _summary()
+    summary.schema_warnings = [
+        "us_east: source schema changed (fingerprint 0123abcd): new column loyalty_tier (text)"
+    ]
+
+    message = build_alert_message(summary)
+
+    assert message.title == (
+        "retail-sales-etl 2024-01-15: OK, 4/4 region(s) loaded, 1 source schema change(s)"
+    )
+    assert "What failed" not in message.text and "Rerun" not in message.text
+    lines = message.text.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("*Schema changes*")))
+    assert lines[header + 1] == (
+        "• us_east: source schema changed (fingerprint 0123abcd): new column loyalty_tier (text)"
+    )
+    assert "**Schema changes**" in message.markdown
+    assert summary.outcome()[0] is True  # a warning, not a failure
 
 
 def test_long_errors_are_shortened():

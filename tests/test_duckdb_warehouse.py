@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -130,7 +131,13 @@ def test_load_batch_equals_input(wh: DuckDBWarehouse, loader: Loader) -> None:
     assert all(c.passed for c in wh.verify(B1, DAY, [result])), wh.verify(B1, DAY, [result])
     # the per-batch stage table was connection-local: nothing left behind
     tables = {r[0] for r in wh.query("SELECT table_name FROM information_schema.tables")}
-    assert tables == {"sales_fact", "sales_rejects", "dq_results", "etl_load_ledger"}
+    assert tables == {
+        "sales_fact",
+        "sales_rejects",
+        "dq_results",
+        "etl_load_ledger",
+        "source_schema_history",
+    }
 
 
 def test_rerun_same_batch_three_times_is_idempotent(wh: DuckDBWarehouse, loader: Loader) -> None:
@@ -526,3 +533,74 @@ def test_loads_from_the_s3_staging_store(tmp_path: Path, moto_endpoint: str) -> 
 
     assert (result.staged_rows, result.inserted) == (10, 10)
     assert accepted_view(fact(wh)) == expected_rows(table)
+
+
+# --------------------------------------------------------------------------- schema changes
+
+
+def test_extras_json_reaches_sales_fact_and_can_be_parsed(
+    wh: DuckDBWarehouse, loader: Loader
+) -> None:
+    table = accepted_table("us_east", DAY, range(1, 5), batch_id=B1)  # odd ids carry extras
+    wh.load_region(loader.stage(table, "us_east", B1))
+
+    rows = wh.query(
+        "SELECT sale_id, json_extract_string(extras, '$.loyalty_tier') FROM sales_fact "
+        "ORDER BY sale_id"
+    )
+    assert rows == [(1, "gold1"), (2, None), (3, "gold3"), (4, None)]
+
+
+def test_a_contract_column_added_by_a_new_release_is_added_nullable_keeping_rows(
+    wh: DuckDBWarehouse, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retail_etl.warehouse import base
+
+    wh.load_region(
+        loader.stage(accepted_table("us_east", DAY, range(1, 4), batch_id=B1), "us_east", B1)
+    )
+    before = wh.query("SELECT sale_id, loaded_at FROM sales_fact ORDER BY sale_id")
+    # The next release's contract has one more fact column.
+    channel = base.WarehouseColumn("sales_channel", "VARCHAR", "VARCHAR")
+    monkeypatch.setitem(base.TABLES, base.SALES_FACT, (*base.SALES_FACT_COLUMNS, channel))
+
+    assert wh.ensure_schema() == ["sales_fact.sales_channel"]
+
+    info = wh.query(
+        "SELECT data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_name = 'sales_fact' AND column_name = 'sales_channel'"
+    )
+    assert info == [("VARCHAR", "YES")]
+    assert wh.query("SELECT sale_id, loaded_at FROM sales_fact ORDER BY sale_id") == before
+    assert wh.query("SELECT count(*) FROM sales_fact WHERE sales_channel IS NULL") == [(3,)]
+    # Loads keep working on the wider table; the new column stays NULL until it is fed.
+    result = wh.load_region(
+        loader.stage(accepted_table("us_east", DAY, range(4, 6), batch_id=B2), "us_east", B2)
+    )
+    assert result.inserted == 2
+    assert wh.ensure_schema() == []
+
+
+def test_schema_history_records_each_fingerprint_change_once(wh: DuckDBWarehouse) -> None:
+    columns = {"sale_id": "bigint", "channel": "text"}
+
+    assert wh.latest_schema("us_east") is None
+    assert wh.record_schema("us_east", "fp1", columns, "new column channel (text)", B1, "f1")
+    assert not wh.record_schema("us_east", "fp1", columns, "new column channel (text)", B2, "f2")
+    assert wh.record_schema("europe", "fp1", columns, "new column channel (text)", B2, "f2")
+    assert wh.latest_schema("us_east") == "fp1"
+    assert wh.record_schema(
+        "us_east", "fp2", {"sale_id": "bigint"}, "matches the contract", B2, None
+    )
+    assert wh.latest_schema("us_east") == "fp2"
+
+    history = wh.schema_history("us_east")
+    assert [(h["fingerprint"], h["first_seen_batch_id"], h["flow_run_id"]) for h in history] == [
+        ("fp1", B1, "f1"),
+        ("fp2", B2, None),
+    ]
+    assert json.loads(history[0]["columns"]) == columns
+    assert history[0]["differences"] == "new column channel (text)"
+    assert history[0]["first_seen_at"] <= history[1]["first_seen_at"]
+    with pytest.raises(InvalidIdentifierError):
+        wh.record_schema("us_east; drop table x", "fp3", columns, "", B1, None)

@@ -228,3 +228,49 @@ def test_a_region_far_below_its_history_fails_the_gate(env):
     assert "apac/history_volume" in state.message
     assert summary.regions["apac"].status == "gate_failed"
     assert env.warehouse("SELECT count(*) FROM sales_fact WHERE sale_date = ?", [day4])[0][0] == 0
+
+
+def test_a_warehouse_failure_mid_load_applies_nothing_and_a_rerun_loads_once(env, monkeypatch):
+    from retail_etl.warehouse import sql as warehouse_sql
+
+    _seed(env, rows=1_000)
+    real_ledger_sql = warehouse_sql.insert_ledger_sql
+
+    calls: list[int] = []
+
+    def failing_after_merge(target):  # type: ignore[no-untyped-def]
+        # The MERGE has run inside the transaction when its ledger row is written: the first
+        # two loads (one per region) fail there; recording the failures afterwards works.
+        calls.append(1)
+        if len(calls) > 2:
+            return real_ledger_sql(target)
+        insert = real_ledger_sql(target)
+        head, values = insert.split(" VALUES (", 1)
+        return (
+            f"{head} SELECT {values.rstrip(')')} WHERE error('injected warehouse failure') IS NULL"
+        )
+
+    monkeypatch.setattr(warehouse_sql, "insert_ledger_sql", failing_after_merge)
+    state, summary = run_day(DAY, ["us_east", "europe"])
+    monkeypatch.setattr(warehouse_sql, "insert_ledger_sql", real_ledger_sql)
+
+    assert state.is_failed()
+    assert (
+        "load failed for us_east" in state.message and "injected warehouse failure" in state.message
+    )
+    assert {summary.regions[r].status for r in ("us_east", "europe")} == {"load_failed"}
+    assert env.warehouse("SELECT count(*) FROM sales_fact")[0][0] == 0
+    assert env.warehouse("SELECT region, status FROM etl_load_ledger ORDER BY region") == [
+        ("europe", "load_failed"),
+        ("us_east", "load_failed"),
+    ]
+
+    state, summary = run_day(DAY, ["us_east", "europe"])
+
+    assert state.is_completed(), state.message
+    for region in ("us_east", "europe"):
+        assert env.fact(region, DAY) == env.expected_accepted(region, DAY)
+        assert summary.regions[region].rows_inserted == summary.regions[region].rows_accepted
+    assert env.warehouse("SELECT count(*), count(DISTINCT (region, sale_id)) FROM sales_fact") == [
+        (summary.regions["us_east"].rows_accepted + summary.regions["europe"].rows_accepted,) * 2
+    ]

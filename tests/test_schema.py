@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pytest
 
 from retail_etl.contract import SALES_COLUMNS
-from retail_etl.schema import SchemaContractError, plan_extraction
+from retail_etl.schema import SchemaContractError, plan_extraction, record_schema_changes
 
 CONTRACT = {c.name: c.pg_type for c in SALES_COLUMNS}
 
@@ -74,3 +76,59 @@ def test_new_columns_are_listed_as_extras():
     plan = plan_extraction("us_east", {**CONTRACT, "channel": "text"})
     assert plan.extra_columns == ("channel",)
     assert plan.diff.describe() == "new column channel (text)"
+
+
+class _History:
+    """In-memory ``source_schema_history``: the latest fingerprint per region."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str]] = []
+
+    def record_schema(
+        self,
+        region: str,
+        fingerprint: str,
+        columns: Mapping[str, str],
+        differences: str,
+        batch_id: str,
+        flow_run_id: str | None,
+    ) -> bool:
+        latest = [fp for r, fp, _ in self.rows if r == region]
+        if latest and latest[-1] == fingerprint:
+            return False
+        self.rows.append((region, fingerprint, batch_id))
+        return True
+
+
+@dataclass
+class _Seen:
+    source_columns: dict[str, str]
+    schema_fingerprint: str
+    schema_changes: str
+
+
+def _seen(source: dict[str, str]) -> _Seen:
+    plan = plan_extraction("x", source)
+    return _Seen(plan.source_columns, plan.fingerprint, plan.diff.describe())
+
+
+def test_a_schema_change_is_warned_about_once_and_a_matching_schema_never():
+    history = _History()
+    drifted = {"us_east": _seen({**CONTRACT, "channel": "text"}), "europe": _seen(CONTRACT)}
+
+    first = record_schema_changes(history, drifted, batch_id="b1", flow_run_id="f1")
+    again = record_schema_changes(history, drifted, batch_id="b2", flow_run_id="f2")
+    back = record_schema_changes(
+        history, {"us_east": _seen(CONTRACT)}, batch_id="b3", flow_run_id="f3"
+    )
+
+    assert first == [
+        f"us_east: source schema changed (fingerprint {drifted['us_east'].schema_fingerprint}): "
+        "new column channel (text)"
+    ]
+    assert again == [] and back == []
+    assert [(r, b) for r, _, b in history.rows] == [
+        ("europe", "b1"),
+        ("us_east", "b1"),
+        ("us_east", "b3"),
+    ]

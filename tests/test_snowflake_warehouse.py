@@ -155,7 +155,13 @@ def test_ensure_schema_creates_objects_and_adds_missing_columns(
             ["RETAIL"],
         )
     }
-    assert tables == {"sales_fact", "sales_rejects", "dq_results", "etl_load_ledger"}
+    assert tables == {
+        "sales_fact",
+        "sales_rejects",
+        "dq_results",
+        "etl_load_ledger",
+        "source_schema_history",
+    }
     types = dict(
         wh.query(
             "SELECT column_name, data_type FROM retail_db.information_schema.columns "
@@ -527,3 +533,72 @@ def test_from_blocks_uses_the_connector_credentials(
     assert any("s3://bkt/staging/" in str(row) for row in stages)
     with pytest.raises(ValueError, match="S3 staging store"):
         SnowflakeWarehouse.from_blocks(connector, bucket, LocalStagingStore(tmp_path))
+
+
+# --------------------------------------------------------------------------- schema changes
+
+
+def test_extras_arrive_as_variant_that_can_be_queried(
+    wh: SnowflakeWarehouse, store: LocalStagingStore, tmp_path: Path
+) -> None:
+    table = accepted_table("us_east", DAY, range(1, 5), batch_id=B1)  # odd ids carry extras
+    wh.load_region(stage(tmp_path, store, table, "us_east", B1))
+
+    rows = wh.query(
+        'SELECT "SALE_ID", "EXTRAS":loyalty_tier::VARCHAR FROM retail_db.retail.sales_fact '
+        'ORDER BY "SALE_ID"'
+    )
+    tiers = [(int(i), tier) for i, tier in rows]
+    assert tiers == [(1, "gold1"), (2, None), (3, "gold3"), (4, None)]
+
+
+def test_a_contract_column_added_by_a_new_release_is_added_nullable_keeping_rows(
+    wh: SnowflakeWarehouse,
+    store: LocalStagingStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from retail_etl.warehouse import base
+
+    old_rows = accepted_table("us_east", DAY, range(1, 4), batch_id=B1)
+    wh.load_region(stage(tmp_path, store, old_rows, "us_east", B1))
+    before = accepted_view(wh.fact_rows())
+    channel = base.WarehouseColumn("sales_channel", "VARCHAR", "VARCHAR")
+    monkeypatch.setitem(base.TABLES, base.SALES_FACT, (*base.SALES_FACT_COLUMNS, channel))
+
+    assert wh.ensure_schema() == ["sales_fact.sales_channel"]
+
+    info = wh.query(
+        "SELECT data_type, is_nullable FROM retail_db.information_schema.columns "
+        "WHERE table_schema = 'RETAIL' AND table_name = 'SALES_FACT' "
+        "AND column_name = 'SALES_CHANNEL'"
+    )
+    assert [(str(t).upper(), str(n).upper()) for t, n in info] == [("TEXT", "YES")]
+    assert accepted_view(wh.fact_rows()) == before
+    assert wh.query(
+        'SELECT COUNT(*) FROM retail_db.retail.sales_fact WHERE "SALES_CHANNEL" IS NULL'
+    ) == [(3,)]
+    new_rows = accepted_table("us_east", DAY, range(4, 6), batch_id=B2)
+    result = wh.load_region(stage(tmp_path, store, new_rows, "us_east", B2))
+    assert result.inserted == 2
+    assert wh.ensure_schema() == []
+
+
+def test_schema_history_records_each_fingerprint_change_once(wh: SnowflakeWarehouse) -> None:
+    columns = {"sale_id": "bigint", "channel": "text"}
+
+    assert wh.latest_schema("us_east") is None
+    assert wh.record_schema("us_east", "fp1", columns, "new column channel (text)", B1, "f1")
+    assert not wh.record_schema("us_east", "fp1", columns, "new column channel (text)", B2, "f2")
+    assert wh.record_schema("europe", "fp1", columns, "new column channel (text)", B2, "f2")
+    assert wh.record_schema(
+        "us_east", "fp2", {"sale_id": "bigint"}, "matches the contract", B2, None
+    )
+    assert wh.latest_schema("us_east") == "fp2"
+
+    history = wh.schema_history("us_east")
+    assert [(h["fingerprint"], h["first_seen_batch_id"], h["flow_run_id"]) for h in history] == [
+        ("fp1", B1, "f1"),
+        ("fp2", B2, None),
+    ]
+    assert json.loads(history[0]["columns"]) == columns

@@ -8,6 +8,8 @@ Tables (same names and columns in DuckDB and Snowflake):
 - ``dq_results``: one row per quality check of a batch (``region = '*'`` for batch-level checks).
 - ``etl_load_ledger``: one row per (batch, region) outcome; the ``loaded`` row is written in the
   transaction of its MERGE.
+- ``source_schema_history``: one row each time a region's source schema fingerprint changes
+  (region, fingerprint, columns as JSON, differences from the contract, first batch that saw it).
 
 Merge semantics (both engines): ``ON t.region = s.region AND t.sale_id = s.sale_id``; a matched
 row is updated only when the incoming ``updated_at`` is newer (or the stored one is NULL and the
@@ -16,6 +18,7 @@ incoming one is not); an unmatched row is inserted. ``unchanged`` = matched but 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +38,7 @@ SALES_FACT = "sales_fact"
 SALES_REJECTS = "sales_rejects"
 DQ_RESULTS = "dq_results"
 LEDGER = "etl_load_ledger"
+SCHEMA_HISTORY = "source_schema_history"
 
 LedgerStatus = Literal[
     "loaded", "load_failed", "extract_failed", "transform_failed", "gate_failed", "verify_failed"
@@ -166,6 +170,16 @@ LEDGER_COLUMNS: tuple[WarehouseColumn, ...] = (
     _timestamp("started_at"),
     _timestamp("finished_at"),
 )
+#: One row per (region, source schema fingerprint) change: the first batch that saw it.
+SCHEMA_HISTORY_COLUMNS: tuple[WarehouseColumn, ...] = (
+    _varchar("region"),
+    _varchar("fingerprint"),
+    _varchar("columns"),  # JSON object: source column -> PostgreSQL type
+    _varchar("differences"),  # SchemaDiff.describe(): what differs from the contract
+    _varchar("first_seen_batch_id"),
+    _timestamp("first_seen_at"),
+    _varchar("flow_run_id"),
+)
 
 #: Every permanent table and its columns, in DDL order.
 TABLES: dict[str, tuple[WarehouseColumn, ...]] = {
@@ -173,6 +187,7 @@ TABLES: dict[str, tuple[WarehouseColumn, ...]] = {
     SALES_REJECTS: SALES_REJECTS_COLUMNS,
     DQ_RESULTS: DQ_RESULTS_COLUMNS,
     LEDGER: LEDGER_COLUMNS,
+    SCHEMA_HISTORY: SCHEMA_HISTORY_COLUMNS,
 }
 DQ_RESULT_FIELDS: tuple[str, ...] = tuple(c.name for c in DQ_RESULTS_COLUMNS)
 
@@ -449,6 +464,29 @@ def loaded_ledger_entry(
     )
 
 
+def schema_history_row(
+    region: str,
+    fingerprint: str,
+    columns: Mapping[str, str],
+    differences: str,
+    batch_id: str,
+    flow_run_id: str | None,
+) -> tuple[Any, ...]:
+    """A ``source_schema_history`` row in :data:`SCHEMA_HISTORY_COLUMNS` order."""
+    validate_identifier(region, "region")
+    if not fingerprint:
+        raise ValueError(f"empty schema fingerprint for region {region!r}")
+    return (
+        region,
+        fingerprint,
+        json.dumps(dict(columns), sort_keys=True),
+        differences,
+        batch_id,
+        utc_now(),
+        flow_run_id,
+    )
+
+
 class StepTimer:
     """The step a load is in (for error messages) and the seconds each step took."""
 
@@ -529,6 +567,23 @@ class Warehouse(Protocol):
         ...
 
     def ledger(self, business_date: date | None = None) -> list[dict[str, Any]]: ...
+
+    def latest_schema(self, region: str) -> str | None:
+        """The fingerprint most recently recorded for ``region`` in ``source_schema_history``."""
+        ...
+
+    def record_schema(
+        self,
+        region: str,
+        fingerprint: str,
+        columns: Mapping[str, str],
+        differences: str,
+        batch_id: str,
+        flow_run_id: str | None,
+    ) -> bool:
+        """Append a ``source_schema_history`` row if ``fingerprint`` differs from the region's
+        latest one (one transaction); True if it was new."""
+        ...
 
     def fact_rows(
         self, region: str | None = None, business_date: date | None = None

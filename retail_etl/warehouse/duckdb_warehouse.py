@@ -49,6 +49,7 @@ from retail_etl.warehouse.base import (
     load_error,
     loaded_ledger_entry,
     normalize_dq_record,
+    schema_history_row,
     utc_now,
 )
 
@@ -323,6 +324,35 @@ class DuckDBWarehouse(sql.QueryMixin):
                 f"recording ledger status {entry.status!r} for region {entry.region!r} "
                 f"{entry.business_date} (batch {entry.batch_id}) failed: {describe_error(e)}"
             ) from e
+
+    def record_schema(
+        self,
+        region: str,
+        fingerprint: str,
+        columns: Mapping[str, str],
+        differences: str,
+        batch_id: str,
+        flow_run_id: str | None,
+    ) -> bool:
+        """Append a ``source_schema_history`` row unless ``fingerprint`` is already the
+        region's latest (checked and written in one transaction); True if it was new."""
+        row = schema_history_row(region, fingerprint, columns, differences, batch_id, flow_run_id)
+        t = self._t
+        with self._connect() as con:
+            try:
+                con.execute("BEGIN TRANSACTION")
+                latest = con.execute(sql.latest_schema_sql(t), [region]).fetchone()
+                new = latest is None or latest[0] != fingerprint
+                if new:
+                    con.execute(sql.insert_schema_sql(t), list(row))
+                con.execute("COMMIT")
+            except Exception as e:
+                _rollback(con)
+                raise WarehouseError(
+                    f"recording schema fingerprint {fingerprint} of region {region!r} "
+                    f"(batch {batch_id}) in source_schema_history failed: {describe_error(e)}"
+                ) from e
+        return new
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:

@@ -33,6 +33,8 @@ from retail_etl.warehouse.base import (
     SALES_FACT_COLUMNS,
     SALES_REJECTS,
     SALES_REJECTS_COLUMNS,
+    SCHEMA_HISTORY,
+    SCHEMA_HISTORY_COLUMNS,
     CheckResult,
     MergeResult,
     TransformCounts,
@@ -317,6 +319,29 @@ def insert_rejects_sql(t: SqlTarget, stage: str) -> str:
     )
 
 
+# --------------------------------------------------------------------------- schema history
+
+
+def latest_schema_sql(t: SqlTarget) -> str:
+    """Param: (region,) -> the region's most recently recorded fingerprint (0 or 1 row)."""
+    return (
+        f"SELECT {t.ident('fingerprint')} FROM {t.table(SCHEMA_HISTORY)} "
+        f"WHERE {t.ident('region')} = {t.param} "
+        f"ORDER BY {t.ident('first_seen_at')} DESC LIMIT 1"
+    )
+
+
+def schema_history_sql(t: SqlTarget, *, by_region: bool) -> str:
+    cols = t.cols([c.name for c in SCHEMA_HISTORY_COLUMNS])
+    where = f" WHERE {t.ident('region')} = {t.param}" if by_region else ""
+    order = t.cols(["region", "first_seen_at"])
+    return f"SELECT {cols} FROM {t.table(SCHEMA_HISTORY)}{where} ORDER BY {order}"
+
+
+def insert_schema_sql(t: SqlTarget) -> str:
+    return insert_values_sql(t, SCHEMA_HISTORY, [c.name for c in SCHEMA_HISTORY_COLUMNS])
+
+
 # --------------------------------------------------------------------------- ledger queries
 
 
@@ -470,6 +495,18 @@ class QueryMixin:
     def loaded_pairs(self, start: date, end: date) -> set[tuple[str, date]]:
         rows = self._fetch(loaded_pairs_sql(self._t), [start, end, "loaded"])
         return {(str(region), _as_date(d)) for region, d in rows}
+
+    def latest_schema(self, region: str) -> str | None:
+        """The region's most recently recorded source schema fingerprint, if any."""
+        rows = self._fetch(latest_schema_sql(self._t), [validate_identifier(region, "region")])
+        return str(rows[0][0]) if rows else None
+
+    def schema_history(self, region: str | None = None) -> list[dict[str, Any]]:
+        """``source_schema_history`` rows (of one region), oldest first."""
+        params = [] if region is None else [validate_identifier(region, "region")]
+        rows = self._fetch(schema_history_sql(self._t, by_region=region is not None), params)
+        names = [c.name for c in SCHEMA_HISTORY_COLUMNS]
+        return [dict(zip(names, r, strict=True)) for r in rows]
 
     def verify(
         self,

@@ -1,0 +1,708 @@
+"""Benchmark: one daily run of retail-etl against dlt, on the same seeded PostgreSQL sources.
+
+    .venv/bin/python bench/bench.py                      # 2M rows (4 regions x 500K), both tools
+    .venv/bin/python bench/bench.py --rows 20000000      # the 10x day
+    .venv/bin/python bench/bench.py --skip-dlt --profile /tmp/prof   # ours only, with pyinstrument
+
+What it does, in one invocation:
+
+1. Seeds a day of ``--rows`` rows (all rows, dirt included) over ``--regions`` into databases
+   ``retail_bench_<random>_<region>`` on the local PostgreSQL (127.0.0.1 only).
+2. Starts a persistent ``prefect server`` on 127.0.0.1:<free port> with a temporary
+   PREFECT_HOME (as deployments run: the flow talks to a long-lived API) and measures, apart,
+   what the ephemeral API would have cost (a trivial flow with and without the server) and the
+   per-flow-run orchestration overhead (a no-op flow of the same shape: parent, 2 subflows,
+   ~20 task runs), with the heartbeat off (as ``retail-etl run`` does) and on.
+3. Runs ``retail-sales-etl`` for the day into a fresh DuckDB file in a child process and prints
+   the wall time per stage (extract, transform, validate, stage, copy+merge, verify), the total,
+   rows/s and the peak RSS of the child's whole process tree (sampled every 20 ms).
+4. Runs dlt on the same data in another child process: ``sql_table`` per region with the
+   connectorx backend (arrow stream), the same WHERE (business date, completed, not deleted),
+   ``region`` added, merged into DuckDB on (region, sale_id). Prints its wall and peak RSS,
+   and the ratio ours / dlt.
+5. Drops the databases it created, stops the server, removes its temporary files.
+
+dlt and connectorx are in the optional ``bench`` dependency group (``pip install -e .[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+BIN = Path(sys.executable).parent
+LOOPBACK = "127.0.0.1"
+DAY = date(2024, 1, 15)
+REGIONS = ("us_east", "us_west", "europe", "apac")
+SAMPLE_SECONDS = 0.02
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+@dataclass
+class Measured:
+    """A child process: its exit code, JSON report, wall seconds and peak tree RSS."""
+
+    returncode: int
+    report: dict[str, Any]
+    wall: float
+    peak_rss: int
+    stderr: str = ""
+    #: (epoch seconds, tree RSS) samples
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # user + system of the child's process tree
+    postgres_cpu_seconds: float = 0.0  # of the PostgreSQL server meanwhile (any client)
+
+    def peak_between(self, start: float, end: float) -> int:
+        return max((rss for t, rss in self.timeline if start <= t <= end), default=0)
+
+
+def _tree_rss(proc: Any) -> int:
+    import psutil
+
+    total = 0
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds used so far by the local PostgreSQL server processes."""
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["name", "ppid"]):
+        if not (proc.info.get("name") or "").startswith("postgres"):
+            continue
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+            if proc.parent() is None or proc.parent().name() != "postgres":
+                # the postmaster: backends that exited (one per connection) are counted here
+                total += times.children_user + times.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_child(args: list[str], env: dict[str, str], timeout: float = 3600) -> Measured:
+    """Run ``python bench/bench.py <args>`` and sample its process tree's RSS until it exits."""
+    import resource
+
+    import psutil
+
+    with tempfile.NamedTemporaryFile("w+", suffix=".json", delete=False) as out:
+        report_path = Path(out.name)
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args, "--report", str(report_path)]
+    started = time.perf_counter()
+    pg_cpu = _postgres_cpu()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    peak = 0
+    timeline: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        try:
+            proc = psutil.Process(child.pid)
+        except psutil.Error:
+            return
+        while not stop.is_set():
+            rss = _tree_rss(proc)
+            timeline.append((time.time(), rss))
+            peak = max(peak, rss)
+            stop.wait(SAMPLE_SECONDS)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        _, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        _, stderr = child.communicate()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pg_cpu = _postgres_cpu() - pg_cpu
+    stop.set()
+    sampler.join()
+    try:
+        report = json.loads(report_path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        report = {}
+    finally:
+        report_path.unlink(missing_ok=True)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Measured(child.returncode, report, wall, peak, stderr or "", timeline, cpu, pg_cpu)
+
+
+# ------------------------------------------------------------------------------ infrastructure
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    home: Path
+    proc: subprocess.Popen[bytes]
+    startup_seconds: float
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+
+def start_prefect_server(
+    home: Path, database_url: str | None = None, timeout: float = 120
+) -> PrefectServer:
+    """``prefect server start`` on loopback; its database is PostgreSQL at ``database_url``
+    (as production servers run) or, without one, SQLite under ``home``."""
+    import httpx
+
+    port = _free_port()
+    api_url = f"http://{LOOPBACK}:{port}/api"
+    env = _clean_env()
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    log = (home / "server.log").open("wb")
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", LOOPBACK, "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: stopping it stops its children
+    )
+    server = PrefectServer(api_url, home, proc, 0.0)
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.perf_counter() - started > timeout:
+            server.stop()
+            raise RuntimeError(f"prefect server not healthy after {timeout} s")
+        time.sleep(0.25)
+    server.startup_seconds = time.perf_counter() - started
+    return server
+
+
+def _clean_env() -> dict[str, str]:
+    """This environment without PREFECT_* and RETAIL_ETL_* locations (set per child)."""
+    keep_retail = {
+        # tuning knobs a user may want to benchmark; everything else is set by the bench
+        "RETAIL_ETL_CHUNK_ROWS",
+        "RETAIL_ETL_DUCKDB_MEMORY_LIMIT",
+        "RETAIL_ETL_DUCKDB_THREADS",
+        "RETAIL_ETL_TARGET_FILE_ROWS",
+        "RETAIL_ETL_MAX_CONCURRENT_REGIONS",
+        "RETAIL_ETL_MAX_CONCURRENT_EXTRACTS",
+        "RETAIL_ETL_EXTRACT_SPLITS",
+        "RETAIL_ETL_TASK_RUNNER",
+    }
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "RETAIL_ETL_")) or k in keep_retail
+    }
+
+
+def server_url(port: int) -> str:
+    return f"postgresql+psycopg2://postgres@{LOOPBACK}:{port}/postgres"
+
+
+def seed(url: str, prefix: str, regions: list[str], rows: int, day: date) -> float:
+    from retail_etl.seed import seed_regions
+
+    started = time.perf_counter()
+    seed_regions(
+        url,
+        regions,
+        day,
+        1,
+        rows // len(regions),
+        database_for_region=lambda region: f"{prefix}{region}",
+    )
+    return time.perf_counter() - started
+
+
+def drop_databases(url: str, prefix: str) -> list[str]:
+    from retail_etl import pg
+
+    with pg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database")
+        names = [row[0] for row in cur.fetchall() if row[0].startswith(prefix)]
+    for name in names:
+        pg.drop_database(url, name)
+    return names
+
+
+# ------------------------------------------------------------------------------ children
+
+
+def child_ours(args: argparse.Namespace) -> dict[str, Any]:
+    """One daily run of retail-sales-etl in this process (as a process worker runs it)."""
+    started = time.perf_counter()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows.etl import retail_sales_etl
+    from retail_etl.run import summary_from_result
+
+    imported = time.perf_counter()
+    profiler = None
+    if args.profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.005)
+        profiler.start()
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        flow_started = time.perf_counter()
+        flow_started_epoch = time.time()
+        state = retail_sales_etl(run_date=date.fromisoformat(args.date), return_state=True)
+        flow_seconds = time.perf_counter() - flow_started
+    if profiler is not None:
+        profiler.stop()
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        (Path(args.profile) / "ours.txt").write_text(profiler.output_text(show_all=False))
+        (Path(args.profile) / "ours.html").write_text(profiler.output_html())
+    summary = summary_from_result(state.result(raise_on_failure=False))
+    if summary is None:
+        return {"ok": False, "error": f"{state.name}: {state.message}"}
+    import duckdb
+
+    from retail_etl.settings import get_settings
+
+    con = duckdb.connect(str(get_settings(fresh=True).duckdb_path), read_only=True)
+    fact_rows = con.execute(
+        "SELECT count(*) FROM sales_fact WHERE sale_date = ?", [date.fromisoformat(args.date)]
+    ).fetchall()[0][0]
+    con.close()
+    return {
+        "ok": bool(state.is_completed() and summary.succeeded),
+        "message": state.message,
+        "import_seconds": imported - started,
+        "flow_seconds": flow_seconds,
+        "flow_started_epoch": flow_started_epoch,
+        "stage_seconds": summary.stage_seconds,
+        "rows_extracted": sum(o.rows_extracted for o in summary.regions.values()),
+        "rows_accepted": sum(o.rows_accepted for o in summary.regions.values()),
+        "rows_rejected": sum(o.rows_rejected for o in summary.regions.values()),
+        "rows_inserted": sum(o.rows_inserted for o in summary.regions.values()),
+        "fact_rows": int(fact_rows),
+    }
+
+
+def child_dlt(args: argparse.Namespace) -> dict[str, Any]:
+    """dlt: sql_table per region (connectorx, arrow stream) merged into DuckDB on (region, sale_id)."""
+    started = time.perf_counter()
+    import dlt
+    import pyarrow as pa
+    from dlt.sources.sql_database import sql_table
+
+    imported = time.perf_counter()
+    day = date.fromisoformat(args.date)
+    workdir = Path(args.workdir)
+
+    def region_resource(region: str) -> Any:
+        def only_the_day(query: Any, table: Any) -> Any:
+            return query.where(
+                table.c.sale_date == day,
+                table.c.status == "completed",
+                table.c.is_deleted.isnot(True),
+            )
+
+        def add_region(item: pa.Table) -> pa.Table:
+            return item.append_column("region", pa.array([region] * item.num_rows, pa.string()))
+
+        resource = sql_table(
+            credentials=f"postgresql+psycopg2://postgres@{LOOPBACK}:{args.pg_port}/"
+            f"{args.prefix}{region}",
+            table="sales",
+            backend="connectorx",
+            backend_kwargs={"return_type": "arrow_stream", "batch_size": 100_000},
+            chunk_size=100_000,
+            reflection_level="full_with_precision",
+            query_adapter_callback=only_the_day,
+        ).with_name(f"sales_{region}")
+        resource.add_map(add_region)
+        resource.apply_hints(
+            table_name="sales",
+            primary_key=["region", "sale_id"],
+            write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        )
+        return resource
+
+    pipeline = dlt.pipeline(
+        pipeline_name=f"bench_{uuid.uuid4().hex[:8]}",
+        destination=dlt.destinations.duckdb(str(workdir / "dlt.duckdb")),
+        dataset_name="retail",
+        pipelines_dir=str(workdir / "dlt-pipelines"),
+    )
+    run_started = time.perf_counter()
+    info = pipeline.run([region_resource(r) for r in args.regions.split(",")])
+    run_seconds = time.perf_counter() - run_started
+    import duckdb
+
+    con = duckdb.connect(str(workdir / "dlt.duckdb"), read_only=True)
+    rows = con.execute("SELECT count(*) FROM retail.sales").fetchall()[0][0]
+    con.close()
+    return {
+        "ok": not info.has_failed_jobs,
+        "import_seconds": imported - started,
+        "run_seconds": run_seconds,
+        "fact_rows": int(rows),
+    }
+
+
+def child_probe(args: argparse.Namespace) -> dict[str, Any]:
+    """Orchestration cost: a trivial flow (ephemeral vs server), then a no-op flow shaped like
+    the pipeline (parent + 2 subflows, 4 tasks per mapped step) with the heartbeat off / on."""
+    from prefect import flow, task
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    @flow(name="bench-trivial")
+    def trivial() -> int:
+        return 1
+
+    @task
+    def noop(x: object = None) -> object:
+        return x
+
+    @flow(name="bench-sub")
+    def sub(n: int) -> None:
+        for f in noop.map(list(range(n))):
+            f.result()
+
+    @flow(name="bench-shape")
+    def shape(regions: int) -> None:
+        for f in noop.map(list(range(regions))):  # extract
+            f.result()
+        for f in noop.map(list(range(regions))):  # transform
+            f.result()
+        noop()  # schema history
+        sub(1)  # validate
+        sub(2 * regions + 3)  # load: stage, merge, schema/verify/quality
+
+    out: dict[str, Any] = {"ok": True}
+    started = time.perf_counter()
+    trivial()
+    out["first_flow_seconds"] = time.perf_counter() - started
+    if args.shape:
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            started = time.perf_counter()
+            shape(4)
+            out["shape_no_heartbeat_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        shape(4)
+        out["shape_heartbeat_seconds"] = time.perf_counter() - started
+    return out
+
+
+# ------------------------------------------------------------------------------ driver
+
+
+@dataclass
+class Results:
+    ours: list[Measured] = field(default_factory=list)
+    dlt: list[Measured] = field(default_factory=list)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _print_ours(m: Measured, rows: int) -> None:
+    r = m.report
+    stages = r.get("stage_seconds", {})
+    names = ["extract", "transform", "validate", "stage", "merge", "verify"]
+    labels = {"merge": "copy+merge"}
+    parts = [f"{labels.get(n, n)} {stages[n]:.2f}" for n in names if n in stages]
+    flow = r.get("flow_seconds", float("nan"))
+    print(f"  stages (s): {', '.join(parts)}")
+    # peak RSS per stage (stages run one after another; boundaries approximate)
+    at = r.get("flow_started_epoch", 0.0)
+    peaks = []
+    for n in ["extract", "transform", "validate", "stage", "merge", "verify"]:
+        if n in stages:
+            peaks.append(f"{labels.get(n, n)} {m.peak_between(at, at + stages[n]) / 1e6:,.0f}")
+            at += stages[n]
+    print(f"  peak RSS by stage (MB): {', '.join(peaks)}")
+    print(
+        f"  flow run (extract..verify): {flow:.2f} s, {rows / flow:,.0f} rows/s; "
+        f"process: {m.wall:.2f} s (imports {r.get('import_seconds', 0):.2f} s); "
+        f"peak RSS {_mb(m.peak_rss)}"
+    )
+    cores = os.cpu_count() or 1
+    print(
+        f"  CPU: {m.cpu_seconds:.1f} s ours + {m.postgres_cpu_seconds:.1f} s PostgreSQL in "
+        f"{m.wall:.1f} s on {cores} cores = "
+        f"{(m.cpu_seconds + m.postgres_cpu_seconds) / (m.wall * cores):.0%} of the machine"
+    )
+    print(
+        f"  rows: extracted {r.get('rows_extracted', 0):,}, accepted {r.get('rows_accepted', 0):,},"
+        f" rejected {r.get('rows_rejected', 0):,}, in sales_fact {r.get('fact_rows', 0):,}"
+    )
+
+
+def _print_dlt(m: Measured, rows: int) -> None:
+    r = m.report
+    run = r.get("run_seconds", float("nan"))
+    print(
+        f"  pipeline.run (extract+normalize+merge): {run:.2f} s, {rows / run:,.0f} rows/s; "
+        f"process: {m.wall:.2f} s (imports {r.get('import_seconds', 0):.2f} s); "
+        f"peak RSS {_mb(m.peak_rss)}; rows in destination {r.get('fact_rows', 0):,}"
+    )
+    cores = os.cpu_count() or 1
+    print(
+        f"  CPU: {m.cpu_seconds:.1f} s dlt + {m.postgres_cpu_seconds:.1f} s PostgreSQL in "
+        f"{m.wall:.1f} s on {cores} cores = "
+        f"{(m.cpu_seconds + m.postgres_cpu_seconds) / (m.wall * cores):.0%} of the machine"
+    )
+
+
+def _check(m: Measured, what: str) -> None:
+    if m.returncode != 0 or not m.report.get("ok"):
+        tail = "\n".join(m.stderr.strip().splitlines()[-25:])
+        raise SystemExit(f"{what} failed (exit {m.returncode}): {m.report}\n{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows of the day, all regions")
+    parser.add_argument("--regions", default=",".join(REGIONS))
+    parser.add_argument("--date", default=DAY.isoformat())
+    parser.add_argument("--pg-port", type=int, default=5432, help="local PostgreSQL port")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each tool (median shown)")
+    parser.add_argument("--skip-dlt", action="store_true")
+    parser.add_argument("--skip-probe", action="store_true", help="skip the orchestration probes")
+    parser.add_argument("--profile", help="write a pyinstrument profile of our run to this dir")
+    parser.add_argument(
+        "--source-prefix",
+        help="use already seeded databases <prefix><region> (not seeded, not dropped)",
+    )
+    parser.add_argument("--keep-sources", action="store_true", help="do not drop the sources")
+    parser.add_argument(
+        "--server-db",
+        choices=("postgres", "sqlite"),
+        default="postgres",
+        help="database of the Prefect server (default postgres: SQLite answers 503 'database "
+        "locked' under concurrent writes, and each retry costs the client ~2 s)",
+    )
+    parser.add_argument("--workdir", help="scratch directory (default: a temporary one)")
+    sub = parser.add_subparsers(dest="child")
+    for name in ("ours", "dlt", "probe"):
+        c = sub.add_parser(name, help=argparse.SUPPRESS)
+        c.add_argument("--report", required=True)
+        c.add_argument("--date", default=DAY.isoformat())
+        c.add_argument("--regions", default=",".join(REGIONS))
+        c.add_argument("--prefix", default="")
+        c.add_argument("--pg-port", type=int, default=5432)
+        c.add_argument("--workdir", default=".")
+        c.add_argument("--profile")
+        c.add_argument("--shape", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.child:
+        children: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+            "ours": child_ours,
+            "dlt": child_dlt,
+            "probe": child_probe,
+        }
+        report = children[args.child](args)
+        Path(args.report).write_text(json.dumps(report, default=str))
+        return 0 if report.get("ok", True) else 1
+
+    regions = [r.strip() for r in args.regions.split(",") if r.strip()]
+    url = server_url(args.pg_port)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="retail-etl-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    own_sources = args.source_prefix is None
+    run_prefix = f"retail_bench_{uuid.uuid4().hex[:8]}_"  # every database this run creates
+    prefix = args.source_prefix or run_prefix
+    server: PrefectServer | None = None
+    results = Results()
+    print(
+        f"retail-etl bench: {args.rows:,} rows on {args.date} over {len(regions)} regions, "
+        f"{os.cpu_count()} CPU(s), workdir {workdir}",
+        flush=True,
+    )
+    try:
+        if own_sources:
+            seconds = seed(url, prefix, regions, args.rows, date.fromisoformat(args.date))
+            print(f"seeded {prefix}<region> in {seconds:.1f} s", flush=True)
+        home = workdir / "prefect-home"
+        home.mkdir(exist_ok=True)
+        server_db = None
+        if args.server_db == "postgres":
+            from retail_etl import pg
+
+            pg.create_database(url, f"{run_prefix}prefect")
+            server_db = (
+                f"postgresql+asyncpg://postgres@{LOOPBACK}:{args.pg_port}/{run_prefix}prefect"
+            )
+        server = start_prefect_server(home, server_db)
+        print(
+            f"prefect server {server.api_url} ({args.server_db}) healthy after "
+            f"{server.startup_seconds:.1f} s",
+            flush=True,
+        )
+        base = _clean_env()
+        base.update(
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_LOGGING_LEVEL="WARNING",
+            PREFECT_HOME=str(home),
+        )
+        with_server = {**base, "PREFECT_API_URL": server.api_url}
+        common = [
+            "--date",
+            args.date,
+            "--regions",
+            ",".join(regions),
+            "--pg-port",
+            str(args.pg_port),
+        ]
+
+        if not args.skip_probe:
+            eph_home = workdir / "prefect-ephemeral-home"
+            eph_home.mkdir(exist_ok=True)
+            eph = run_child(["probe", *common], {**base, "PREFECT_HOME": str(eph_home)})
+            srv = run_child(["probe", "--shape", *common], with_server)
+            _check(eph, "ephemeral probe")
+            _check(srv, "server probe")
+            print("orchestration:")
+            print(
+                f"  ephemeral API start-up (not in the figures below): "
+                f"{eph.report['first_flow_seconds'] - srv.report['first_flow_seconds']:.2f} s "
+                f"(first trivial flow {eph.report['first_flow_seconds']:.2f} s ephemeral vs "
+                f"{srv.report['first_flow_seconds']:.2f} s on the server), "
+                f"peak RSS {_mb(eph.peak_rss)} vs {_mb(srv.peak_rss)}"
+            )
+            print(
+                "  no-op flow of the pipeline's shape (parent + 2 subflows, 21 task runs): "
+                f"{srv.report['shape_no_heartbeat_seconds']:.2f} s heartbeat off, "
+                f"{srv.report['shape_heartbeat_seconds']:.2f} s heartbeat on"
+            )
+
+        for i in range(args.repeat):
+            run_dir = workdir / f"ours-{i}"
+            env = {
+                **with_server,
+                "RETAIL_ETL_REGIONS": ",".join(regions),
+                "RETAIL_ETL_SOURCE_SERVER_URL": url,
+                "RETAIL_ETL_SOURCE_DATABASE_PREFIX": prefix,
+                "RETAIL_ETL_STAGING_DIR": str(run_dir / "staging"),
+                "RETAIL_ETL_DUCKDB_PATH": str(run_dir / "warehouse.duckdb"),
+                "RETAIL_ETL_RETRY_BASE_SECONDS": "0",
+            }
+            extra = ["--profile", args.profile] if args.profile and i == 0 else []
+            m = run_child(["ours", *common, *extra], env)
+            _check(m, "retail-etl run")
+            results.ours.append(m)
+            print(f"retail-etl run {i + 1}/{args.repeat}:")
+            _print_ours(m, m.report["rows_extracted"])
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+        if not args.skip_dlt:
+            for i in range(args.repeat):
+                dlt_dir = workdir / f"dlt-{i}"
+                dlt_dir.mkdir(exist_ok=True)
+                m = run_child(
+                    ["dlt", *common, "--prefix", prefix, "--workdir", str(dlt_dir)],
+                    {**base, "RUNTIME__LOG_LEVEL": "WARNING"},
+                )
+                _check(m, "dlt run")
+                results.dlt.append(m)
+                print(f"dlt run {i + 1}/{args.repeat}:")
+                rows = results.ours[0].report["rows_extracted"] if results.ours else 0
+                _print_dlt(m, rows or m.report["fact_rows"])
+                shutil.rmtree(dlt_dir, ignore_errors=True)
+
+        ours_flow = _median([m.report["flow_seconds"] for m in results.ours])
+        ours_rss = max(m.peak_rss for m in results.ours)
+        rows = results.ours[0].report["rows_extracted"]
+        print("summary:")
+        print(
+            f"  retail-etl: {ours_flow:.2f} s (extract..verify), {rows / ours_flow:,.0f} rows/s, "
+            f"peak RSS {_mb(ours_rss)}"
+        )
+        if results.dlt:
+            dlt_run = _median([m.report["run_seconds"] for m in results.dlt])
+            dlt_rss = max(m.peak_rss for m in results.dlt)
+            print(
+                f"  dlt:        {dlt_run:.2f} s (extract+merge), {rows / dlt_run:,.0f} rows/s, "
+                f"peak RSS {_mb(dlt_rss)}"
+            )
+            print(
+                f"  ratio ours / dlt: {ours_flow / dlt_run:.2f} (wall), "
+                f"{ours_rss / dlt_rss:.2f} (peak RSS)"
+            )
+    finally:
+        if server is not None:
+            server.stop()
+        if own_sources and args.keep_sources:
+            print(f"kept the source databases {prefix}<region>")
+            drop_databases(url, f"{run_prefix}prefect")
+        else:
+            dropped = drop_databases(url, run_prefix)
+            print(f"dropped {len(dropped)} database(s) {run_prefix}*")
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

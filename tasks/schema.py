@@ -1,0 +1,38 @@
+"""Thin task over the warehouse's source schema history (see README, "Schema changes")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prefect import get_run_logger, task
+
+from retail_etl.extract import RegionExtract
+from retail_etl.run import RunContext
+from retail_etl.schema import record_schema_changes
+from retail_etl.settings import Settings
+from retail_etl.warehouse import WarehouseError
+from tasks.warehouse import open_targets
+
+
+@task(name="record-source-schemas")
+def record_schemas_task(
+    extracts: Mapping[str, RegionExtract], ctx: RunContext, settings: Settings
+) -> list[str]:
+    """Record each extracted region's schema fingerprint; return the warnings (new changes).
+
+    A warehouse that cannot be written to is logged and yields no warning: the change stays
+    unrecorded, so the next run that reaches the warehouse reports it.
+    """
+    logger = get_run_logger()
+    try:
+        _, warehouse = open_targets(settings)
+        warehouse.ensure_schema()
+        warnings = record_schema_changes(
+            warehouse, extracts, batch_id=ctx.batch_id, flow_run_id=ctx.flow_run_id
+        )
+    except WarehouseError as exc:
+        logger.warning("Source schema history not recorded for batch %s: %s", ctx.batch_id, exc)
+        return []
+    for warning in warnings:
+        logger.warning("Schema change: %s", warning)
+    return warnings
