@@ -13,6 +13,7 @@ from retail_etl.run import RunContext
 from retail_etl.settings import Settings
 from retail_etl.transform import RegionTransformResult
 from retail_etl.warehouse import CheckResult, LedgerEntry, MergeResult
+from retail_etl.warehouse.base import BATCH_LEVEL_REGION, LedgerStatus
 from tasks.results import collect
 from tasks.runners import ConfiguredTaskRunner
 from tasks.warehouse import (
@@ -37,6 +38,22 @@ class LoadOutcome:
     @property
     def failed_checks(self) -> list[CheckResult]:
         return [c for c in self.checks if not c.passed]
+
+
+def _ledger_entry(
+    ctx: RunContext, result: RegionTransformResult, status: LedgerStatus, error: str
+) -> LedgerEntry:
+    return LedgerEntry(
+        batch_id=ctx.batch_id,
+        region=result.region,
+        business_date=ctx.run_date,
+        status=status,
+        rows_extracted=result.rows_extracted,
+        rows_accepted=result.rows_accepted,
+        rows_rejected=result.rows_rejected,
+        flow_run_id=ctx.flow_run_id,
+        error=error,
+    )
 
 
 def _record(outcome: LoadOutcome, entries: list[LedgerEntry], settings: Settings) -> None:
@@ -81,44 +98,38 @@ def load_batch(
             outcome.errors[region] = failures[region].error
     outcome.stage_seconds["merge"] = time.perf_counter() - started
     started = time.perf_counter()
-    failed_entries = [
-        LedgerEntry(
-            batch_id=ctx.batch_id,
-            region=region,
-            business_date=ctx.run_date,
-            status="load_failed",
-            rows_extracted=results[region].rows_extracted,
-            rows_accepted=results[region].rows_accepted,
-            rows_rejected=results[region].rows_rejected,
-            flow_run_id=ctx.flow_run_id,
-            error=error,
+    if outcome.errors:
+        _record(
+            outcome,
+            [
+                _ledger_entry(ctx, results[region], "load_failed", error)
+                for region, error in outcome.errors.items()
+            ],
+            settings,
         )
-        for region, error in outcome.errors.items()
-    ]
-    if failed_entries:
-        _record(outcome, failed_entries, settings)
     if outcome.merges:
         outcome.checks = verify_task(
             list(outcome.merges.values()), {r: results[r] for r in outcome.merges}, ctx, settings
         )
-    unverified = sorted({c.region for c in outcome.failed_checks if c.region in outcome.merges})
+    failed = outcome.failed_checks
+    batch_level = any(c.region == BATCH_LEVEL_REGION for c in failed)
+    unverified = sorted(
+        r for r in outcome.merges if batch_level or any(c.region == r for c in failed)
+    )
     if unverified:
         # The MERGE committed, but the day is not trusted: the ledger says so, and a
         # `backfill --missing-only` picks the region up again.
         _record(
             outcome,
             [
-                LedgerEntry(
-                    batch_id=ctx.batch_id,
-                    region=region,
-                    business_date=ctx.run_date,
-                    status="verify_failed",
-                    rows_extracted=results[region].rows_extracted,
-                    rows_accepted=results[region].rows_accepted,
-                    rows_rejected=results[region].rows_rejected,
-                    flow_run_id=ctx.flow_run_id,
-                    error="; ".join(
-                        f"{c.name}: {c.detail}" for c in outcome.failed_checks if c.region == region
+                _ledger_entry(
+                    ctx,
+                    results[region],
+                    "verify_failed",
+                    "; ".join(
+                        f"{c.name}: {c.detail}"
+                        for c in failed
+                        if c.region in (region, BATCH_LEVEL_REGION)
                     ),
                 )
                 for region in unverified

@@ -176,3 +176,16 @@ def etl_env(
     monkeypatch.setenv("RETAIL_ETL_RETRIES", "1")
     monkeypatch.setenv("RETAIL_ETL_RETRY_BASE_SECONDS", "0")
     return PipelineEnv(pg_server_url, unique_prefix, regions, tmp_path)
+
+
+@pytest.fixture
+def etl_slack(etl_env, monkeypatch, slack_receiver):  # type: ignore[no-untyped-def]
+    """The run's Slack block (unique name from ``etl_env``) pointing at the loopback receiver."""
+    from blocks.notifications import register_slack_block
+    from retail_etl.settings import get_settings
+
+    monkeypatch.setenv("RETAIL_ETL_SLACK_WEBHOOK_URL", slack_receiver.url)
+    settings = get_settings(fresh=True)
+    if register_slack_block(settings) != settings.slack_block:
+        raise RuntimeError("the Slack block was not registered")
+    return slack_receiver

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from decimal import Decimal
 
+import duckdb
 import pytest
 
 from retail_etl.seed import planted_dirt
@@ -159,7 +160,9 @@ def test_late_rows_and_updates_land_exactly_once(env):
     assert env.fact(region, DAY) == env.expected_accepted(region, DAY)
 
 
-def test_a_failed_region_is_reprocessed_alone_without_touching_the_others(env, monkeypatch):
+def test_a_failed_region_is_reprocessed_alone_without_touching_the_others(
+    env, monkeypatch, etl_slack
+):
     _seed(env, rows=1_000)
     monkeypatch.setenv(
         "RETAIL_ETL_SOURCE_URL_EUROPE", "postgresql+psycopg2://postgres@127.0.0.1:1/unreachable"
@@ -167,6 +170,9 @@ def test_a_failed_region_is_reprocessed_alone_without_touching_the_others(env, m
     state, summary = run_day(DAY)
     assert state.is_failed() and "europe" in state.message
     assert summary.regions["europe"].status == "extract_failed"
+    assert len(etl_slack.texts) == 1
+    assert "europe" in etl_slack.texts[0] and "Extraction failed" in etl_slack.texts[0]
+    assert "retail-etl run --date 2024-01-15 --regions europe" in etl_slack.texts[0]
     others = env.warehouse(
         "SELECT region, sale_id, loaded_at, updated_in_warehouse_at FROM sales_fact ORDER BY 1, 2"
     )
@@ -189,13 +195,15 @@ def test_a_failed_region_is_reprocessed_alone_without_touching_the_others(env, m
     )
 
 
-def test_too_few_rows_takes_the_alert_path_and_loads_nothing(env):
+def test_too_few_rows_takes_the_alert_path_and_loads_nothing(env, etl_slack):
     _seed(env, rows=60)
     state, summary = run_day(DAY)
     assert state.is_failed()
     assert "quality gate failed" in state.message and "min_rows_region" in state.message
     assert summary.gate_verdict == "fail"
     assert all(o.status == "gate_failed" for o in summary.regions.values())
+    assert len(etl_slack.texts) == 1
+    assert "quality gate failed" in etl_slack.texts[0] and "min_rows_region" in etl_slack.texts[0]
     assert env.warehouse("SELECT count(*) FROM sales_fact")[0][0] == 0
     assert env.warehouse("SELECT DISTINCT status FROM etl_load_ledger") == [("gate_failed",)]
 
@@ -274,3 +282,26 @@ def test_a_warehouse_failure_mid_load_applies_nothing_and_a_rerun_loads_once(env
     assert env.warehouse("SELECT count(*), count(DISTINCT (region, sale_id)) FROM sales_fact") == [
         (summary.regions["us_east"].rows_accepted + summary.regions["europe"].rows_accepted,) * 2
     ]
+
+
+def test_a_failed_post_load_check_fails_the_run_by_name_and_alerts(env, etl_slack):
+    _seed(env, rows=1_000)
+    state, _ = run_day(DAY, ["us_east"])
+    assert state.is_completed(), state.message
+    # Someone writes into the fact table by hand: a second copy of one sale.
+    with duckdb.connect(str(env.duckdb_path)) as con:
+        con.execute(
+            "INSERT INTO sales_fact SELECT * FROM sales_fact WHERE region = 'us_east' "
+            "ORDER BY sale_id LIMIT 1"
+        )
+
+    state, summary = run_day(DAY, ["us_east"])
+
+    assert state.is_failed()
+    assert "post-load verification failed" in state.message
+    assert "fact_unique_keys" in state.message
+    assert summary.regions["us_east"].status == "verify_failed"
+    assert env.warehouse(
+        "SELECT status FROM etl_load_ledger WHERE region = 'us_east' ORDER BY finished_at DESC LIMIT 1"
+    ) == [("verify_failed",)]
+    assert len(etl_slack.texts) == 1 and "fact_unique_keys" in etl_slack.texts[0]

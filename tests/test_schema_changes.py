@@ -21,16 +21,8 @@ def env(etl_env: PipelineEnv) -> PipelineEnv:
 
 
 @pytest.fixture
-def slack(monkeypatch, slack_receiver):  # type: ignore[no-untyped-def]
-    """The run's Slack block (unique name from ``etl_env``) pointing at the loopback receiver."""
-    from blocks.notifications import register_slack_block
-    from retail_etl.settings import get_settings
-
-    monkeypatch.setenv("RETAIL_ETL_SLACK_WEBHOOK_URL", slack_receiver.url)
-    settings = get_settings(fresh=True)
-    if register_slack_block(settings) != settings.slack_block:
-        raise RuntimeError("the Slack block was not registered")
-    return slack_receiver
+def slack(etl_slack):  # type: ignore[no-untyped-def]
+    return etl_slack
 
 
 def _loaded_as_expected(env: PipelineEnv, summary: RunSummary, regions: list[str]) -> None:

@@ -19,6 +19,7 @@ incoming one is not); an unmatched row is inserted. ``unchanged`` = matched but 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -433,6 +434,41 @@ def normalize_dq_record(record: Mapping[str, Any]) -> tuple[Any, ...]:
             value = float(value)
             values[name] = None if math.isnan(value) else value
     return tuple(values.get(name) for name in DQ_RESULT_FIELDS)
+
+
+def merge_result(
+    batch: RegionLoad,
+    staged: int,
+    inserted: int,
+    updated: int,
+    unchanged: int,
+    duplicates: int,
+    started: float,
+) -> MergeResult:
+    """The :class:`MergeResult` of a committed region load (both engines), logged."""
+    result = MergeResult(
+        region=batch.region,
+        business_date=batch.business_date,
+        batch_id=batch.batch_id,
+        staged_rows=staged,
+        inserted=inserted,
+        updated=updated,
+        unchanged=unchanged,
+        duplicate_rows=duplicates,
+        seconds=time.perf_counter() - started,
+        rows_accepted=batch.rows_accepted,
+    )
+    logging.getLogger("retail_etl.warehouse").info(
+        "loaded %s %s: %d staged, %d inserted, %d updated, %d unchanged in %.2f s",
+        batch.region,
+        batch.business_date,
+        staged,
+        inserted,
+        updated,
+        unchanged,
+        result.seconds,
+    )
+    return result
 
 
 def loaded_ledger_entry(

@@ -52,6 +52,7 @@ from retail_etl.warehouse.base import (
     describe_error,
     load_error,
     loaded_ledger_entry,
+    merge_result,
     normalize_dq_record,
     schema_history_row,
     utc_now,
@@ -346,29 +347,7 @@ class SnowflakeWarehouse(sql.QueryMixin):
                 self._drop(cur, stage)
         step.start("done")
         log.debug("load of %s %s, seconds per step: %s", region, batch.business_date, step.seconds)
-        result = MergeResult(
-            region=region,
-            business_date=batch.business_date,
-            batch_id=batch.batch_id,
-            staged_rows=staged,
-            inserted=inserted,
-            updated=updated,
-            unchanged=unchanged,
-            duplicate_rows=duplicates,
-            seconds=time.perf_counter() - started,
-            rows_accepted=batch.rows_accepted,
-        )
-        log.info(
-            "loaded %s %s: %d staged, %d inserted, %d updated, %d unchanged in %.2f s",
-            region,
-            batch.business_date,
-            staged,
-            inserted,
-            updated,
-            unchanged,
-            result.seconds,
-        )
-        return result
+        return merge_result(batch, staged, inserted, updated, unchanged, duplicates, started)
 
     def _drop(self, cur: Any, table: str) -> None:
         try:
