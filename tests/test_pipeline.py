@@ -9,24 +9,12 @@ from decimal import Decimal
 import duckdb
 import pytest
 
-from retail_etl.seed import planted_dirt
+from retail_etl.seed import REJECT_KINDS, planted_dirt
 from tests.pipeline import PipelineEnv, run_day
 
 DAY = date(2024, 1, 15)
 REGIONS = ["us_east", "us_west", "europe", "apac"]
 ROWS = 3_000
-REJECT_KINDS = (
-    "duplicate",
-    "null_customer_id",
-    "null_store_id",
-    "null_product_id",
-    "null_quantity",
-    "null_unit_price",
-    "null_total_amount",
-    "quantity_not_positive",
-    "unit_price_not_positive",
-    "total_amount_out_of_range",
-)
 
 
 @pytest.fixture
