@@ -21,7 +21,7 @@ from tasks.extract import ExtractionThread, publish_extract_artifact
 from tasks.runners import ConfiguredTaskRunner
 from tasks.schema import record_schemas_task
 from tasks.transform import ExtractFeed
-from tasks.warehouse import record_ledger_task
+from tasks.warehouse import ensure_schema_task, record_ledger_task
 
 
 @flow(
@@ -37,6 +37,8 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
     summary = RunSummary.start(ctx)
     summary.warehouse = describe_warehouse(settings)
     logger.info("Batch %s: %s for regions %s", ctx.batch_id, ctx.run_date, ", ".join(ctx.regions))
+    # Tables and new contract columns, once per run (every later step assumes them).
+    ensure_schema_task(settings)
 
     # Extract: every region concurrently (RETAIL_ETL_EXTRACT_SPLITS: several tasks per
     # region, combined before the transform); a failed region is reported, the rest go on.

@@ -17,7 +17,6 @@ from retail_etl.warehouse.base import BATCH_LEVEL_REGION, LedgerStatus
 from tasks.results import collect
 from tasks.runners import ConfiguredTaskRunner
 from tasks.warehouse import (
-    ensure_schema_task,
     merge_region_task,
     record_ledger_task,
     record_quality_task,
@@ -74,7 +73,6 @@ def load_batch(
     logger = get_run_logger()
     outcome = LoadOutcome()
     started = time.perf_counter()
-    ensure_schema_task(settings)
     regions = list(results)
     # Staging is independent per region; the warehouse takes one MERGE at a time.
     staged_futures = stage_region_task.map(

@@ -143,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     missing = [
         region
         for region in settings.regions
-        if not _source_seeded(settings, region, args.date, is_seeded)
+        if not is_seeded(settings.source_url(region).get_secret_value(), args.date, 1)
     ]
     if missing or args.reseed:
         regions = settings.regions if args.reseed else missing
@@ -165,15 +165,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(text)
     print(f"demo finished in {time.perf_counter() - started:.1f} s")
     return 0 if ok else 1
-
-
-def _source_seeded(settings, region: str, day: date, is_seeded) -> bool:  # type: ignore[no-untyped-def]
-    from retail_etl import pg
-
-    server = settings.source_server_url.get_secret_value()
-    if not pg.database_exists(server, settings.source_database(region)):
-        return False
-    return bool(is_seeded(settings.source_url(region).get_secret_value(), day, 1))
 
 
 def build_parser() -> argparse.ArgumentParser:

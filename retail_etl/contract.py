@@ -72,7 +72,6 @@ SALES_COLUMNS: tuple[ContractColumn, ...] = (
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in SALES_COLUMNS)
 CRITICAL_COLUMNS: tuple[str, ...] = tuple(c.name for c in SALES_COLUMNS if c.critical)
-MONEY_COLUMNS: tuple[str, ...] = ("unit_price", "discount", "tax", "total_amount")
 COLUMNS_BY_NAME: dict[str, ContractColumn] = {c.name: c for c in SALES_COLUMNS}
 
 # Columns added by the pipeline to every extracted row.
@@ -140,17 +139,6 @@ def accepted_arrow_schema() -> pa.Schema:
 
 
 # A rejected row: identity, why, and every raw value as extracted (JSON object of strings).
-REJECT_COLUMNS: tuple[str, ...] = (
-    "region",
-    "sale_id",
-    "sale_date",
-    "reasons",
-    "raw_values",
-    "batch_id",
-    "flow_run_id",
-)
-
-
 def reject_arrow_schema() -> pa.Schema:
     return pa.schema(
         [

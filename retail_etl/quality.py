@@ -218,7 +218,7 @@ def _null_share_checks(result: RegionTransformResult, limit: float) -> list[Chec
 def _reject_rate(result: RegionTransformResult, limit: float) -> CheckResult:
     if result.rows_extracted == 0:
         return CheckResult("reject_rate", result.region, 0.0, limit, "skipped", "no rows extracted")
-    rate = result.rows_rejected / result.rows_extracted
+    rate = result.reject_rate
     top = sorted(result.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
     why = ", ".join(f"{r}: {n:,}" for r, n in top) or "none"
     return CheckResult(

@@ -52,10 +52,6 @@ class RunContext:
     def extract_dir(self) -> Path:
         return self.run_dir / "extract"
 
-    @property
-    def transform_dir(self) -> Path:
-        return self.run_dir
-
 
 def new_batch_id(run_date: date) -> str:
     """``YYYYMMDD_<12 hex>``: sortable by date, unique per run, a safe identifier part."""
@@ -253,25 +249,6 @@ class RunSummary:
             )
         tail = f"; loaded: {', '.join(loaded)}" if loaded else "; nothing loaded"
         return False, f"{self.run_date}: " + "; ".join(parts) + tail
-
-    def table_rows(self) -> list[dict[str, object]]:
-        return [
-            {
-                "region": o.region,
-                "status": o.status,
-                "extracted": o.rows_extracted,
-                "accepted": o.rows_accepted,
-                "rejected": o.rows_rejected,
-                "inserted": o.rows_inserted,
-                "updated": o.rows_updated,
-                "unchanged": o.rows_unchanged,
-                "extract_s": round(o.extract_seconds, 2),
-                "transform_s": round(o.transform_seconds, 2),
-                "load_s": round(o.load_seconds, 2),
-                "error": o.error or "",
-            }
-            for o in self.regions.values()
-        ]
 
     def render_text(self) -> str:
         """A short human summary for the CLI."""

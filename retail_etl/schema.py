@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from retail_etl.contract import COLUMNS_BY_NAME, SALES_COLUMNS, SOURCE_TABLE, ContractColumn
+from retail_etl.contract import SALES_COLUMNS, SOURCE_TABLE, ContractColumn
 
 
 class SchemaContractError(RuntimeError):
@@ -199,11 +199,6 @@ def plan_extraction(
     )
 
 
-def contract_plan(region: str, table: str = SOURCE_TABLE) -> ExtractionPlan:
-    """The plan for a source that matches the contract exactly (tests, benchmarks)."""
-    return plan_extraction(region, {c.name: c.pg_type for c in SALES_COLUMNS}, table=table)
-
-
 class ObservedSchema(Protocol):
     """What a run saw of one region's source (``retail_etl.extract.RegionExtract``)."""
 
@@ -263,7 +258,6 @@ def record_schema_changes(
 
 
 __all__ = [
-    "COLUMNS_BY_NAME",
     "MATCHES_CONTRACT",
     "ColumnPlan",
     "ExtractionPlan",
@@ -271,7 +265,6 @@ __all__ = [
     "SchemaContractError",
     "SchemaDiff",
     "SchemaHistory",
-    "contract_plan",
     "inspect_columns_sql",
     "plan_extraction",
     "record_schema_changes",

@@ -26,7 +26,6 @@ def record_schemas_task(
     logger = get_run_logger()
     try:
         _, warehouse = open_targets(settings)
-        warehouse.ensure_schema()
         warnings = record_schema_changes(
             warehouse, extracts, batch_id=ctx.batch_id, flow_run_id=ctx.flow_run_id
         )

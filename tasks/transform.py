@@ -28,7 +28,7 @@ def transform_region_task(
         business_date=ctx.run_date,
         batch_id=ctx.batch_id,
         flow_run_id=ctx.flow_run_id,
-        out_dir=ctx.transform_dir,
+        out_dir=ctx.run_dir,
         memory_limit=memory_limit,
         threads=threads,
         # files the staging store can publish as they are (no rewrite)

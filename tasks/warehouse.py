@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from datetime import date
 from typing import Any
@@ -35,7 +34,6 @@ def read_history_task(
 ) -> dict[str, list[tuple[date, int]]]:
     """Accepted row counts of earlier loaded days, per region (for the volume check)."""
     _, warehouse = open_targets(settings)
-    warehouse.ensure_schema()
     return {
         region: warehouse.accepted_history(region, business_date, settings.history_days)
         for region in regions
@@ -45,7 +43,6 @@ def read_history_task(
 @task(name="record-ledger")
 def record_ledger_task(entries: Sequence[LedgerEntry], settings: Settings) -> None:
     _, warehouse = open_targets(settings)
-    warehouse.ensure_schema()
     for entry in entries:
         warehouse.record_ledger(entry)
 
@@ -129,9 +126,4 @@ def verify_task(
 @task(name="record-quality-results")
 def record_quality_task(records: list[dict[str, Any]], settings: Settings) -> int:
     _, warehouse = open_targets(settings)
-    warehouse.ensure_schema()
     return warehouse.load_dq_results(records)
-
-
-def elapsed_since(started: float) -> float:
-    return time.perf_counter() - started

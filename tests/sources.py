@@ -11,7 +11,7 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from retail_etl import pg
-from retail_etl.contract import COLUMN_NAMES, create_table_ddl
+from retail_etl.contract import create_table_ddl
 
 
 def sale(sale_id: int, **overrides: Any) -> dict[str, Any]:
@@ -58,6 +58,3 @@ def execute(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
     with pg.connect(url) as conn, conn.cursor() as cur:
         cur.execute(statement, params)
         conn.commit()
-
-
-__all__ = ["COLUMN_NAMES", "create_sales", "execute", "insert_sales", "sale"]

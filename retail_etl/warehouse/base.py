@@ -4,7 +4,7 @@ Tables (same names and columns in DuckDB and Snowflake):
 
 - ``sales_fact``: the accepted columns (:data:`retail_etl.contract.ACCEPTED_COLUMNS`) plus
   ``loaded_at`` and ``updated_in_warehouse_at``; key ``(region, sale_id)``.
-- ``sales_rejects``: :data:`retail_etl.contract.REJECT_COLUMNS` plus ``rejected_at``.
+- ``sales_rejects``: :func:`retail_etl.contract.reject_arrow_schema` columns plus ``rejected_at``.
 - ``dq_results``: one row per quality check of a batch (``region = '*'`` for batch-level checks).
 - ``etl_load_ledger``: one row per (batch, region) outcome; the ``loaded`` row is written in the
   transaction of its MERGE.
