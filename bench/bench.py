@@ -55,6 +55,7 @@ LOOPBACK = "127.0.0.1"
 DAY = date(2024, 1, 15)
 REGIONS = ("us_east", "us_west", "europe", "apac")
 SAMPLE_SECONDS = 0.02
+CHILDREN_REFRESH_SECONDS = 0.5
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -69,29 +70,50 @@ class Measured:
     wall: float
     peak_rss: int
     stderr: str = ""
-    #: (epoch seconds, tree RSS) samples
-    timeline: list[tuple[float, int]] = field(default_factory=list)
+    #: (epoch seconds, tree RSS, tree CPU seconds so far) samples
+    timeline: list[tuple[float, int, float]] = field(default_factory=list)
     cpu_seconds: float = 0.0  # user + system of the child's process tree
     postgres_cpu_seconds: float = 0.0  # of the PostgreSQL server meanwhile (any client)
 
     def peak_between(self, start: float, end: float) -> int:
-        return max((rss for t, rss in self.timeline if start <= t <= end), default=0)
+        return max((rss for t, rss, _ in self.timeline if start <= t <= end), default=0)
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds the tree used between two epoch times (from the nearest samples)."""
+        inside = [cpu for t, _, cpu in self.timeline if start <= t <= end]
+        return inside[-1] - inside[0] if len(inside) > 1 else 0.0
 
 
-def _tree_rss(proc: Any) -> int:
-    import psutil
+class _TreeSampler:
+    """RSS and CPU seconds of a process tree. The list of descendants is refreshed every
+    :data:`CHILDREN_REFRESH_SECONDS` only: finding children scans every process on the machine,
+    which at every 20 ms sample cost ~10 % of a core, taken from the tool being measured."""
 
-    total = 0
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self.procs: list[Any] = [root]
+        self.refreshed = 0.0
+
+    def sample(self) -> tuple[int, float]:
+        import psutil
+
+        now = time.monotonic()
+        if now - self.refreshed > CHILDREN_REFRESH_SECONDS:
+            try:
+                self.procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                self.procs = []
+            self.refreshed = now
+        rss, cpu = 0, 0.0
+        for p in self.procs:
+            try:
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    times = p.cpu_times()
+                    cpu += times.user + times.system
+            except psutil.Error:
+                pass
+        return rss, cpu
 
 
 def _postgres_cpu() -> float:
@@ -129,18 +151,18 @@ def run_child(args: list[str], env: dict[str, str], timeout: float = 3600) -> Me
         cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     peak = 0
-    timeline: list[tuple[float, int]] = []
+    timeline: list[tuple[float, int, float]] = []
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         try:
-            proc = psutil.Process(child.pid)
+            tree = _TreeSampler(psutil.Process(child.pid))
         except psutil.Error:
             return
         while not stop.is_set():
-            rss = _tree_rss(proc)
-            timeline.append((time.time(), rss))
+            rss, cpu = tree.sample()
+            timeline.append((time.time(), rss, cpu))
             peak = max(peak, rss)
             stop.wait(SAMPLE_SECONDS)
 
@@ -337,6 +359,9 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
         "rows_rejected": sum(o.rows_rejected for o in summary.regions.values()),
         "rows_inserted": sum(o.rows_inserted for o in summary.regions.values()),
         "fact_rows": int(fact_rows),
+        "region_load_seconds": {r: o.load_seconds for r, o in summary.regions.items()},
+        "region_extract_seconds": {r: o.extract_seconds for r, o in summary.regions.items()},
+        "region_transform_seconds": {r: o.transform_seconds for r, o in summary.regions.items()},
     }
 
 
@@ -471,14 +496,35 @@ def _print_ours(m: Measured, rows: int) -> None:
     parts = [f"{labels.get(n, n)} {stages[n]:.2f}" for n in names if n in stages]
     flow = r.get("flow_seconds", float("nan"))
     print(f"  stages (s): {', '.join(parts)}")
+    for key, what in (
+        ("region_extract_seconds", "extract"),
+        ("region_transform_seconds", "transform"),
+    ):
+        per_region = r.get(key, {})
+        if per_region:
+            print(
+                f"  {what} per region (s): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in per_region.items())
+            )
+    loads = r.get("region_load_seconds", {})
+    if loads and "merge" in stages:
+        print(
+            f"  copy+merge: {sum(loads.values()):.2f} s in the regions' transactions "
+            f"({', '.join(f'{k} {v:.2f}' for k, v in loads.items())}), the rest (rejects, "
+            f"checkpoint, task) {stages['merge'] - sum(loads.values()):.2f} s"
+        )
     # peak RSS per stage (stages run one after another; boundaries approximate)
     at = r.get("flow_started_epoch", 0.0)
-    peaks = []
+    peaks, busy = [], []
+    cores = os.cpu_count() or 1
     for n in ["extract", "transform", "validate", "stage", "merge", "verify"]:
         if n in stages:
             peaks.append(f"{labels.get(n, n)} {m.peak_between(at, at + stages[n]) / 1e6:,.0f}")
+            cpu = m.cpu_between(at, at + stages[n])
+            busy.append(f"{labels.get(n, n)} {cpu / max(stages[n], 1e-9):.2f}")
             at += stages[n]
     print(f"  peak RSS by stage (MB): {', '.join(peaks)}")
+    print(f"  cores busy by stage (ours, not PostgreSQL; {cores} = all): {', '.join(busy)}")
     print(
         f"  flow run (extract..verify): {flow:.2f} s, {rows / flow:,.0f} rows/s; "
         f"process: {m.wall:.2f} s (imports {r.get('import_seconds', 0):.2f} s); "

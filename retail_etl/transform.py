@@ -41,11 +41,14 @@ What happens to a region's extract (``{run_dir}/extract/region=R/part-*.parquet`
 A row collects *every* reason that applies (sorted, joined by ``;``), so a duplicate loser with a
 NULL customer reads ``duplicate;null_customer_id``.
 
-Memory: the region is read by DuckDB's streaming parquet reader and classified into one temporary
-table; the dedup window and the temporary table are bounded by ``memory_limit`` and spill to
-``temp_directory`` when a day is larger, so a 10x day costs disk and time, not 10x memory.
-Because the window sees the whole region, duplicates split across extract files (chunks) are
-found by construction.
+Memory: the region is read by DuckDB's streaming parquet reader three times. First the dedup
+window runs over the typed key and order columns only (``sale_id``, ``updated_at``,
+``created_at``, file, row) and keeps the losers' (file, row) in a small temporary table; then the
+classification streams every row (typing, reasons, the losers looked up by a hash join) once
+into the accepted parquet and once into a temporary table of the rejected rows. No operator
+holds whole rows of the region, so a 10x day costs time, not memory (what does not fit in
+``memory_limit`` spills to ``temp_directory``). Because the window sees the whole region,
+duplicates split across extract files (chunks) are found by construction.
 
 Output (always, also for zero rows): ``out_dir/accepted/region=R/part-<i>.parquet`` and
 ``out_dir/rejects/region=R/part-<i>.parquet``, at least one file each, possibly empty but with the
@@ -55,9 +58,10 @@ them with hive partitioning off (or as a plain string), not as a dictionary part
 is written to hidden ``.region=R.*.tmp`` folders and replaces the region's folders only after it
 reconciled, so a re-run replaces them and a failed run leaves no half-written region.
 
-Reconciliation (:class:`ReconciliationError`): rows in the extract files' footers == rows read ==
-accepted + rejected == rows written; ``total_amount`` extracted == accepted + rejected, and the
-accepted files re-read sum to the accepted total, to the cent.
+Reconciliation (:class:`ReconciliationError`), each side counted on its own: rows in the
+extract files' footers == rows read == accepted rows in the written files + rejected rows, and
+the rows each COPY reported agree; ``total_amount`` read == accepted files + rejected rows, to the
+cent.
 """
 
 from __future__ import annotations
@@ -288,18 +292,36 @@ def _reason_cases(plan: Sequence[_ColumnSql]) -> list[tuple[str, str]]:
     return sorted(cases.items())  # sorted, so concat_ws yields the reasons sorted
 
 
+_LOSERS = "losers"
+
+
+def _losers_sql(source_sql: str, plan: Sequence[_ColumnSql]) -> str:
+    """(file, row) of every row that loses the dedup: a version of its ``sale_id`` other than
+    the latest ``updated_at`` (ties: the row extracted last). The window reads only the typed
+    key and order columns, so it stays in memory where a window over whole rows would spill
+    (a 4.6M-row region: 1.0 s here, against 3.2 s for the whole classification in one window).
+    Rows with a NULL typed ``sale_id`` are never losers."""
+    typed = {c.name: c.typed for c in plan}
+    return f"""
+SELECT {_SRC_FILE}, {_SRC_ROW} FROM (
+    SELECT {_SRC_FILE}, {_SRC_ROW}, {typed["sale_id"]} AS sale_id,
+           row_number() OVER (PARTITION BY {typed["sale_id"]}
+               ORDER BY {typed["updated_at"]} DESC NULLS LAST, {typed["created_at"]} DESC NULLS LAST,
+                        {_SRC_FILE} DESC, {_SRC_ROW} DESC) AS rn
+    FROM ({source_sql})
+) WHERE sale_id IS NOT NULL AND rn > 1
+"""  # noqa: S608 - identifiers are contract constants
+
+
 def _classify_sql(source_sql: str, plan: Sequence[_ColumnSql], has_extras: bool) -> str:
-    """SELECT every row: typed columns, ``gross_amount``, ``reasons`` ('' = accepted), raw JSON."""
+    """SELECT every row: typed columns, ``gross_amount``, ``reasons`` ('' = accepted), raw JSON.
+    Reads the ``losers`` table (:func:`_losers_sql`) for the duplicate reason. Streams: no
+    operator holds the region's rows."""
     extras = _q(contract.EXTRAS_COLUMN)
     selected = [f"{c.typed} AS {_q(c.name)}" for c in plan]
     selected += [f"{_q(c.name)} AS {_raw(c.name)}" for c in plan if c.keep_raw]
     selected.append(f"CAST({extras} AS VARCHAR)" if has_extras else "CAST(NULL AS VARCHAR)")
     selected[-1] += f" AS {extras}"
-    dedup = (
-        "CASE WHEN sale_id IS NULL THEN 1 ELSE row_number() OVER (PARTITION BY sale_id "
-        "ORDER BY updated_at DESC NULLS LAST, created_at DESC NULLS LAST, "
-        f"{_SRC_FILE} DESC, {_SRC_ROW} DESC) END"
-    )
     reasons = ", ".join(f"CASE WHEN {pred} THEN '{name}' END" for name, pred in _reason_cases(plan))
     raw_json = ", ".join(f"{_q(c.name)} := CAST({_raw_ref(c)} AS VARCHAR)" for c in plan)
     raw_json += f", {extras} := {extras}"
@@ -309,8 +331,9 @@ WITH typed AS (
     SELECT {", ".join(selected)}, {_SRC_FILE}, {_SRC_ROW} FROM ({source_sql})
 ),
 ranked AS (
-    SELECT *, CAST(quantity AS DECIMAL(38,0)) * unit_price AS gross_amount, {dedup} AS {_RN}
-    FROM typed
+    SELECT typed.*, CAST(quantity AS DECIMAL(38,0)) * unit_price AS gross_amount,
+           CASE WHEN l.{_SRC_ROW} IS NULL THEN 1 ELSE 2 END AS {_RN}
+    FROM typed LEFT JOIN {_LOSERS} l USING ({_SRC_FILE}, {_SRC_ROW})
 ),
 reasoned AS (
     SELECT *, concat_ws(';', {reasons}) AS reasons FROM ranked
@@ -351,11 +374,14 @@ def _accepted_select() -> str:
     return f"SELECT {cols} FROM classified WHERE reasons = ''"  # noqa: S608 - constant identifiers
 
 
+_REJECTED = "rejected"
+
+
 _REJECTS_SELECT = (
     "SELECT CAST($region AS VARCHAR) AS region, sale_id, "
     "CAST($business_date AS DATE) AS sale_date, reasons, raw_values, "
     "CAST($batch_id AS VARCHAR) AS batch_id, CAST($flow_run_id AS VARCHAR) AS flow_run_id "
-    "FROM classified WHERE reasons <> ''"
+    "FROM rejected"
 )
 
 
@@ -419,18 +445,35 @@ def _input_types(
     return {str(r[0]): _TYPE_ALIASES.get(str(r[1]), str(r[1])) for r in rows}
 
 
+@dataclass(frozen=True)
+class _Classified:
+    """A region classified: ``cte`` prefixes a query reading ``classified`` (every row, not
+    materialized); the rejected rows are in the temporary table ``rejected``."""
+
+    cte: str
+    total_amount: str  # the typed total_amount over the source (for the extracted sum)
+
+
 def _classify(
     con: duckdb.DuckDBPyConnection,
     source_sql: str,
     params: Mapping[str, Any],
     region: str,
-) -> None:
+) -> _Classified:
     types = _input_types(con, source_sql, params)
     plan = _column_plan(types, region)
-    sql = "CREATE TEMP TABLE classified AS " + _classify_sql(
-        source_sql, plan, has_extras=contract.EXTRAS_COLUMN in types
+    losers = f"CREATE TEMP TABLE {_LOSERS} AS {_losers_sql(source_sql, plan)}"
+    con.execute(losers, _params(losers, params))
+    cte = (
+        f"WITH classified AS ({_classify_sql(source_sql, plan, contract.EXTRAS_COLUMN in types)}) "
     )
-    con.execute(sql, _params(sql, params))
+    rejected = (
+        f"CREATE TEMP TABLE {_REJECTED} AS {cte}"  # noqa: S608 - constant identifiers
+        "SELECT * FROM classified WHERE reasons <> ''"
+    )
+    con.execute(rejected, _params(rejected, params))
+    total_amount = next(c.typed for c in plan if c.name == "total_amount")
+    return _Classified(cte, total_amount)
 
 
 @dataclass(frozen=True)
@@ -444,28 +487,41 @@ class _Stats:
     reasons: dict[str, int]
 
 
-def _stats(con: duckdb.DuckDBPyConnection) -> _Stats:
-    row = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE reasons = ''),"
-        " count(*) FILTER (WHERE reasons <> ''),"
-        " coalesce(sum(total_amount), 0),"
-        " coalesce(sum(total_amount) FILTER (WHERE reasons = ''), 0),"
-        " coalesce(sum(total_amount) FILTER (WHERE reasons <> ''), 0)"
-        " FROM classified"
+def _stats(
+    con: duckdb.DuckDBPyConnection,
+    source_sql: str,
+    classified: _Classified,
+    accepted_files: Sequence[Path],
+    params: Mapping[str, Any],
+) -> _Stats:
+    """Counts and ``total_amount`` sums, each computed on its own: every extracted row (the
+    source), the accepted files as written, and the rejected rows."""
+    extracted_sql = (
+        f"SELECT count(*), coalesce(sum({classified.total_amount}), 0) "  # noqa: S608
+        f"FROM ({source_sql})"
+    )
+    extracted = con.execute(extracted_sql, _params(extracted_sql, params)).fetchone()
+    accepted = con.execute(
+        "SELECT count(*), coalesce(sum(total_amount), 0) FROM read_parquet($files, "
+        "hive_partitioning = false)",
+        {"files": [str(f) for f in accepted_files]},
     ).fetchone()
-    if row is None:  # pragma: no cover - an aggregate always returns one row
+    rejected = con.execute(
+        f"SELECT count(*), coalesce(sum(total_amount), 0) FROM {_REJECTED}"  # noqa: S608
+    ).fetchone()
+    if extracted is None or accepted is None or rejected is None:  # pragma: no cover
         raise TransformError("statistics query returned no row")
     reason_rows = con.execute(
-        "SELECT r, count(*) FROM (SELECT unnest(string_split(reasons, ';')) AS r FROM classified"
-        " WHERE reasons <> '') GROUP BY r ORDER BY r"
+        f"SELECT r, count(*) FROM (SELECT unnest(string_split(reasons, ';')) AS r "  # noqa: S608
+        f"FROM {_REJECTED}) GROUP BY r ORDER BY r"
     ).fetchall()
     return _Stats(
-        int(row[0]),
-        int(row[1]),
-        int(row[2]),
-        Decimal(row[3]),
-        Decimal(row[4]),
-        Decimal(row[5]),
+        int(extracted[0]),
+        int(accepted[0]),
+        int(rejected[0]),
+        Decimal(extracted[1]),
+        Decimal(accepted[1]),
+        Decimal(rejected[1]),
         {str(r): int(n) for r, n in reason_rows},
     )
 
@@ -607,17 +663,16 @@ def transform_region(
     try:
         source_sql = _FILES_SOURCE if files else _empty_source(con)
         try:
-            _classify(con, source_sql, params, region)
+            classified = _classify(con, source_sql, params, region)
         except duckdb.Error as e:
             raise TransformInputError(
                 f"region {region}, {business_date}: transform of the extract failed: {e}"
             ) from e
-        stats = _stats(con)
-        _check_reconciliation(region, stats, expected_rows)
         try:
-            n_acc, _ = _copy(
+            n_acc, written = _copy(
                 con,
-                _all_nullable(_accepted_select(), contract.accepted_arrow_schema()),
+                classified.cte
+                + _all_nullable(_accepted_select(), contract.accepted_arrow_schema()),
                 staging["accepted"],
                 params,
                 row_group_size,
@@ -631,24 +686,16 @@ def transform_region(
                 row_group_size,
                 max_file_rows,
             )
-            written_total = con.execute(
-                "SELECT coalesce(sum(total_amount), 0) FROM read_parquet($files, "
-                "hive_partitioning = false)",
-                {"files": [str(f) for f in _parts(staging["accepted"])]},
-            ).fetchone()
+            stats = _stats(con, source_sql, classified, written, params)
         except duckdb.Error as e:
             raise TransformError(
                 f"region {region}, {business_date}: writing the transform output failed: {e}"
             ) from e
+        _check_reconciliation(region, stats, expected_rows)
         if (n_acc, n_rej) != (stats.accepted, stats.rejected):
             raise ReconciliationError(
                 f"region {region}: wrote {n_acc} accepted / {n_rej} rejected rows, "
                 f"expected {stats.accepted} / {stats.rejected}"
-            )
-        if written_total is None or Decimal(written_total[0]) != stats.total_accepted:
-            raise ReconciliationError(
-                f"region {region}: accepted files sum total_amount to "
-                f"{written_total[0] if written_total else None}, expected {stats.total_accepted}"
             )
         accepted_files = _publish(staging["accepted"], accepted_dir)
         reject_files = _publish(staging["rejects"], rejects_dir)
@@ -714,10 +761,10 @@ def transform_frame(
     con = _connect("256MB", 1, None)
     try:
         con.register("__frame", table)
-        _classify(con, "SELECT * FROM __frame", params, region)
+        classified = _classify(con, "SELECT * FROM __frame", params, region)
         out = []
         for select, schema in (
-            (_accepted_select(), contract.accepted_arrow_schema()),
+            (classified.cte + _accepted_select(), contract.accepted_arrow_schema()),
             (_REJECTS_SELECT, contract.reject_arrow_schema()),
         ):
             rel = con.sql(select, params=_params(select, params))

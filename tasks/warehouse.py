@@ -20,6 +20,7 @@ from retail_etl.warehouse import (
     RegionLoad,
     TransformCounts,
     Warehouse,
+    WarehouseError,
 )
 
 
@@ -71,41 +72,55 @@ def stage_region_task(
     return sales, rejects
 
 
-@task(name="merge-region", task_run_name="merge-{result.region}")
-def merge_region_task(
-    result: RegionTransformResult,
-    staged: tuple[list[StagedFile], list[StagedFile]],
+@task(name="merge-regions")
+def merge_regions_task(
+    results: dict[str, RegionTransformResult],
+    staged: dict[str, tuple[list[StagedFile], list[StagedFile]]],
     ctx: RunContext,
     settings: Settings,
-    extract_seconds: float,
-) -> MergeResult:
-    """COPY + MERGE + ledger row in one transaction, then replace the day's rejects."""
+    extract_seconds: dict[str, float],
+) -> tuple[dict[str, MergeResult], dict[str, str]]:
+    """Per region, in turn: COPY + MERGE + ledger row in one transaction, then replace the
+    day's rejects. All on one warehouse connection (DuckDB checkpoints once, Snowflake logs in
+    once). A region that fails is rolled back and reported; the next region goes on.
+    Returns (merges, errors) by region."""
+    logger = get_run_logger()
     _, warehouse = open_targets(settings)
-    sales, rejects = staged
-    merge = warehouse.load_region(
-        RegionLoad(
-            region=result.region,
-            business_date=ctx.run_date,
-            batch_id=ctx.batch_id,
-            files=tuple(sales),
-            flow_run_id=ctx.flow_run_id,
-            rows_extracted=result.rows_extracted,
-            rows_accepted=result.rows_accepted,
-            rows_rejected=result.rows_rejected,
-            extract_seconds=extract_seconds,
-            transform_seconds=result.seconds,
-        )
-    )
-    warehouse.load_rejects(result.region, ctx.run_date, ctx.batch_id, rejects)
-    get_run_logger().info(
-        "Region %s merged: %s inserted, %s updated, %s unchanged in %.2f s",
-        result.region,
-        f"{merge.inserted:,}",
-        f"{merge.updated:,}",
-        f"{merge.unchanged:,}",
-        merge.seconds,
-    )
-    return merge
+    merges: dict[str, MergeResult] = {}
+    errors: dict[str, str] = {}
+    with warehouse.session():
+        for region, (sales, rejects) in staged.items():
+            result = results[region]
+            try:
+                merge = warehouse.load_region(
+                    RegionLoad(
+                        region=region,
+                        business_date=ctx.run_date,
+                        batch_id=ctx.batch_id,
+                        files=tuple(sales),
+                        flow_run_id=ctx.flow_run_id,
+                        rows_extracted=result.rows_extracted,
+                        rows_accepted=result.rows_accepted,
+                        rows_rejected=result.rows_rejected,
+                        extract_seconds=extract_seconds.get(region, 0.0),
+                        transform_seconds=result.seconds,
+                    )
+                )
+                warehouse.load_rejects(region, ctx.run_date, ctx.batch_id, rejects)
+            except WarehouseError as e:
+                errors[region] = f"{type(e).__name__}: {e}"
+                logger.error("Region %s not loaded: %s", region, errors[region])
+                continue
+            merges[region] = merge
+            logger.info(
+                "Region %s merged: %s inserted, %s updated, %s unchanged in %.2f s",
+                region,
+                f"{merge.inserted:,}",
+                f"{merge.updated:,}",
+                f"{merge.unchanged:,}",
+                merge.seconds,
+            )
+    return merges, errors
 
 
 @task(name="verify-load")

@@ -140,6 +140,45 @@ def test_load_batch_equals_input(wh: DuckDBWarehouse, loader: Loader) -> None:
     }
 
 
+def test_a_session_loads_regions_on_one_connection_and_checkpoints_once(
+    wh: DuckDBWarehouse, loader: Loader
+) -> None:
+    east = loader.stage(accepted_table("us_east", DAY, range(1, 6), batch_id=B1), "us_east", B1)
+    east_rejects = loader.stage(
+        reject_table("us_east", DAY, [7, 8], batch_id=B1), "us_east", B1, table_name="rejects"
+    )
+    broken = loader.stage(accepted_table("europe", DAY, range(1, 4), batch_id=B1), "europe", B1)
+    path = wh.store.local_path(broken.files[0].key)
+    assert path is not None
+    path.write_bytes(b"not parquet")
+    apac = loader.stage(accepted_table("apac", DAY, range(1, 4), batch_id=B1), "apac", B1)
+    wal = Path(f"{wh.path}.wal")
+
+    with wh.session() as session:
+        assert session.load_region(east).inserted == 5
+        assert session.load_rejects("us_east", DAY, B1, east_rejects.files) == 2
+        with pytest.raises(WarehouseLoadError, match=r"'europe'.*step 'read staged files'"):
+            session.load_region(broken)
+        with session.session():  # nested: the same connection
+            assert session.load_region(apac).inserted == 3
+        # one connection throughout: the stage tables were dropped, and the committed loads
+        # wait in the write-ahead log for the single checkpoint at the end
+        temp = session.query("SELECT table_name FROM duckdb_tables() WHERE temporary")
+        assert temp == []
+        assert wal.exists() and wal.stat().st_size > 0
+
+    assert not wal.exists() or wal.stat().st_size == 0
+    with duckdb.connect(str(wh.path), read_only=True) as con:  # another connection sees it all
+        assert con.execute(
+            "SELECT region, count(*) FROM sales_fact GROUP BY region ORDER BY region"
+        ).fetchall() == [("apac", 3), ("us_east", 5)]
+        assert con.execute("SELECT count(*) FROM sales_rejects").fetchall() == [(2,)]
+    assert sorted((e["region"], e["status"]) for e in wh.ledger()) == [
+        ("apac", "loaded"),
+        ("us_east", "loaded"),
+    ]
+
+
 def test_rerun_same_batch_three_times_is_idempotent(wh: DuckDBWarehouse, loader: Loader) -> None:
     batch = loader.stage(accepted_table("us_east", DAY, range(1, 21), batch_id=B1), "us_east", B1)
     wh.load_region(batch)
@@ -420,11 +459,25 @@ def test_verify_passes_on_good_loads_and_fails_on_planted_rows(
         "ledger_recorded",
     }
 
-    with duckdb.connect(str(wh.path)) as con:  # plant a duplicate key and a wrong date
+    with duckdb.connect(str(wh.path)) as con:  # plant duplicate keys and a wrong date
         con.execute(
             "INSERT INTO sales_fact SELECT * FROM sales_fact WHERE sale_id = 1 "
             "AND region = 'us_east'"
         )
+        # a second copy of a day's sale under another date is found too
+        con.execute(
+            "INSERT INTO sales_fact SELECT * REPLACE (DATE '2023-12-31' AS sale_date, "
+            "'by hand' AS batch_id) "
+            "FROM sales_fact WHERE sale_id = 3 AND region = 'us_east'"
+        )
+        # a key stored twice on another day only is not this day's business
+        con.execute(
+            "INSERT INTO sales_fact SELECT * REPLACE (DATE '2023-12-30' AS sale_date, "
+            "'by hand' AS batch_id) "
+            "FROM sales_fact WHERE sale_id = 4 AND region = 'us_east'"
+        )
+        con.execute("UPDATE sales_fact SET sale_id = 99 WHERE sale_date = DATE '2023-12-30'")
+        con.execute("INSERT INTO sales_fact SELECT * FROM sales_fact WHERE sale_id = 99")
         con.execute(
             "UPDATE sales_fact SET sale_date = DATE '2024-01-14' WHERE region = 'apac' "
             "AND sale_id = 2"
@@ -441,7 +494,7 @@ def test_verify_passes_on_good_loads_and_fails_on_planted_rows(
         ("loaded_rows_in_batch_dates", "*"),
         ("extracted_equals_accepted_plus_rejected", "us_east"),
     }
-    assert bad[("fact_unique_keys", "*")].measured == 1
+    assert bad[("fact_unique_keys", "*")].measured == 2
     assert bad[("loaded_rows_in_batch_dates", "*")].measured == 1
     record = bad[("fact_unique_keys", "*")].to_dq_record(B1, DAY, "flow-1")
     assert record["status"] == "fail" and wh.load_dq_results([record]) == 1

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from retail_etl import extract
 from retail_etl.contract import contract_arrow_schema
 from retail_etl.extract import ExtractionError, extract_region
 from retail_etl.schema import SchemaContractError
@@ -173,3 +176,18 @@ def test_renamed_column_is_read_through_its_alias(make_database, tmp_path):
 
     assert _read(result).column("customer_id").to_pylist() == [555]
     assert result.extra_columns == []
+
+
+def test_the_copy_pipe_is_enlarged_where_the_platform_allows() -> None:
+    fcntl = pytest.importorskip("fcntl")
+    if not hasattr(fcntl, "F_GETPIPE_SZ"):
+        pytest.skip("no F_GETPIPE_SZ on this platform")
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    read_fd, write_fd = extract._open_pipe()
+    try:
+        size = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert size >= min(extract.PIPE_BYTES, limit)
+    assert size > 64 * 1024 or limit <= 64 * 1024

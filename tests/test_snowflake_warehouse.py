@@ -216,6 +216,38 @@ def test_copy_merge_and_idempotent_rerun(
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
 
 
+def test_a_session_logs_in_once_and_survives_a_failed_region(
+    fake_snowflake: Callable[[], Any], store: LocalStagingStore, tmp_path: Path
+) -> None:
+    logins: list[Any] = []
+
+    def connect() -> Any:
+        logins.append(fake_snowflake())
+        return logins[-1]
+
+    wh = SnowflakeWarehouse(connect, store, database="retail_db", schema="retail")
+    wh.ensure_schema()
+    east_table = accepted_table("us_east", DAY, range(1, 6), batch_id=B1)
+    east = stage(tmp_path, store, east_table, "us_east", B1)
+    broken = stage(tmp_path, store, accepted_table("europe", DAY, [1], batch_id=B1), "europe", B1)
+    path = store.local_path(broken.files[0].key)
+    assert path is not None
+    path.unlink()
+    logins.clear()
+
+    with wh.session():
+        assert wh.load_region(east).inserted == 5
+        with pytest.raises(WarehouseLoadError, match=r"'europe'.*step 'copy'"):
+            wh.load_region(broken)
+        again = wh.load_region(east)  # the connection is usable after the rollback
+        assert (again.inserted, again.unchanged) == (0, 5)
+
+    assert len(logins) == 1
+    assert accepted_view(wh.fact_rows()) == expected(east_table)
+    assert [(r["region"], r["status"]) for r in wh.ledger()] == [("us_east", "loaded")] * 2
+    assert stage_tables(wh) == []
+
+
 def test_late_data_merge_counts(
     wh: SnowflakeWarehouse, store: LocalStagingStore, tmp_path: Path
 ) -> None:

@@ -488,8 +488,8 @@ def test_reconciliation_mismatch_raises_and_keeps_previous_output(
     previous = transform_region(mixed_extract, **kwargs)
     real = transform._stats
 
-    def lossy(con: Any) -> Any:
-        stats = real(con)
+    def lossy(*args: Any) -> Any:
+        stats = real(*args)
         return transform._Stats(
             stats.extracted,
             stats.accepted - 1,

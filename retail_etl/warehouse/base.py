@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
@@ -562,6 +563,11 @@ class Warehouse(Protocol):
     def ensure_schema(self) -> list[str]:
         """Create missing tables; add missing columns (NULLABLE) to existing ones.
         Returns the ``table.column`` names added."""
+        ...
+
+    def session(self) -> AbstractContextManager[Any]:
+        """A context in which operations share one connection (each keeps its own
+        transaction); the load subflow runs a batch's regions in one."""
         ...
 
     def load_region(self, batch: RegionLoad) -> MergeResult:

@@ -103,6 +103,7 @@ class SnowflakeWarehouse(sql.QueryMixin):
         storage_integration: str | None = None,
     ) -> None:
         self._connect = connect
+        self._session: Connection | None = None
         self.store = store
         self._t = sql.SqlTarget("snowflake", database=database, schema=schema)
         self.stage_name = validate_identifier(stage_name.lower(), "stage")
@@ -172,6 +173,9 @@ class SnowflakeWarehouse(sql.QueryMixin):
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
+        if self._session is not None:
+            yield self._session
+            return
         conn = self._connect()
         try:
             conn.autocommit(False)
@@ -179,6 +183,21 @@ class SnowflakeWarehouse(sql.QueryMixin):
         finally:
             with suppress(Exception):
                 conn.close()
+
+    @contextmanager
+    def session(self) -> Iterator[SnowflakeWarehouse]:
+        """Run several operations (a batch's loads) on one connection, so a load of N regions
+        logs in once instead of N times. Every operation still commits or rolls back its own
+        transaction. Not for concurrent use from several threads."""
+        if self._session is not None:  # nested: the outer session owns the connection
+            yield self
+            return
+        with self._connection() as conn:
+            self._session = conn
+            try:
+                yield self
+            finally:
+                self._session = None
 
     def _fetch(self, sql_text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._connection() as conn:

@@ -402,11 +402,23 @@ def ledger_for_batch_sql(t: SqlTarget) -> str:
 
 
 def fact_duplicate_keys_sql(t: SqlTarget, n_regions: int) -> str:
-    """Keys stored more than once, in the given regions (a region-scoped GROUP BY)."""
+    """Keys stored more than once among the keys of one business day's rows, in the given
+    regions. Params: (business_date, *regions, business_date).
+
+    Scoped to each region's ``sale_id`` range of the day: a second copy of a day's sale has the
+    same ``sale_id``, so it lies in that range whatever its own ``sale_date``, and the range
+    lets zone maps / micro-partition pruning skip the rest of the history (8 days of 1.8M rows
+    in DuckDB: 0.15 s, against 0.9 s for a GROUP BY over the regions' whole history).
+    """
+    region, sale_id, sale_date = t.ident("region"), t.ident("sale_id"), t.ident("sale_date")
     return (
-        f"SELECT COUNT(*) FROM (SELECT {t.cols(KEY_COLUMNS)} FROM {t.table(SALES_FACT)} "
-        f"WHERE {t.ident('region')} IN ({t.params(n_regions)}) "
-        f"GROUP BY {t.cols(KEY_COLUMNS)} HAVING COUNT(*) > 1) d"
+        f"WITH day_range AS (SELECT {region}, MIN({sale_id}) AS lo, MAX({sale_id}) AS hi "
+        f"FROM {t.table(SALES_FACT)} WHERE {sale_date} = {t.param} "
+        f"AND {region} IN ({t.params(n_regions)}) GROUP BY {region}) "
+        f"SELECT COUNT(*) FROM (SELECT f.{region}, f.{sale_id} FROM {t.table(SALES_FACT)} f "
+        f"JOIN day_range r ON f.{region} = r.{region} AND f.{sale_id} BETWEEN r.lo AND r.hi "
+        f"GROUP BY f.{region}, f.{sale_id} HAVING COUNT(*) > 1 "
+        f"AND MAX(CASE WHEN f.{sale_date} = {t.param} THEN 1 ELSE 0 END) = 1) dup"
     )
 
 
@@ -518,7 +530,7 @@ class QueryMixin:
     ) -> list[CheckResult]:
         """Post-load checks: :func:`merge_checks` plus, on the fact table,
 
-        - ``fact_unique_keys``: no (region, sale_id) stored twice in the batch's regions;
+        - ``fact_unique_keys``: no key of the day's rows stored twice in the batch's regions;
         - ``loaded_rows_in_batch_dates``: every row this batch wrote (``batch_id`` lineage) has
           ``sale_date`` = the business date;
         - ``ledger_recorded`` (per region): the batch's latest ledger row is 'loaded' with the
@@ -530,7 +542,10 @@ class QueryMixin:
             validate_identifier(region, "region")
         if not regions:
             return checks
-        ((dups,),) = self._fetch(fact_duplicate_keys_sql(self._t, len(regions)), regions)
+        ((dups,),) = self._fetch(
+            fact_duplicate_keys_sql(self._t, len(regions)),
+            [business_date, *regions, business_date],
+        )
         checks.append(
             CheckResult(
                 "fact_unique_keys",
