@@ -11,11 +11,12 @@ What it does, in one invocation:
 2. Starts a persistent ``prefect server`` on 127.0.0.1:<free port> with a temporary
    PREFECT_HOME (as deployments run: the flow talks to a long-lived API) and measures, apart,
    what the ephemeral API would have cost (a trivial flow with and without the server) and the
-   per-flow-run orchestration overhead (a no-op flow of the same shape: parent, 2 subflows,
-   ~20 task runs), with the heartbeat off (as ``retail-etl run`` does) and on.
+   per-flow-run orchestration overhead (a no-op flow of the same shape: parent, 3 subflows,
+   18 task runs, 4 artifacts), with the heartbeat off (as ``retail-etl run`` does) and on.
 3. Runs ``retail-sales-etl`` for the day into a fresh DuckDB file in a child process and prints
    the wall time per stage (extract, transform, validate, stage, copy+merge, verify), the total,
-   rows/s and the peak RSS of the child's whole process tree (sampled every 20 ms).
+   rows/s, the peak RSS of the child's whole process tree (sampled every 20 ms) and its CPU
+   per stage.
 4. Runs dlt on the same data in another child process: ``sql_table`` per region with the
    connectorx backend (arrow stream), the same WHERE (business date, completed, not deleted),
    ``region`` added, merged into DuckDB on (region, sale_id). Prints its wall and peak RSS,
@@ -429,8 +430,9 @@ def child_dlt(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_probe(args: argparse.Namespace) -> dict[str, Any]:
     """Orchestration cost: a trivial flow (ephemeral vs server), then a no-op flow shaped like
-    the pipeline (parent + 2 subflows, 4 tasks per mapped step) with the heartbeat off / on."""
+    the pipeline (parent + 3 subflows, 18 task runs, 4 artifacts) with the heartbeat off / on."""
     from prefect import flow, task
+    from prefect.artifacts import create_table_artifact
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     @flow(name="bench-trivial")
@@ -442,19 +444,23 @@ def child_probe(args: argparse.Namespace) -> dict[str, Any]:
         return x
 
     @flow(name="bench-sub")
-    def sub(n: int) -> None:
-        for f in noop.map(list(range(n))):
+    def sub(mapped: int, single: int) -> None:
+        for f in noop.map(list(range(mapped))):
             f.result()
+        for _ in range(single):
+            noop()
+        create_table_artifact(table=[{"n": mapped}], key="bench-sub")
 
     @flow(name="bench-shape")
     def shape(regions: int) -> None:
+        noop()  # prepare-warehouse
         for f in noop.map(list(range(regions))):  # extract
             f.result()
-        for f in noop.map(list(range(regions))):  # transform
-            f.result()
+        create_table_artifact(table=[{"n": regions}], key="bench-extract")
+        sub(regions, 0)  # transform
         noop()  # schema history
-        sub(1)  # validate
-        sub(2 * regions + 3)  # load: stage, merge, schema/verify/quality
+        sub(0, 1)  # validate: read-history
+        sub(regions, 3)  # load: stage per region; merge-regions, verify, quality results
 
     out: dict[str, Any] = {"ok": True}
     started = time.perf_counter()
@@ -678,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"peak RSS {_mb(eph.peak_rss)} vs {_mb(srv.peak_rss)}"
             )
             print(
-                "  no-op flow of the pipeline's shape (parent + 2 subflows, 21 task runs): "
+                "  no-op flow of the pipeline's shape (parent + 3 subflows, 18 task runs, "
+                "4 artifacts): "
                 f"{srv.report['shape_no_heartbeat_seconds']:.2f} s heartbeat off, "
                 f"{srv.report['shape_heartbeat_seconds']:.2f} s heartbeat on"
             )

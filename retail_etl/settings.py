@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     duckdb_memory_limit: str = Field(
         default="640MB",
         description="DuckDB memory cap for transform and load (spills to disk past it). The "
-        "process peaks at about this plus 0.5 GB (Prefect, pyarrow): 1.14 GB for a 20M-row day.",
+        "process peaks at about this plus 0.5 GB (Prefect, pyarrow): 1.19 GB for a 20M-row day.",
     )
     duckdb_threads: int = Field(default=2, gt=0)
     target_file_rows: int = Field(

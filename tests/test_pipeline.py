@@ -272,6 +272,30 @@ def test_a_warehouse_failure_mid_load_applies_nothing_and_a_rerun_loads_once(env
     ]
 
 
+def test_a_warehouse_that_cannot_be_opened_for_the_load_fails_every_region(env, monkeypatch):
+    from retail_etl.warehouse import WarehouseError
+    from retail_etl.warehouse.duckdb_warehouse import DuckDBWarehouse
+
+    _seed(env, rows=500)
+
+    def locked(self):  # type: ignore[no-untyped-def]
+        raise WarehouseError("cannot open the DuckDB warehouse: held by another process")
+
+    monkeypatch.setattr(DuckDBWarehouse, "session", locked)
+    state, summary = run_day(DAY, ["us_east", "europe"])
+    monkeypatch.undo()
+
+    assert state.is_failed()
+    for region in ("us_east", "europe"):
+        assert summary.regions[region].status == "load_failed"
+        assert "held by another process" in (summary.regions[region].error or "")
+    assert env.warehouse("SELECT count(*) FROM sales_fact")[0][0] == 0
+    assert env.warehouse("SELECT region, status FROM etl_load_ledger ORDER BY region") == [
+        ("europe", "load_failed"),
+        ("us_east", "load_failed"),
+    ]
+
+
 def test_a_failed_post_load_check_fails_the_run_by_name_and_alerts(env, etl_slack):
     _seed(env, rows=1_000)
     state, _ = run_day(DAY, ["us_east"])
