@@ -523,7 +523,7 @@ def _print_ours(m: Measured, rows: int) -> None:
     at = r.get("flow_started_epoch", 0.0)
     peaks, busy = [], []
     cores = os.cpu_count() or 1
-    for n in ["extract", "transform", "validate", "stage", "merge", "verify"]:
+    for n in names:
         if n in stages:
             peaks.append(f"{labels.get(n, n)} {m.peak_between(at, at + stages[n]) / 1e6:,.0f}")
             cpu = m.cpu_between(at, at + stages[n])
@@ -536,7 +536,6 @@ def _print_ours(m: Measured, rows: int) -> None:
         f"process: {m.wall:.2f} s (imports {r.get('import_seconds', 0):.2f} s); "
         f"peak RSS {_mb(m.peak_rss)}"
     )
-    cores = os.cpu_count() or 1
     print(
         f"  CPU: {m.cpu_seconds:.1f} s ours + {m.postgres_cpu_seconds:.1f} s PostgreSQL in "
         f"{m.wall:.1f} s on {cores} cores = "

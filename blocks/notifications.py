@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from retail_etl.alerts import AlertMessage, scrub_secrets
+from retail_etl.alerts import AlertMessage
+from retail_etl.redact import scrub_secrets
 from retail_etl.settings import Settings
 
 SLACK_TIMEOUT_SECONDS = 10

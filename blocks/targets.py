@@ -33,11 +33,12 @@ def load_s3_bucket(settings: Settings) -> Any:
     return _load_block(S3Bucket, settings.s3_bucket_block, "S3Bucket", "RETAIL_ETL_S3_BUCKET_NAME")
 
 
-def open_staging_store(settings: Settings) -> StagingStore:
+def open_staging_store(settings: Settings, s3_bucket: Any = None) -> StagingStore:
+    """The configured store; ``s3_bucket``: the S3Bucket block if already loaded."""
     scratch = settings.staging_dir / "scratch"
     if settings.staging_store == "s3":
         return S3StagingStore.from_block(
-            load_s3_bucket(settings),
+            s3_bucket or load_s3_bucket(settings),
             scratch_dir=scratch,
             target_file_rows=settings.target_file_rows,
         )
@@ -46,7 +47,10 @@ def open_staging_store(settings: Settings) -> StagingStore:
     )
 
 
-def open_configured_warehouse(settings: Settings, store: StagingStore) -> Warehouse:
+def open_configured_warehouse(
+    settings: Settings, store: StagingStore, s3_bucket: Any = None
+) -> Warehouse:
+    """The configured warehouse; ``s3_bucket``: the S3Bucket block if already loaded."""
     if settings.warehouse == "duckdb":
         return open_warehouse(settings, store)
     from prefect_snowflake import SnowflakeConnector
@@ -58,8 +62,19 @@ def open_configured_warehouse(settings: Settings, store: StagingStore) -> Wareho
         "RETAIL_ETL_SNOWFLAKE_ACCOUNT",
     )
     return open_warehouse(
-        settings, store, snowflake_connector=connector, s3_bucket=load_s3_bucket(settings)
+        settings,
+        store,
+        snowflake_connector=connector,
+        s3_bucket=s3_bucket or load_s3_bucket(settings),
     )
+
+
+def open_targets(settings: Settings) -> tuple[StagingStore, Warehouse]:
+    """Staging store and warehouse, loading the S3Bucket block once when both need it."""
+    needs_bucket = settings.staging_store == "s3" or settings.warehouse == "snowflake"
+    bucket = load_s3_bucket(settings) if needs_bucket else None
+    store = open_staging_store(settings, bucket)
+    return store, open_configured_warehouse(settings, store, bucket)
 
 
 def describe_warehouse(settings: Settings) -> str:

@@ -10,6 +10,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from blocks.targets import open_targets
 from flows.etl import retail_sales_etl
 from retail_etl.backfill import (
     BackfillDay,
@@ -20,7 +21,6 @@ from retail_etl.backfill import (
 )
 from retail_etl.run import summary_from_result
 from retail_etl.settings import get_settings
-from tasks.warehouse import open_targets
 
 
 @task(name="loaded-pairs", retries=2, retry_delay_seconds=5)

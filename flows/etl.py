@@ -55,11 +55,9 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
     summary.record_extracts(extracts, {r: f.message for r, f in extract_failures.items()})
     publish_extract_artifact(ctx, summary, extracts)
     # Schema history: a new fingerprint that differs from the contract is warned about once.
-    if extracts:
-        summary.schema_warnings = record_schemas_task(extracts, ctx, settings)
-
     report = None
     if extracts:
+        summary.schema_warnings = record_schemas_task(extracts, ctx, settings)
         summary.record_transforms(transformed, transform_errors)
 
         started = time.perf_counter()
@@ -79,7 +77,9 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
             )
             summary.stage_seconds["load"] = time.perf_counter() - started
             summary.stage_seconds.update(loaded.stage_seconds)  # stage, merge, verify
-            summary.record_load(loaded.merges, loaded.errors, loaded.failed_checks)
+            summary.record_load(
+                loaded.merges, loaded.errors, loaded.failed_checks, loaded.unverified
+            )
             summary.ledger_errors.extend(loaded.ledger_errors)
 
     # Regions that never reached a MERGE still get a ledger row, so backfills find them.

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 
+from retail_etl.contract import BATCH_REGION
 from retail_etl.quality import QualityReport
 from retail_etl.run import RunContext
 from retail_etl.settings import Settings
 from retail_etl.transform import RegionTransformResult
 from retail_etl.warehouse import CheckResult, LedgerEntry, MergeResult
-from retail_etl.warehouse.base import BATCH_LEVEL_REGION, LedgerStatus
+from retail_etl.warehouse.base import LedgerStatus
 from tasks.results import collect
 from tasks.runners import ConfiguredTaskRunner
 from tasks.warehouse import (
@@ -37,6 +38,13 @@ class LoadOutcome:
     @property
     def failed_checks(self) -> list[CheckResult]:
         return [c for c in self.checks if not c.passed]
+
+    @property
+    def unverified(self) -> list[str]:
+        """Merged regions a failed post-load check speaks of (a batch-level one: all)."""
+        failed = self.failed_checks
+        batch_level = any(c.region == BATCH_REGION for c in failed)
+        return sorted(r for r in self.merges if batch_level or any(c.region == r for c in failed))
 
 
 def _ledger_entry(
@@ -110,10 +118,7 @@ def load_batch(
             list(outcome.merges.values()), {r: results[r] for r in outcome.merges}, ctx, settings
         )
     failed = outcome.failed_checks
-    batch_level = any(c.region == BATCH_LEVEL_REGION for c in failed)
-    unverified = sorted(
-        r for r in outcome.merges if batch_level or any(c.region == r for c in failed)
-    )
+    unverified = outcome.unverified
     if unverified:
         # The MERGE committed, but the day is not trusted: the ledger says so, and a
         # `backfill --missing-only` picks the region up again.
@@ -127,7 +132,7 @@ def load_batch(
                     "; ".join(
                         f"{c.name}: {c.detail}"
                         for c in failed
-                        if c.region in (region, BATCH_LEVEL_REGION)
+                        if c.region in (region, BATCH_REGION)
                     ),
                 )
                 for region in unverified

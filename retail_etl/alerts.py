@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from retail_etl.contract import BATCH_REGION
+from retail_etl.quality import format_measure
+from retail_etl.redact import scrub_secrets
 from retail_etl.run import RegionOutcome, RunSummary
 
 if TYPE_CHECKING:
@@ -26,23 +29,12 @@ __all__ = [
     "AlertMessage",
     "build_alert_message",
     "rerun_commands",
-    "scrub_secrets",
-    "should_alert",
 ]
 
 FLOW_NAME = "retail-sales-etl"
 DAILY_DEPLOYMENT = f"{FLOW_NAME}/daily"
 MAX_ERROR_CHARS = 400
 MAX_CHECKS_SHOWN = 12
-BATCH_REGION = "*"
-
-_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]+):[^\s@/]*@")
-_KEY_VALUE_SECRET = re.compile(
-    r"(?P<key>\b(?:password|passwd|pwd|secret|token|api[_-]?key)\s*[=:]\s*)"
-    r"(?P<quote>['\"]?)[^\s'\"&;,]+(?P=quote)",
-    re.IGNORECASE,
-)
-_RATIO_CHECK_PREFIXES = ("null_share_", "reject_rate", "history_volume")
 _NOT_LOADED_REASON = {
     "pending": "not processed",
     "extracted": "stopped before load",
@@ -80,24 +72,6 @@ class _Check(Protocol):
     def threshold(self) -> float | None: ...
     @property
     def detail(self) -> str: ...
-
-
-def scrub_secrets(text: str) -> str:
-    """Mask credentials in URLs and ``password=...``-style pairs."""
-    text = _URL_CREDENTIALS.sub(r"\g<head>:***@", text)
-    return _KEY_VALUE_SECRET.sub(r"\g<key>\g<quote>***\g<quote>", text)
-
-
-def should_alert(summary: RunSummary) -> bool:
-    """True when any region was not loaded cleanly, the gate failed, verification failed or
-    a source schema changed (a warning, sent once per change)."""
-    ok, _ = summary.outcome()
-    return (
-        (not ok)
-        or bool(summary.failed_regions)
-        or summary.gate_verdict == "fail"
-        or bool(summary.schema_warnings)
-    )
 
 
 def rerun_commands(summary: RunSummary) -> list[str]:
@@ -226,21 +200,11 @@ def _clean_error(error: str | None) -> str:
     return text
 
 
-def _fmt_value(name: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if name.startswith(_RATIO_CHECK_PREFIXES):
-        return f"{value:.2%}"
-    if float(value).is_integer():
-        return f"{int(value):,}"
-    return f"{value:,.4g}"
-
-
 def _check_line(check: _Check, f: _Format) -> str:
     where = "batch" if check.region == BATCH_REGION else check.region
     line = (
-        f"{f.code(check.name)} ({f.escape(where)}): measured {_fmt_value(check.name, check.measured)}"
-        f" vs threshold {_fmt_value(check.name, check.threshold)}"
+        f"{f.code(check.name)} ({f.escape(where)}): measured {format_measure(check.name, check.measured)}"
+        f" vs threshold {format_measure(check.name, check.threshold)}"
     )
     if check.detail:
         line += f" ({f.escape(_clean_error(check.detail))})"

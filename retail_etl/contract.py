@@ -12,6 +12,8 @@ import pyarrow as pa
 
 SOURCE_TABLE = "sales"
 NATURAL_KEY: tuple[str, str] = ("region", "sale_id")
+#: The ``region`` of a batch-level check result (quality gate, post-load checks, dq_results).
+BATCH_REGION = "*"
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,6 @@ class ContractColumn:
     duckdb_type: str
     snowflake_type: str
     critical: bool = False  # NULL rejects the row
-    nullable: bool = True
 
 
 SALES_COLUMNS: tuple[ContractColumn, ...] = (
@@ -155,10 +156,9 @@ def reject_arrow_schema() -> pa.Schema:
     )
 
 
-def contract_arrow_schema(*, with_extras: bool = True) -> pa.Schema:
+def contract_arrow_schema() -> pa.Schema:
     fields = [pa.field(c.name, c.arrow_type) for c in SALES_COLUMNS]
-    if with_extras:
-        fields.append(pa.field(EXTRAS_COLUMN, pa.string()))
+    fields.append(pa.field(EXTRAS_COLUMN, pa.string()))
     return pa.schema(fields)
 
 

@@ -250,7 +250,6 @@ def extract_region(
     chunk_rows: int = 250_000,
     aliases: Mapping[str, Sequence[str]] | None = None,
     table: str = SOURCE_TABLE,
-    plan: ExtractionPlan | None = None,
     split: int = 0,
     splits: int = 1,
 ) -> RegionExtract:
@@ -267,16 +266,15 @@ def extract_region(
     where = f"region {region}, {business_date.isoformat()}, table {table}"
     if splits > 1:
         where += f", split {split + 1}/{splits}"
-    if plan is None:
-        try:
-            source_columns = inspect_source(source_url, table=table)
-        except psycopg2.Error as exc:
-            raise ExtractionError(
-                f"{where}: cannot reach the source database: {_pg_message(exc)}"
-            ) from exc
-        if not source_columns:
-            raise ExtractionError(f"{where}: table {table} does not exist in the source database")
-        plan = plan_extraction(region, source_columns, aliases=aliases, table=table)
+    try:
+        source_columns = inspect_source(source_url, table=table)
+    except psycopg2.Error as exc:
+        raise ExtractionError(
+            f"{where}: cannot reach the source database: {_pg_message(exc)}"
+        ) from exc
+    if not source_columns:
+        raise ExtractionError(f"{where}: table {table} does not exist in the source database")
+    plan = plan_extraction(region, source_columns, aliases=aliases, table=table)
 
     region_dir = out_dir / f"region={region}"
     if splits > 1:

@@ -35,21 +35,20 @@ import duckdb
 
 from retail_etl import contract
 from retail_etl.settings import Settings, validate_identifier
-from retail_etl.transform import REJECT_RULES, RegionTransformResult
+from retail_etl.transform import REJECT_RULES, RegionTransformResult, null_reason
 
 __all__ = [
-    "BATCH",
     "CheckResult",
     "InvariantQueryError",
     "QualityReport",
     "QualityThresholds",
     "evaluate_batch",
+    "format_measure",
     "history_check",
     "invariant_checks",
 ]
 
 Status = Literal["pass", "warn", "fail", "skipped"]
-BATCH = "*"  # region of batch-level checks
 
 
 class InvariantQueryError(RuntimeError):
@@ -141,8 +140,8 @@ class QualityReport:
         for c in self.sorted_checks():
             status = c.status.upper() if c.status in ("fail", "warn") else c.status
             lines.append(
-                f"| {status} | {c.name} | {c.region} | {_fmt(c.name, c.measured)} | "
-                f"{_fmt(c.name, c.threshold)} | {_md_escape(c.detail)} |"
+                f"| {status} | {c.name} | {c.region} | {format_measure(c.name, c.measured)} | "
+                f"{format_measure(c.name, c.threshold)} | {_md_escape(c.detail)} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -163,7 +162,8 @@ class QualityReport:
         ]
 
 
-def _fmt(name: str, value: float | None) -> str:
+def format_measure(name: str, value: float | None) -> str:
+    """A check's measured value or threshold as people read it (ratios as percentages)."""
     if value is None:
         return "-"
     if name.startswith(_RATIO_CHECKS):
@@ -302,7 +302,7 @@ _RULES_FOR_VIOLATIONS = {k: v for k, v in REJECT_RULES.items() if k != "sale_dat
 
 def _violation_terms() -> dict[str, str]:
     """Name -> SQL predicate of an accepted row that should not exist (sale_date checked apart)."""
-    terms = {f"null_{c}": f"{c} IS NULL" for c in contract.CRITICAL_COLUMNS}
+    terms = {null_reason(c): f"{c} IS NULL" for c in contract.CRITICAL_COLUMNS}
     terms.update(
         {name: f"coalesce(({pred}), false)" for name, pred in _RULES_FOR_VIOLATIONS.items()}
     )
@@ -418,7 +418,9 @@ def evaluate_batch(
             )
         )
     total = sum(r.rows_accepted for r in results.values())
-    checks.append(_min_rows("min_rows_batch", BATCH, total, thresholds.min_rows_per_batch))
+    checks.append(
+        _min_rows("min_rows_batch", contract.BATCH_REGION, total, thresholds.min_rows_per_batch)
+    )
     checks.extend(
         invariant_checks({region: r.accepted_files for region, r in results.items()}, business_date)
     )

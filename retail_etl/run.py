@@ -13,6 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
+from retail_etl.redact import scrub_secrets
 from retail_etl.settings import Settings, validate_identifier
 
 
@@ -87,22 +88,25 @@ def new_run_context(
     )
 
 
+RegionStatus = Literal[
+    "pending",
+    "extracted",
+    "transformed",
+    "extract_failed",
+    "transform_failed",
+    "gate_failed",
+    "loaded",
+    "load_failed",
+    "verify_failed",
+]
+
+
 @dataclass
 class RegionOutcome:
     """Everything the run knows about one region, for the summary, the ledger and alerts."""
 
     region: str
-    status: Literal[
-        "pending",
-        "extracted",
-        "transformed",
-        "extract_failed",
-        "transform_failed",
-        "gate_failed",
-        "loaded",
-        "load_failed",
-        "verify_failed",
-    ] = "pending"
+    status: RegionStatus = "pending"
     error: str | None = None
     rows_extracted: int = 0
     rows_accepted: int = 0
@@ -148,9 +152,7 @@ class RunSummary:
             outcome.status = "extracted"
             outcome.rows_extracted = result.rows
             outcome.extract_seconds = result.seconds
-        for region, error in errors.items():
-            self.regions[region].status = "extract_failed"
-            self.regions[region].error = error
+        self._fail(errors, "extract_failed")
 
     def record_transforms(self, results: Mapping[str, Any], errors: Mapping[str, str]) -> None:
         for region, result in results.items():
@@ -161,9 +163,14 @@ class RunSummary:
             outcome.rows_rejected = result.rows_rejected
             outcome.transform_seconds = result.seconds
             outcome.reject_reasons = dict(result.reasons)
+        self._fail(errors, "transform_failed")
+
+    def _fail(self, errors: Mapping[str, str], status: RegionStatus) -> None:
+        """Mark regions failed; their errors are scrubbed here, the one place every region
+        error passes before it reaches the state message, logs, alerts and the ledger."""
         for region, error in errors.items():
-            self.regions[region].status = "transform_failed"
-            self.regions[region].error = error
+            self.regions[region].status = status
+            self.regions[region].error = scrub_secrets(error)
 
     def record_gate(self, report: Any) -> None:
         """Take the quality report's verdict; a failed gate stops every transformed region."""
@@ -175,8 +182,13 @@ class RunSummary:
                     outcome.status = "gate_failed"
 
     def record_load(
-        self, merges: Mapping[str, Any], errors: Mapping[str, str], failed_checks: Sequence[Any]
+        self,
+        merges: Mapping[str, Any],
+        errors: Mapping[str, str],
+        failed_checks: Sequence[Any],
+        unverified: Sequence[str],
     ) -> None:
+        """``unverified``: merged regions a failed post-load check speaks of."""
         for region, merge in merges.items():
             outcome = self.regions[region]
             outcome.status = "loaded"
@@ -184,15 +196,12 @@ class RunSummary:
             outcome.rows_updated = merge.updated
             outcome.rows_unchanged = merge.unchanged
             outcome.load_seconds = merge.seconds
-        for region, error in errors.items():
-            self.regions[region].status = "load_failed"
-            self.regions[region].error = error
-        for check in failed_checks:
-            self.verification_failures.append(f"{check.region}/{check.name}: {check.detail}")
-            regions = list(merges) if check.region == "*" else [check.region]
-            for region in regions:
-                if region in self.regions and self.regions[region].status == "loaded":
-                    self.regions[region].status = "verify_failed"
+        self._fail(errors, "load_failed")
+        self.verification_failures.extend(
+            f"{check.region}/{check.name}: {check.detail}" for check in failed_checks
+        )
+        for region in unverified:
+            self.regions[region].status = "verify_failed"
 
     @property
     def failed_regions(self) -> list[RegionOutcome]:
@@ -200,13 +209,10 @@ class RunSummary:
 
     @property
     def needs_alert(self) -> bool:
-        return bool(
-            self.failed_regions
-            or self.gate_verdict == "fail"
-            or self.verification_failures
-            or self.ledger_errors
-            or self.schema_warnings
-        )
+        """Anything but a clean run (see :meth:`outcome`), or a source schema change (a
+        warning, sent once per change)."""
+        ok, _ = self.outcome()
+        return not ok or bool(self.schema_warnings)
 
     @property
     def succeeded(self) -> bool:

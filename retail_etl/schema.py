@@ -48,10 +48,6 @@ class ColumnPlan:
     source_type: str
     cast_in_transform: bool  # extracted as text; the transform casts and rejects failures
 
-    @property
-    def renamed(self) -> bool:
-        return self.source_name != self.contract.name
-
 
 @dataclass(frozen=True)
 class SchemaDiff:

@@ -6,12 +6,12 @@ from collections.abc import Mapping
 
 from prefect import get_run_logger, task
 
+from blocks.targets import open_targets
 from retail_etl.extract import RegionExtract
 from retail_etl.run import RunContext
 from retail_etl.schema import record_schema_changes
 from retail_etl.settings import Settings
 from retail_etl.warehouse import WarehouseError
-from tasks.warehouse import open_targets
 
 
 @task(name="record-source-schemas")
@@ -26,9 +26,10 @@ def record_schemas_task(
     logger = get_run_logger()
     try:
         _, warehouse = open_targets(settings)
-        warnings = record_schema_changes(
-            warehouse, extracts, batch_id=ctx.batch_id, flow_run_id=ctx.flow_run_id
-        )
+        with warehouse.session():  # one connection for every region's fingerprint
+            warnings = record_schema_changes(
+                warehouse, extracts, batch_id=ctx.batch_id, flow_run_id=ctx.flow_run_id
+            )
     except WarehouseError as exc:
         logger.warning("Source schema history not recorded for batch %s: %s", ctx.batch_id, exc)
         return []

@@ -20,7 +20,7 @@ from tasks.results import collect
 
 @task(name="transform-region", task_run_name="transform-{extract.region}")
 def transform_region_task(
-    extract: RegionExtract, ctx: RunContext, settings: Settings, memory_limit: str, threads: int
+    extract: RegionExtract, ctx: RunContext, settings: Settings
 ) -> RegionTransformResult:
     result = transform_region(
         extract.files,
@@ -29,8 +29,8 @@ def transform_region_task(
         batch_id=ctx.batch_id,
         flow_run_id=ctx.flow_run_id,
         out_dir=ctx.run_dir,
-        memory_limit=memory_limit,
-        threads=threads,
+        memory_limit=settings.duckdb_memory_limit,
+        threads=settings.duckdb_threads,
         # files the staging store can publish as they are (no rewrite)
         max_file_rows=settings.target_file_rows,
     )
@@ -80,8 +80,8 @@ class ExtractFeed:
 
 
 class RegionTransforms:
-    """Transform tasks started as soon as each region's extract lands (``submit`` is the
-    ``on_extracted`` callback of :func:`tasks.extract.extract_regions`), one region at a time
+    """Transform tasks started as soon as each region's extract lands (the transform subflow
+    calls ``submit`` for each extract :class:`ExtractFeed` hands it), one region at a time
     with every DuckDB thread and the whole memory cap: on two cores concurrent transforms are
     slower, and the extraction of the other regions keeps the second core busy meanwhile.
     """
@@ -101,8 +101,6 @@ class RegionTransforms:
             extract,
             self.ctx,
             self.settings,
-            self.settings.duckdb_memory_limit,
-            self.settings.duckdb_threads,
         )
         self.futures[region] = future
         self._last = future

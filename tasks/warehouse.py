@@ -8,10 +8,11 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from blocks.targets import open_configured_warehouse, open_staging_store
+from blocks.targets import open_staging_store, open_targets
+from retail_etl.redact import scrub_secrets
 from retail_etl.run import RunContext
-from retail_etl.settings import Settings
-from retail_etl.staging import StagedFile, StagingStore
+from retail_etl.settings import InvalidIdentifierError, Settings
+from retail_etl.staging import StagedFile
 from retail_etl.transform import RegionTransformResult
 from retail_etl.warehouse import (
     CheckResult,
@@ -19,14 +20,8 @@ from retail_etl.warehouse import (
     MergeResult,
     RegionLoad,
     TransformCounts,
-    Warehouse,
     WarehouseError,
 )
-
-
-def open_targets(settings: Settings) -> tuple[StagingStore, Warehouse]:
-    store = open_staging_store(settings)
-    return store, open_configured_warehouse(settings, store)
 
 
 @task(name="read-history")
@@ -35,17 +30,19 @@ def read_history_task(
 ) -> dict[str, list[tuple[date, int]]]:
     """Accepted row counts of earlier loaded days, per region (for the volume check)."""
     _, warehouse = open_targets(settings)
-    return {
-        region: warehouse.accepted_history(region, business_date, settings.history_days)
-        for region in regions
-    }
+    with warehouse.session():  # one connection for every region's query
+        return {
+            region: warehouse.accepted_history(region, business_date, settings.history_days)
+            for region in regions
+        }
 
 
 @task(name="record-ledger")
 def record_ledger_task(entries: Sequence[LedgerEntry], settings: Settings) -> None:
     _, warehouse = open_targets(settings)
-    for entry in entries:
-        warehouse.record_ledger(entry)
+    with warehouse.session():
+        for entry in entries:
+            warehouse.record_ledger(entry)
 
 
 @task(name="prepare-warehouse")
@@ -107,8 +104,8 @@ def merge_regions_task(
                     )
                 )
                 warehouse.load_rejects(region, ctx.run_date, ctx.batch_id, rejects)
-            except WarehouseError as e:
-                errors[region] = f"{type(e).__name__}: {e}"
+            except (WarehouseError, InvalidIdentifierError) as e:  # only this region
+                errors[region] = scrub_secrets(f"{type(e).__name__}: {e}")
                 logger.error("Region %s not loaded: %s", region, errors[region])
                 continue
             merges[region] = merge
@@ -135,7 +132,8 @@ def verify_task(
         region: TransformCounts(r.rows_extracted, r.rows_accepted, r.rows_rejected)
         for region, r in results.items()
     }
-    return warehouse.verify(ctx.batch_id, ctx.run_date, merges, transform_counts=counts)
+    with warehouse.session():  # verify runs 2 + one query per region
+        return warehouse.verify(ctx.batch_id, ctx.run_date, merges, transform_counts=counts)
 
 
 @task(name="record-quality-results")

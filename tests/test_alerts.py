@@ -13,10 +13,9 @@ from retail_etl.alerts import (
     AlertMessage,
     build_alert_message,
     rerun_commands,
-    scrub_secrets,
-    should_alert,
 )
 from retail_etl.quality import CheckResult, QualityReport
+from retail_etl.redact import scrub_secrets
 from retail_etl.run import RegionOutcome, RunSummary
 
 DAY = date(2024, 1, 15)
@@ -255,17 +254,17 @@ def test_markdown_variant_carries_the_same_facts():
     assert "`retail-etl run --date 2024-01-15 --regions us_east,us_west,europe,apac`" in markdown
 
 
-def test_should_alert_only_when_something_failed():
-    assert should_alert(_summary()) is False
-    assert should_alert(_summary(europe={"status": "extract_failed", "error": "x"})) is True
-    assert should_alert(_gate_failure()[0]) is True
+def test_an_alert_is_needed_only_when_something_failed():
+    assert _summary().needs_alert is False
+    assert _summary(europe={"status": "extract_failed", "error": "x"}).needs_alert is True
+    assert _gate_failure()[0].needs_alert is True
     verified = _summary()
     verified.verification_failures = ["counts differ"]
-    assert should_alert(verified) is True
-    assert should_alert(_summary(apac={"status": "load_failed", "error": "x"})) is True
+    assert verified.needs_alert is True
+    assert _summary(apac={"status": "load_failed", "error": "x"}).needs_alert is True
     warned = _summary()
     warned.schema_warnings = ["us_east: source schema changed (fingerprint f): new column x (text)"]
-    assert should_alert(warned) is True
+    assert warned.needs_alert is True
 
 
 def test_schema_change_warning_is_its_own_section_of_a_successful_run():

@@ -4,38 +4,15 @@ from __future__ import annotations
 
 from datetime import date
 
-import pytest
-
 from retail_etl.settings import database_url
+from tests.pipeline import run_day
 from tests.sources import create_sales, execute, sale
 
 DAY = date(2024, 1, 15)
 REGIONS = ["us_east", "us_west", "europe", "apac"]
 
 
-@pytest.fixture
-def pipeline_env(monkeypatch, tmp_path, unique_prefix):
-    """Point the pipeline at test databases, a temp staging dir and a temp warehouse."""
-    monkeypatch.setenv("RETAIL_ETL_REGIONS", ",".join(REGIONS))
-    monkeypatch.setenv("RETAIL_ETL_SOURCE_DATABASE_PREFIX", unique_prefix)
-    monkeypatch.setenv("RETAIL_ETL_SOURCE_BLOCK_PREFIX", f"test-{unique_prefix.replace('_', '-')}")
-    monkeypatch.setenv("RETAIL_ETL_STAGING_DIR", str(tmp_path / "staging"))
-    monkeypatch.setenv("RETAIL_ETL_DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
-    monkeypatch.setenv("RETAIL_ETL_RETRIES", "2")
-    monkeypatch.setenv("RETAIL_ETL_RETRY_BASE_SECONDS", "0.01")
-    return tmp_path
-
-
-def _run(**params):  # type: ignore[no-untyped-def]
-    from flows.etl import retail_sales_etl
-    from retail_etl.run import summary_from_result
-
-    state = retail_sales_etl(return_state=True, **params)
-    result = state.result(raise_on_failure=False)
-    return state, summary_from_result(result) or result
-
-
-def test_regions_are_extracted_concurrently(prefect_api, pipeline_env, make_database, monkeypatch):
+def test_regions_are_extracted_concurrently(prefect_api, etl_env, make_database, monkeypatch):
     for region in REGIONS:
         url = make_database(region)
         monkeypatch.setenv(f"RETAIL_ETL_SOURCE_URL_{region.upper()}", url)
@@ -47,7 +24,7 @@ def test_regions_are_extracted_concurrently(prefect_api, pipeline_env, make_data
             "SELECT s.* FROM sales_data s, pause",
         )
 
-    _state, summary = _run(run_date=DAY)
+    _state, summary = run_day(DAY)
 
     assert {r: o.rows_extracted for r, o in summary.regions.items()} == dict.fromkeys(REGIONS, 5)
     assert all(o.status != "extract_failed" for o in summary.regions.values())
@@ -55,8 +32,9 @@ def test_regions_are_extracted_concurrently(prefect_api, pipeline_env, make_data
 
 
 def test_failed_regions_are_named_retried_and_do_not_stop_the_others(
-    prefect_api, pipeline_env, make_database, monkeypatch, pg_server_url
+    prefect_api, etl_env, make_database, monkeypatch, pg_server_url
 ):
+    monkeypatch.setenv("RETAIL_ETL_RETRIES", "2")  # three attempts
     healthy = ["us_east", "us_west"]
     for region in healthy:
         url = make_database(region)
@@ -69,7 +47,7 @@ def test_failed_regions_are_named_retried_and_do_not_stop_the_others(
     empty = make_database("apac")  # reachable, but the sales table is missing
     monkeypatch.setenv("RETAIL_ETL_SOURCE_URL_APAC", empty)
 
-    state, summary = _run(run_date=DAY)
+    state, summary = run_day(DAY)
 
     assert state.is_failed()
     assert "europe" in state.message and "apac" in state.message
@@ -83,14 +61,14 @@ def test_failed_regions_are_named_retried_and_do_not_stop_the_others(
         assert summary.regions[region].status != "extract_failed"
 
 
-def test_unknown_region_parameter_is_refused(prefect_api, pipeline_env):
-    state, result = _run(run_date=DAY, regions=["mars"])
+def test_unknown_region_parameter_is_refused(prefect_api, etl_env):
+    state, result = run_day(DAY, ["mars"])
     assert state.is_failed()
     assert "unknown region(s) mars" in str(result)
 
 
 def test_blocks_register_and_load_without_printing_secrets(
-    prefect_api, pipeline_env, monkeypatch, capsys
+    prefect_api, etl_env, monkeypatch, capsys
 ):
     from blocks.sources import load_source_url
     from retail_etl.cli import main

@@ -23,32 +23,11 @@ from retail_etl.quality import (
 )
 from retail_etl.settings import Settings
 from retail_etl.transform import RegionTransformResult, transform_frame, transform_region
+from tests.sources import sale
 
 D = date(2024, 1, 15)  # a Monday
 T0 = datetime(2024, 1, 15, 10, tzinfo=UTC)
 DEFAULTS = QualityThresholds()
-
-
-def sale(sale_id: int, **overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "sale_id": sale_id,
-        "customer_id": 100 + sale_id,
-        "store_id": 7,
-        "product_id": 42,
-        "quantity": 2,
-        "unit_price": Decimal("10.00"),
-        "discount": Decimal("1.00"),
-        "tax": Decimal("1.60"),
-        "total_amount": Decimal("20.00"),
-        "sale_date": D,
-        "status": "completed",
-        "is_deleted": False,
-        "created_at": T0,
-        "updated_at": T0,
-        "extras": None,
-    }
-    base.update(overrides)
-    return base
 
 
 def extract(path: Path, rows: Sequence[dict[str, Any]]) -> Path:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from retail_etl import pg, seed
+from retail_etl.contract import CRITICAL_COLUMNS
 from retail_etl.settings import InvalidIdentifierError, database_url
 
 REGIONS = ("us_east", "europe")
@@ -261,16 +262,7 @@ def test_dirt_stays_under_the_quality_gate(seeded: Seeded, region: str, day: dat
     url, p = seeded.urls[region], {"d": day}
     extractable = scalar(url, f"SELECT count(*) FROM sales WHERE {EXTRACTABLE}", p)
     assert 0.85 * ROWS < extractable < 0.95 * ROWS
-    for column in (
-        "sale_id",
-        "customer_id",
-        "store_id",
-        "product_id",
-        "quantity",
-        "unit_price",
-        "total_amount",
-        "sale_date",
-    ):
+    for column in CRITICAL_COLUMNS:
         nulls = scalar(
             url, f"SELECT count(*) FROM sales WHERE {EXTRACTABLE} AND {column} IS NULL", p
         )

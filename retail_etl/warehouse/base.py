@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
@@ -48,7 +48,6 @@ LedgerStatus = Literal[
 LEDGER_STATUSES: tuple[str, ...] = get_args(LedgerStatus)
 DqStatus = Literal["pass", "warn", "fail", "skipped"]
 DQ_STATUSES: tuple[str, ...] = get_args(DqStatus)
-BATCH_LEVEL_REGION = "*"
 
 
 class WarehouseError(RuntimeError):
@@ -250,19 +249,13 @@ class LedgerEntry:
             )
         validate_identifier(self.region, "region")
         if self.finished_at is None:
-            return _replace(self, finished_at=utc_now())
+            return replace(self, finished_at=utc_now())
         return self
 
     def row(self) -> tuple[Any, ...]:
         """Values in :data:`LEDGER_COLUMNS` order."""
         values = asdict(self)
         return tuple(values[c.name] for c in LEDGER_COLUMNS)
-
-
-def _replace(entry: LedgerEntry, **changes: Any) -> LedgerEntry:
-    values = {f.name: getattr(entry, f.name) for f in fields(entry)}
-    values.update(changes)
-    return LedgerEntry(**values)
 
 
 @dataclass(frozen=True)
@@ -284,10 +277,6 @@ class RegionLoad:
     @property
     def staged_rows(self) -> int:
         return sum(f.rows for f in self.files)
-
-    @property
-    def keys(self) -> list[str]:
-        return [f.key for f in self.files]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from typing import Any, Literal
 from retail_etl import contract
 from retail_etl.settings import validate_identifier
 from retail_etl.warehouse.base import (
-    BATCH_LEVEL_REGION,
     DQ_RESULT_FIELDS,
     DQ_RESULTS,
     LEDGER,
@@ -549,7 +548,7 @@ class QueryMixin:
         checks.append(
             CheckResult(
                 "fact_unique_keys",
-                BATCH_LEVEL_REGION,
+                contract.BATCH_REGION,
                 int(dups),
                 0,
                 int(dups) == 0,
@@ -563,7 +562,7 @@ class QueryMixin:
         checks.append(
             CheckResult(
                 "loaded_rows_in_batch_dates",
-                BATCH_LEVEL_REGION,
+                contract.BATCH_REGION,
                 int(outside),
                 0,
                 int(outside) == 0,
