@@ -1,4 +1,4 @@
-"""One ``SqlAlchemyConnector`` block per region: ``sales-source-<region>``.
+"""One ``SqlAlchemyConnector`` block per region: ``sales-source-<region with dashes>``.
 
 The password is kept as a ``SecretStr`` inside ``ConnectionComponents`` (never as part
 of a plain URL string), so it is encrypted at rest by Prefect and masked when printed.
@@ -6,19 +6,16 @@ of a plain URL string), so it is encrypted at rest by Prefect and masked when pr
 
 from __future__ import annotations
 
+import os
+
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
-from retail_etl.settings import Settings, get_settings, validate_identifier
+from retail_etl.settings import Settings, get_settings
 
 
 class SourceBlockError(RuntimeError):
-    """A region's source block is missing or malformed."""
-
-
-def source_block_name(region: str, settings: Settings | None = None) -> str:
-    settings = settings or get_settings()
-    return f"{settings.source_block_prefix}{validate_identifier(region, 'region')}"
+    """A region's source block is missing or malformed (not retried: it will not fix itself)."""
 
 
 def connector_from_url(url: SecretStr):  # type: ignore[no-untyped-def]
@@ -51,25 +48,48 @@ def register_source_blocks(settings: Settings | None = None) -> list[str]:
     settings = settings or get_settings()
     names = []
     for region in settings.regions:
-        name = source_block_name(region, settings)
+        name = settings.source_block_name(region)
         connector_from_url(settings.source_url(region)).save(name, overwrite=True)
         names.append(name)
     return names
 
 
-def load_source_url(region: str, settings: Settings | None = None) -> tuple[SecretStr, str]:
-    """The region's source URL and where it came from ('block <name>' or 'settings').
+def credentials_mode(settings: Settings) -> str:
+    """``blocks`` or ``env``: ``auto`` means blocks whenever a Prefect API URL is configured
+    (a server or Cloud, where deployments run), env for the in-process ephemeral API."""
+    if settings.credentials != "auto":
+        return settings.credentials
+    from prefect.settings import get_current_settings
 
-    The block wins; without one, the URL from settings (environment or the local default).
+    return "blocks" if get_current_settings().api.url else "env"
+
+
+def load_source_url(region: str, settings: Settings | None = None) -> tuple[SecretStr, str]:
+    """The region's source URL and where it came from (a block name or a setting, never the URL).
+
+    In ``blocks`` mode the region's block must exist: a missing one fails the region with a
+    message naming the block. In ``env`` mode no block is read.
     """
+    settings = settings or get_settings()
+    if credentials_mode(settings) == "env":
+        variable = settings.source_url_variable(region)
+        if variable in os.environ:
+            return settings.source_url(region), variable
+        return settings.source_url(
+            region
+        ), f"local default database {settings.source_database(region)}"
+
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    settings = settings or get_settings()
-    name = source_block_name(region, settings)
+    name = settings.source_block_name(region)
     try:
         connector = SqlAlchemyConnector.load(name)
-    except ValueError:  # Prefect raises ValueError when no block document has that name
-        return settings.source_url(region), "settings"
+    except ValueError as exc:  # Prefect raises ValueError when no block document has that name
+        raise SourceBlockError(
+            f"region {region}: source block {name!r} (SqlAlchemyConnector) not found; set "
+            f"{settings.source_url_variable(region)} and run `retail-etl blocks register`, or set "
+            "RETAIL_ETL_CREDENTIALS=env to read sources from the environment"
+        ) from exc
     info = connector.connection_info
     if isinstance(info, str):
         return SecretStr(info), f"block {name}"

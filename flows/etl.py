@@ -21,7 +21,7 @@ from tasks.extract import ExtractionThread, publish_extract_artifact
 from tasks.runners import ConfiguredTaskRunner
 from tasks.schema import record_schemas_task
 from tasks.transform import ExtractFeed
-from tasks.warehouse import ensure_schema_task, record_ledger_task
+from tasks.warehouse import ensure_schema_task, record_ledger_task, record_quality_task
 
 
 @flow(
@@ -81,6 +81,11 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
                 loaded.merges, loaded.errors, loaded.failed_checks, loaded.unverified
             )
             summary.ledger_errors.extend(loaded.ledger_errors)
+        elif report is not None:
+            # A failed gate's measures are what an auditor needs most: kept like any batch's.
+            recorded = record_quality_task(report.to_records(), settings, return_state=True)
+            if not recorded.is_completed():
+                summary.ledger_errors.append(recorded.message or "recording dq_results failed")
 
     # Regions that never reached a MERGE still get a ledger row, so backfills find them.
     unloaded = ledger_entries(summary)

@@ -135,6 +135,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Seed the local sources if needed, then run one day end to end on the embedded default."""
+    # The demo's sources are the local databases it seeds, whatever blocks a server holds.
+    os.environ["RETAIL_ETL_CREDENTIALS"] = "env"
     from retail_etl.seed import is_seeded, seed_regions
     from retail_etl.settings import get_settings
 

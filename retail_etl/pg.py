@@ -30,6 +30,34 @@ def psycopg2_dsn(sqlalchemy_url: str) -> dict[str, object]:
     return params
 
 
+def with_session_bounds(
+    sqlalchemy_url: str,
+    *,
+    connect_timeout_s: int,
+    statement_timeout_s: int,
+    keepalive_idle_s: int,
+) -> str:
+    """``sqlalchemy_url`` with libpq time bounds added as query parameters (values the URL
+    already sets win): connect_timeout bounds the TCP connect and the start-up handshake (a
+    server that accepts and never answers), keepalives find a dead peer mid-COPY, and the
+    server cancels a statement (or an idle open transaction) running past the bound."""
+    url = make_url(sqlalchemy_url)
+    milliseconds = statement_timeout_s * 1000
+    bounds = {
+        "connect_timeout": str(connect_timeout_s),
+        "keepalives": "1",
+        "keepalives_idle": str(keepalive_idle_s),
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
+        "options": (
+            f"-c statement_timeout={milliseconds} "
+            f"-c idle_in_transaction_session_timeout={milliseconds}"
+        ),
+    }
+    query = {**bounds, **dict(url.query)}
+    return url.set(query=query).render_as_string(hide_password=False)
+
+
 @contextmanager
 def connect(sqlalchemy_url: str, *, autocommit: bool = False) -> Iterator[PgConnection]:
     conn = psycopg2.connect(**psycopg2_dsn(sqlalchemy_url))  # type: ignore[arg-type]

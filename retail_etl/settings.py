@@ -15,12 +15,21 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REGIONS: tuple[str, ...] = ("us_east", "us_west", "europe", "apac")
 IDENTIFIER_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DEFAULT_SERVER_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+# Prefect block document names: lowercase letters, digits and dashes only.
+BLOCK_NAME_PATTERN = re.compile(r"^[a-z0-9-]+$")
+# The longest derived identifier is the stage table ``stg_rejects_<YYYYMMDD_12hex>_<region>``
+# (retail_etl.warehouse.sql.stage_table_name), held to 63 characters like every identifier.
+MAX_REGION_LENGTH = 63 - len("stg_rejects_") - len("20240115_0123456789ab") - len("_")
+
+
+class SettingsError(ValueError):
+    """The RETAIL_ETL_* configuration is invalid; the message names each bad setting."""
 
 
 class InvalidIdentifierError(ValueError):
@@ -37,6 +46,16 @@ def validate_identifier(name: str, what: str = "identifier") -> str:
         raise InvalidIdentifierError(
             f"{what} {name!r} is not a valid identifier: use lower-case letters, digits and "
             "underscores, starting with a letter (at most 63 characters)"
+        )
+    return name
+
+
+def validate_block_name(name: str, what: str = "block name") -> str:
+    """Return ``name`` if Prefect accepts it as a block document name; raise otherwise."""
+    if not BLOCK_NAME_PATTERN.fullmatch(name):
+        raise InvalidIdentifierError(
+            f"{what} {name!r} is not a valid Prefect block name: use lower-case letters, digits "
+            "and dashes"
         )
     return name
 
@@ -70,6 +89,26 @@ class Settings(BaseSettings):
     staging_store: Literal["local", "s3"] = "local"
 
     retries: int = Field(default=2, ge=0, description="Extraction retries per region.")
+    # Time bounds: a hung source fails its region within these, and the others go on.
+    source_connect_timeout_seconds: int = Field(
+        default=10, gt=0, description="TCP connect + PostgreSQL start-up handshake of a source."
+    )
+    source_statement_timeout_seconds: int = Field(
+        default=900,
+        gt=0,
+        description="Longest source statement (a region's COPY: ~2 s per 500K rows here).",
+    )
+    source_keepalive_idle_seconds: int = Field(
+        default=30, gt=0, description="TCP keepalive: a silent peer is probed after this."
+    )
+    warehouse_lock_timeout_seconds: float = Field(
+        default=1800,
+        ge=0,
+        description="How long a writer waits for a DuckDB file held by another process.",
+    )
+    extract_timeout_seconds: float = Field(
+        default=1800, gt=0, description="Prefect timeout of one extraction task attempt."
+    )
     retry_base_seconds: float = Field(default=300.0, ge=0, description="Exponential backoff base.")
     retry_jitter_factor: float = Field(default=0.2, ge=0)
     chunk_rows: int = Field(default=250_000, gt=0, description="Rows per streamed extract chunk.")
@@ -123,6 +162,14 @@ class Settings(BaseSettings):
     )
 
     # Blocks (names of Prefect blocks the pipeline loads).
+    credentials: Literal["auto", "blocks", "env"] = Field(
+        default="auto",
+        description=(
+            "Where region sources come from: 'blocks' (a missing block fails its region), "
+            "'env' (RETAIL_ETL_SOURCE_URL_<REGION> or the local default), 'auto' (blocks when "
+            "a Prefect API URL is configured, env for the in-process ephemeral API)."
+        ),
+    )
     source_block_prefix: str = "sales-source-"
     s3_bucket_block: str = "retail-etl-staging"
     snowflake_block: str = "retail-etl-warehouse"
@@ -154,6 +201,22 @@ class Settings(BaseSettings):
         ZoneInfo(value)  # raises for unknown zones
         return value
 
+    @model_validator(mode="after")
+    def _derived_names_are_valid(self) -> Settings:
+        """Fail at start-up, not at load time, on a region whose derived names cannot work."""
+        for region in self.regions:
+            if len(region) > MAX_REGION_LENGTH:
+                raise InvalidIdentifierError(
+                    f"region {region!r} is {len(region)} characters long; at most "
+                    f"{MAX_REGION_LENGTH} fit the warehouse stage table names"
+                )
+            self.source_block_name(region)
+            if not os.environ.get(self.source_url_variable(region)):
+                self.source_database(region)
+        for what in ("s3_bucket_block", "snowflake_block", "slack_block"):
+            validate_block_name(getattr(self, what), f"RETAIL_ETL_{what.upper()}")
+        return self
+
     @property
     def regions(self) -> list[str]:
         names = [part.strip() for part in self.regions_csv.split(",") if part.strip()]
@@ -167,13 +230,27 @@ class Settings(BaseSettings):
         ``RETAIL_ETL_SOURCE_URL_<REGION>`` wins; otherwise the database
         ``<source_database_prefix><region>`` on ``source_server_url``.
         """
-        validate_identifier(region, "region")
-        explicit = os.environ.get(f"RETAIL_ETL_SOURCE_URL_{region.upper()}")
+        explicit = os.environ.get(self.source_url_variable(region))
         if explicit:
             return SecretStr(explicit)
         return SecretStr(
             database_url(self.source_server_url.get_secret_value(), self.source_database(region))
         )
+
+    @staticmethod
+    def source_url_variable(region: str) -> str:
+        """The environment variable holding a region's source URL."""
+        return f"RETAIL_ETL_SOURCE_URL_{validate_identifier(region, 'region').upper()}"
+
+    def source_block_name(self, region: str) -> str:
+        """The region's ``SqlAlchemyConnector`` block: ``us_east`` -> ``sales-source-us-east``.
+
+        Regions hold no dashes, so replacing underscores keeps the names unique.
+        """
+        name = (
+            f"{self.source_block_prefix}{validate_identifier(region, 'region').replace('_', '-')}"
+        )
+        return validate_block_name(name, f"source block name of region {region}")
 
     def column_aliases_for(self, region: str) -> dict[str, list[str]]:
         """Alias names a region may use for contract columns (same map for every region)."""
@@ -226,9 +303,22 @@ def database_url(server_url: str, database: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def load_settings() -> Settings:
+    """Read the settings from the environment; a bad value raises :class:`SettingsError`."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        # Not chained: pydantic's error repeats every input value, secrets included.
+        raise SettingsError(f"invalid configuration: {problems}") from None
+
+
 @lru_cache(maxsize=1)
 def _cached() -> Settings:
-    return Settings()
+    return load_settings()
 
 
 def get_settings(*, fresh: bool = False) -> Settings:

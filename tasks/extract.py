@@ -16,7 +16,8 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
-from blocks.sources import load_source_url
+from blocks.sources import SourceBlockError, load_source_url
+from retail_etl import pg
 from retail_etl.extract import RegionExtract, combine_splits, extract_region
 from retail_etl.run import RunContext, RunSummary
 from retail_etl.schema import SchemaContractError
@@ -25,10 +26,11 @@ from tasks.results import TaskFailure, collect
 
 
 def _retry_unless_contract_error(task, task_run, state) -> bool:  # type: ignore[no-untyped-def]
-    """Retry I/O failures; a schema that breaks the contract will not fix itself in minutes."""
+    """Retry I/O failures; a schema that breaks the contract, or a missing source block, will
+    not fix itself in minutes."""
     try:
         state.result()
-    except SchemaContractError:
+    except (SchemaContractError, SourceBlockError):
         return False
     except Exception:
         return True
@@ -45,18 +47,24 @@ def extract_region_task(
     splits: int = 1,
 ) -> RegionExtract:
     logger = get_run_logger()
-    source_url, origin = load_source_url(region, settings)
-    logger.info(
-        "Extracting region %s for %s, split %d/%d (credentials from %s)",
-        region,
-        business_date,
-        split + 1,
-        splits,
-        origin,
-    )
     try:
-        result = extract_region(
+        source_url, origin = load_source_url(region, settings)
+        bounded_url = pg.with_session_bounds(
             source_url.get_secret_value(),
+            connect_timeout_s=settings.source_connect_timeout_seconds,
+            statement_timeout_s=settings.source_statement_timeout_seconds,
+            keepalive_idle_s=settings.source_keepalive_idle_seconds,
+        )
+        logger.info(
+            "Extracting region %s for %s, split %d/%d (credentials from %s)",
+            region,
+            business_date,
+            split + 1,
+            splits,
+            origin,
+        )
+        result = extract_region(
+            bounded_url,
             region,
             business_date,
             extract_dir,
@@ -89,6 +97,7 @@ def configured_extract_task(settings: Settings):  # type: ignore[no-untyped-def]
         else 0,
         retry_jitter_factor=settings.retry_jitter_factor,
         retry_condition_fn=_retry_unless_contract_error,
+        timeout_seconds=settings.extract_timeout_seconds,
     )
 
 

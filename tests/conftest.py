@@ -160,22 +160,27 @@ def slack_receiver() -> Iterator[SlackReceiver]:
 def etl_env(
     prefect_api, pg_server_url, unique_prefix, drop_prefixed_databases, tmp_path, monkeypatch
 ):
-    """An isolated pipeline: 4 regions on uniquely named databases (seed them with
-    ``etl_env.seed``), a temp staging dir and DuckDB file, fast retries, unique block names."""
+    """An isolated pipeline: the default 4 regions on uniquely named databases (seed them with
+    ``etl_env.seed``), read through their source blocks under the default names
+    (``sales-source-us-east``, ...), a temp staging dir and DuckDB file, fast retries, a
+    unique Slack block name."""
+    from blocks.sources import register_source_blocks
+    from retail_etl.settings import DEFAULT_REGIONS, get_settings
     from tests.pipeline import PipelineEnv
 
-    regions = ["us_east", "us_west", "europe", "apac"]
+    regions = list(DEFAULT_REGIONS)
     drop_prefixed_databases(unique_prefix)
-    block_prefix = f"test-{unique_prefix.replace('_', '-')}"
+    monkeypatch.delenv("RETAIL_ETL_SOURCE_BLOCK_PREFIX", raising=False)
+    monkeypatch.delenv("RETAIL_ETL_CREDENTIALS", raising=False)
     monkeypatch.setenv("RETAIL_ETL_REGIONS", ",".join(regions))
     monkeypatch.setenv("RETAIL_ETL_SOURCE_DATABASE_PREFIX", unique_prefix)
-    monkeypatch.setenv("RETAIL_ETL_SOURCE_BLOCK_PREFIX", block_prefix)
-    monkeypatch.setenv("RETAIL_ETL_SLACK_BLOCK", f"{block_prefix}slack")
+    monkeypatch.setenv("RETAIL_ETL_SLACK_BLOCK", f"test-{unique_prefix.replace('_', '-')}slack")
     monkeypatch.setenv("RETAIL_ETL_STAGING_DIR", str(tmp_path / "staging"))
     monkeypatch.setenv("RETAIL_ETL_DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
     monkeypatch.setenv("RETAIL_ETL_RETRIES", "1")
     monkeypatch.setenv("RETAIL_ETL_RETRY_BASE_SECONDS", "0")
-    return PipelineEnv(pg_server_url, unique_prefix, regions, tmp_path)
+    register_source_blocks(get_settings(fresh=True))
+    return PipelineEnv(pg_server_url, unique_prefix, regions, tmp_path, monkeypatch)
 
 
 @pytest.fixture

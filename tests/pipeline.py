@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 
 from retail_etl import pg
 from retail_etl.settings import database_url
@@ -45,6 +46,20 @@ class PipelineEnv:
     prefix: str
     regions: list[str]
     tmp: Path
+    monkeypatch: pytest.MonkeyPatch
+
+    def point_source(self, region: str, url: str | None) -> None:
+        """Point ``region``'s source block at ``url`` (None: back to its seeded database),
+        as an operator would: set RETAIL_ETL_SOURCE_URL_<REGION>, run `blocks register`."""
+        from blocks.sources import register_source_blocks
+        from retail_etl.settings import get_settings
+
+        variable = f"RETAIL_ETL_SOURCE_URL_{region.upper()}"
+        if url is None:
+            self.monkeypatch.delenv(variable, raising=False)
+        else:
+            self.monkeypatch.setenv(variable, url)
+        register_source_blocks(get_settings(fresh=True))
 
     @property
     def duckdb_path(self) -> Path:

@@ -15,7 +15,7 @@ REGIONS = ["us_east", "us_west", "europe", "apac"]
 def test_regions_are_extracted_concurrently(prefect_api, etl_env, make_database, monkeypatch):
     for region in REGIONS:
         url = make_database(region)
-        monkeypatch.setenv(f"RETAIL_ETL_SOURCE_URL_{region.upper()}", url)
+        etl_env.point_source(region, url)
         create_sales(url, [sale(i) for i in range(1, 6)], table="sales_data")
         # Each source takes 2 s to answer: run one after another, four take 8 s or more.
         execute(
@@ -38,14 +38,13 @@ def test_failed_regions_are_named_retried_and_do_not_stop_the_others(
     healthy = ["us_east", "us_west"]
     for region in healthy:
         url = make_database(region)
-        monkeypatch.setenv(f"RETAIL_ETL_SOURCE_URL_{region.upper()}", url)
+        etl_env.point_source(region, url)
         create_sales(url, [sale(i) for i in range(1, 4)])
-    monkeypatch.setenv(
-        "RETAIL_ETL_SOURCE_URL_EUROPE",
-        "postgresql+psycopg2://postgres:not-a-real-secret@127.0.0.1:1/gone",
+    etl_env.point_source(
+        "europe", "postgresql+psycopg2://postgres:not-a-real-secret@127.0.0.1:1/gone"
     )
     empty = make_database("apac")  # reachable, but the sales table is missing
-    monkeypatch.setenv("RETAIL_ETL_SOURCE_URL_APAC", empty)
+    etl_env.point_source("apac", empty)
 
     state, summary = run_day(DAY)
 
@@ -67,30 +66,72 @@ def test_unknown_region_parameter_is_refused(prefect_api, etl_env):
     assert "unknown region(s) mars" in str(result)
 
 
-def test_blocks_register_and_load_without_printing_secrets(
+def test_blocks_register_the_default_regions_and_load_without_printing_secrets(
     prefect_api, etl_env, monkeypatch, capsys
 ):
+    from prefect_sqlalchemy import SqlAlchemyConnector
+
     from blocks.sources import load_source_url
     from retail_etl.cli import main
     from retail_etl.settings import get_settings
 
-    url = database_url("postgresql+psycopg2://etl:s3cr3t-pw@db.internal:6543/postgres", "sales_eu")
-    monkeypatch.setenv("RETAIL_ETL_REGIONS", "europe")
-    monkeypatch.setenv("RETAIL_ETL_SOURCE_URL_EUROPE", url)
+    urls = {
+        region: database_url(
+            "postgresql+psycopg2://etl:s3cr3t-pw@db.internal:6543/postgres", f"sales_{region}"
+        )
+        for region in REGIONS
+    }
+    for region, url in urls.items():
+        monkeypatch.setenv(f"RETAIL_ETL_SOURCE_URL_{region.upper()}", url)
 
     assert main(["blocks", "register"]) == 0
     out = capsys.readouterr().out
-    settings = get_settings(fresh=True)
-    assert f"saved SqlAlchemyConnector {settings.source_block_prefix}europe" in out
+    for name in ("us-east", "us-west", "europe", "apac"):
+        assert f"saved SqlAlchemyConnector sales-source-{name}\n" in out
     assert "s3cr3t-pw" not in out
 
-    monkeypatch.delenv("RETAIL_ETL_SOURCE_URL_EUROPE")
-    loaded, origin = load_source_url("europe", get_settings(fresh=True))
-    assert origin == f"block {settings.source_block_prefix}europe"
-    assert loaded.get_secret_value() == url
+    for region in REGIONS:
+        monkeypatch.delenv(f"RETAIL_ETL_SOURCE_URL_{region.upper()}")
+    loaded, origin = load_source_url("us_east", get_settings(fresh=True))
+    assert origin == "block sales-source-us-east"
+    assert loaded.get_secret_value() == urls["us_east"]
     assert "s3cr3t-pw" not in repr(loaded) and "s3cr3t-pw" not in str(loaded)
+    assert "s3cr3t-pw" not in repr(SqlAlchemyConnector.load("sales-source-us-east"))
 
+
+def test_a_missing_source_block_fails_its_region_naming_the_block(prefect_api, etl_env):
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    block = SqlAlchemyConnector.load(f"{settings.source_block_prefix}europe")
-    assert "s3cr3t-pw" not in repr(block)
+    etl_env.seed(rows=300)
+    SqlAlchemyConnector.delete("sales-source-us-west")
+    # The environment would point at a healthy database: a server run must not silently use it.
+    etl_env.monkeypatch.setenv("RETAIL_ETL_SOURCE_URL_US_WEST", etl_env.source_url("us_west"))
+
+    state, summary = run_day(DAY)
+
+    assert state.is_failed()
+    us_west = summary.regions["us_west"]
+    assert us_west.status == "extract_failed"
+    assert "source block 'sales-source-us-west' (SqlAlchemyConnector) not found" in us_west.error
+    assert "(after 1 attempt(s))" in us_west.error  # not retried: it will not fix itself
+    assert {r for r, o in summary.regions.items() if o.status == "loaded"} == {
+        "us_east",
+        "europe",
+        "apac",
+    }
+
+
+def test_env_credentials_read_the_environment_and_ignore_blocks(prefect_api, etl_env):
+    from blocks.sources import load_source_url
+    from retail_etl.settings import get_settings
+
+    etl_env.point_source("europe", "postgresql+psycopg2://postgres@127.0.0.1:1/somewhere_else")
+    etl_env.monkeypatch.setenv("RETAIL_ETL_CREDENTIALS", "env")
+    etl_env.monkeypatch.delenv("RETAIL_ETL_SOURCE_URL_EUROPE")
+    etl_env.monkeypatch.setenv("RETAIL_ETL_SOURCE_URL_APAC", etl_env.source_url("apac"))
+    settings = get_settings(fresh=True)
+
+    europe, origin = load_source_url("europe", settings)
+    assert origin == f"local default database {etl_env.prefix}europe"
+    assert europe.get_secret_value() == etl_env.source_url("europe")
+    assert load_source_url("apac", settings)[1] == "RETAIL_ETL_SOURCE_URL_APAC"

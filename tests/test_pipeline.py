@@ -155,9 +155,7 @@ def test_a_failed_region_is_reprocessed_alone_without_touching_the_others(
     env, monkeypatch, etl_slack
 ):
     _seed(env, rows=1_000)
-    monkeypatch.setenv(
-        "RETAIL_ETL_SOURCE_URL_EUROPE", "postgresql+psycopg2://postgres@127.0.0.1:1/unreachable"
-    )
+    env.point_source("europe", "postgresql+psycopg2://postgres@127.0.0.1:1/unreachable")
     state, summary = run_day(DAY)
     assert state.is_failed() and "europe" in state.message
     assert summary.regions["europe"].status == "extract_failed"
@@ -172,7 +170,7 @@ def test_a_failed_region_is_reprocessed_alone_without_touching_the_others(
         "SELECT status FROM etl_load_ledger WHERE region = 'europe' ORDER BY finished_at DESC LIMIT 1"
     ) == [("extract_failed",)]
 
-    monkeypatch.delenv("RETAIL_ETL_SOURCE_URL_EUROPE")
+    env.point_source("europe", None)
     state, summary = run_day(DAY, ["europe"])
 
     assert state.is_completed(), state.message
@@ -197,6 +195,15 @@ def test_too_few_rows_takes_the_alert_path_and_loads_nothing(env, etl_slack):
     assert "quality gate failed" in etl_slack.texts[0] and "min_rows_region" in etl_slack.texts[0]
     assert env.warehouse("SELECT count(*) FROM sales_fact")[0][0] == 0
     assert env.warehouse("SELECT DISTINCT status FROM etl_load_ledger") == [("gate_failed",)]
+    # The failed batch's measures are kept for the audit trail, failing checks included.
+    (batch,) = env.warehouse("SELECT DISTINCT batch_id FROM etl_load_ledger")
+    dq = env.warehouse(
+        "SELECT region, measured FROM dq_results WHERE batch_id = ? AND check_name = "
+        "'min_rows_region' AND status = 'fail' ORDER BY region",
+        [batch[0]],
+    )
+    assert [r for r, _ in dq] == sorted(summary.regions)
+    assert all(value == summary.regions[r].rows_accepted for r, value in dq)
 
 
 def test_ten_percent_null_customer_id_fails_the_gate_naming_the_check(env):

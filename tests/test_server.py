@@ -23,7 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from retail_etl import pg
 from retail_etl.seed import seed_regions
+from retail_etl.settings import DEFAULT_REGIONS, database_url
+from tests.pipeline import EXPECTED_ACCEPTED_SQL
 
 pytestmark = pytest.mark.server
 
@@ -179,21 +182,38 @@ def test_daily_deployment_runs_on_a_process_worker(
     assert backfill["entrypoint"] == "flows/backfill.py:retail_sales_backfill"
     assert backfill["work_pool_name"] == POOL and backfill["schedules"] == []
 
-    regions = ["us_east", "us_west"]
+    regions = list(DEFAULT_REGIONS)
     drop_prefixed_databases(unique_prefix)
     seed_regions(
         pg_server_url, regions, DAY, 1, 300, database_for_region=lambda r: f"{unique_prefix}{r}"
     )
+    # The operator's step 1, with the default configuration: one block per default region.
+    registered = _run(
+        [str(BIN / "retail-etl"), "blocks", "register"],
+        server.env(
+            RETAIL_ETL_SOURCE_SERVER_URL=pg_server_url,
+            RETAIL_ETL_SOURCE_DATABASE_PREFIX=unique_prefix,
+        ),
+    )
+    for name in ("us-east", "us-west", "europe", "apac"):
+        assert f"saved SqlAlchemyConnector sales-source-{name}\n" in registered.stdout
+    # The worker knows no source URL or database prefix: it must read the sources' blocks.
     worker_env = server.env(
-        RETAIL_ETL_REGIONS=",".join(regions),
-        RETAIL_ETL_SOURCE_SERVER_URL=pg_server_url,
-        RETAIL_ETL_SOURCE_DATABASE_PREFIX=unique_prefix,
-        RETAIL_ETL_SOURCE_BLOCK_PREFIX=f"test-{uuid.uuid4().hex[:8]}-",
         RETAIL_ETL_SLACK_BLOCK=f"test-absent-{uuid.uuid4().hex[:8]}",
         RETAIL_ETL_STAGING_DIR=str(tmp_path / "staging"),
         RETAIL_ETL_DUCKDB_PATH=str(tmp_path / "warehouse.duckdb"),
         RETAIL_ETL_RETRIES="0",
     )
+    expected = {
+        region: len(
+            _source_rows(
+                database_url(pg_server_url, f"{unique_prefix}{region}"),
+                EXPECTED_ACCEPTED_SQL,
+                {"day": DAY},
+            )
+        )
+        for region in regions
+    }
 
     triggered = _run(
         [
@@ -234,11 +254,18 @@ def test_daily_deployment_runs_on_a_process_worker(
         f"{state['name']}: {state['message']}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
     )
     assert DAY.isoformat() in state["message"]
-    _assert_warehouse_holds_day(tmp_path / "warehouse.duckdb", regions)
+    _assert_warehouse_holds_day(tmp_path / "warehouse.duckdb", expected)
 
 
-def _assert_warehouse_holds_day(duckdb_path: Path, regions: list[str]) -> None:
-    """sales_fact holds DAY for every region, as many rows as the ledger says were accepted."""
+def _source_rows(url: str, statement: str, params: dict[str, object]) -> list[tuple[object, ...]]:
+    with pg.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(statement, params)
+        return cur.fetchall()
+
+
+def _assert_warehouse_holds_day(duckdb_path: Path, expected: dict[str, int]) -> None:
+    """sales_fact holds DAY for every region, the rows expected from the source and as many as
+    the ledger says were accepted."""
     import duckdb
 
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
@@ -255,7 +282,7 @@ def _assert_warehouse_holds_day(duckdb_path: Path, regions: list[str]) -> None:
                 [DAY],
             ).fetchall()
         )
-    assert sorted(facts) == sorted(regions)
+    assert facts == expected
     assert all(count > 0 for count in facts.values())
     assert facts == {region: int(rows) for region, rows in ledger.items()}
 
@@ -264,7 +291,6 @@ def test_failure_automation_posts_to_slack_when_the_flow_fails(prefect_server, s
     server = prefect_server
     env = server.env(
         RETAIL_ETL_REGIONS="europe",
-        RETAIL_ETL_SOURCE_BLOCK_PREFIX=f"test-{uuid.uuid4().hex[:8]}-",
         RETAIL_ETL_SOURCE_URL_EUROPE=(
             "postgresql+psycopg2://etl:n0t-a-real-s3cret@127.0.0.1:1/sales_europe"
         ),

@@ -54,6 +54,10 @@ class WarehouseError(RuntimeError):
     """A warehouse operation failed (message names table / region / date, never secrets)."""
 
 
+class WarehouseBusyError(WarehouseError):
+    """The warehouse stayed held by another writer or reader longer than the lock timeout."""
+
+
 class WarehouseLoadError(WarehouseError):
     """Loading one region's batch failed; nothing of it was merged and no 'loaded' ledger row
     was written (the transaction was rolled back)."""

@@ -26,6 +26,7 @@ A region load is one transaction::
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -48,6 +49,7 @@ from retail_etl.warehouse.base import (
     MergeResult,
     RegionLoad,
     StepTimer,
+    WarehouseBusyError,
     WarehouseError,
     describe_error,
     load_error,
@@ -62,6 +64,17 @@ log = logging.getLogger(__name__)
 
 _LOCKS: dict[str, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
+
+
+_LOCK_CONFLICT = re.compile(r"Conflicting lock is held in (?P<holder>.*?)(?:\. See|$)", re.S)
+
+
+def _lock_holder(message: str) -> str | None:
+    """Who holds the file, from DuckDB's lock-conflict error; None for any other error."""
+    if "Could not set lock on file" not in message:
+        return None
+    found = _LOCK_CONFLICT.search(message)
+    return f"held by {found.group('holder').strip()}" if found else "locked by another process"
 
 
 def _lock_for(path: Path) -> threading.RLock:
@@ -80,8 +93,10 @@ class DuckDBWarehouse(sql.QueryMixin):
         *,
         memory_limit: str = "1GB",
         threads: int = 2,
+        lock_timeout_s: float = 1800.0,
     ) -> None:
         self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
         self.store = store
         self.memory_limit = memory_limit
         self.threads = threads
@@ -99,20 +114,44 @@ class DuckDBWarehouse(sql.QueryMixin):
             store,
             memory_limit=settings.duckdb_memory_limit,
             threads=settings.duckdb_threads,
+            lock_timeout_s=settings.warehouse_lock_timeout_seconds,
         )
 
     def _open(self) -> duckdb.DuckDBPyConnection:
+        """Open the file for writing; while another process holds it (a run, or a reader's
+        read-only connection), wait our turn, bounded by ``lock_timeout_s``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return duckdb.connect(
-                str(self.path),
-                config={"memory_limit": self.memory_limit, "threads": self.threads},
-            )
-        except duckdb.Error as e:
-            raise WarehouseError(
-                f"cannot open the DuckDB warehouse {self.path}: {e} (another process may "
-                "hold it open for writing)"
-            ) from e
+        deadline = time.monotonic() + self.lock_timeout_s
+        pause = 0.2
+        warned = False
+        while True:
+            try:
+                return duckdb.connect(
+                    str(self.path),
+                    config={"memory_limit": self.memory_limit, "threads": self.threads},
+                )
+            except duckdb.Error as e:
+                holder = _lock_holder(str(e))
+                if holder is None:
+                    raise WarehouseError(
+                        f"cannot open the DuckDB warehouse {self.path}: {e}"
+                    ) from e
+                if time.monotonic() + pause > deadline:
+                    raise WarehouseBusyError(
+                        f"the DuckDB warehouse {self.path} stayed busy ({holder}) for "
+                        f"{self.lock_timeout_s:.0f} s (RETAIL_ETL_WAREHOUSE_LOCK_TIMEOUT_SECONDS); "
+                        "readers should use `retail-etl query` or close their connection"
+                    ) from e
+                if not warned:
+                    log.warning(
+                        "the DuckDB warehouse %s is busy (%s): waiting up to %.0f s for our turn",
+                        self.path,
+                        holder,
+                        self.lock_timeout_s,
+                    )
+                    warned = True
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -1,0 +1,73 @@
+"""Settings: names derived from regions are checked when the settings are read."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from retail_etl.run import new_batch_id
+from retail_etl.settings import (
+    DEFAULT_REGIONS,
+    MAX_REGION_LENGTH,
+    InvalidIdentifierError,
+    Settings,
+    SettingsError,
+    load_settings,
+)
+from retail_etl.warehouse.sql import stage_table_name
+
+
+def test_default_regions_get_valid_distinct_block_names():
+    settings = Settings()
+    names = [settings.source_block_name(region) for region in DEFAULT_REGIONS]
+    assert names == [
+        "sales-source-us-east",
+        "sales-source-us-west",
+        "sales-source-europe",
+        "sales-source-apac",
+    ]
+
+
+def test_block_names_stay_unique_for_underscored_regions():
+    settings = Settings(RETAIL_ETL_REGIONS="a_b_c,ab_c,a_bc,abc")
+    names = {settings.source_block_name(region) for region in settings.regions}
+    assert len(names) == 4
+
+
+def test_max_region_length_matches_the_longest_stage_table_name():
+    batch = new_batch_id(date(2024, 1, 15))
+    longest = "r" * MAX_REGION_LENGTH
+    assert len(stage_table_name("rejects", batch, longest)) == 63
+    with pytest.raises(InvalidIdentifierError):
+        stage_table_name("rejects", batch, longest + "r")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("RETAIL_ETL_REGIONS", "us_east,Europe", "region 'Europe'"),
+        ("RETAIL_ETL_REGIONS", "us_east," + "x" * (MAX_REGION_LENGTH + 1), "characters long"),
+        ("RETAIL_ETL_SOURCE_BLOCK_PREFIX", "Sales_", "source block name of region us_east"),
+        ("RETAIL_ETL_SLACK_BLOCK", "retail_etl_slack", "RETAIL_ETL_SLACK_BLOCK"),
+        ("RETAIL_ETL_SOURCE_DATABASE_PREFIX", "retail-", "database 'retail-us_east'"),
+        ("RETAIL_ETL_CREDENTIALS", "vault", "credentials"),
+    ],
+)
+def test_bad_configuration_fails_at_start_up_naming_the_setting(
+    monkeypatch, variable, value, named
+):
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("RETAIL_ETL_SLACK_WEBHOOK_URL", "https://hooks.example/T0/B0/very-secret")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert named in str(raised.value)
+    assert "very-secret" not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_an_explicit_source_url_skips_the_default_database_name(monkeypatch):
+    monkeypatch.setenv("RETAIL_ETL_SOURCE_DATABASE_PREFIX", "retail-")
+    for region in DEFAULT_REGIONS:
+        monkeypatch.setenv(f"RETAIL_ETL_SOURCE_URL_{region.upper()}", "postgresql+psycopg2://h/db")
+    assert load_settings().regions == list(DEFAULT_REGIONS)
