@@ -33,12 +33,12 @@ def load_s3_bucket(settings: Settings) -> Any:
     return _load_block(S3Bucket, settings.s3_bucket_block, "S3Bucket", "RETAIL_ETL_S3_BUCKET_NAME")
 
 
-def open_staging_store(settings: Settings, s3_bucket: Any = None) -> StagingStore:
-    """The configured store; ``s3_bucket``: the S3Bucket block if already loaded."""
+def open_staging_store(settings: Settings) -> StagingStore:
+    """The configured store."""
     scratch = settings.staging_dir / "scratch"
     if settings.staging_store == "s3":
         return S3StagingStore.from_block(
-            s3_bucket or load_s3_bucket(settings),
+            load_s3_bucket(settings),
             scratch_dir=scratch,
             target_file_rows=settings.target_file_rows,
         )
@@ -47,10 +47,8 @@ def open_staging_store(settings: Settings, s3_bucket: Any = None) -> StagingStor
     )
 
 
-def open_configured_warehouse(
-    settings: Settings, store: StagingStore, s3_bucket: Any = None
-) -> Warehouse:
-    """The configured warehouse; ``s3_bucket``: the S3Bucket block if already loaded."""
+def open_configured_warehouse(settings: Settings, store: StagingStore) -> Warehouse:
+    """The configured warehouse."""
     if settings.warehouse == "duckdb":
         return open_warehouse(settings, store)
     from prefect_snowflake import SnowflakeConnector
@@ -61,20 +59,13 @@ def open_configured_warehouse(
         "SnowflakeConnector",
         "RETAIL_ETL_SNOWFLAKE_ACCOUNT",
     )
-    return open_warehouse(
-        settings,
-        store,
-        snowflake_connector=connector,
-        s3_bucket=s3_bucket or load_s3_bucket(settings),
-    )
+    return open_warehouse(settings, store, snowflake_connector=connector)
 
 
 def open_targets(settings: Settings) -> tuple[StagingStore, Warehouse]:
-    """Staging store and warehouse, loading the S3Bucket block once when both need it."""
-    needs_bucket = settings.staging_store == "s3" or settings.warehouse == "snowflake"
-    bucket = load_s3_bucket(settings) if needs_bucket else None
-    store = open_staging_store(settings, bucket)
-    return store, open_configured_warehouse(settings, store, bucket)
+    """Staging store and warehouse."""
+    store = open_staging_store(settings)
+    return store, open_configured_warehouse(settings, store)
 
 
 def describe_warehouse(settings: Settings) -> str:

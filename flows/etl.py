@@ -4,6 +4,7 @@ then load or alert. It only wires steps; the logic lives in ``retail_etl``."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import date
 
 from prefect import flow, get_run_logger
@@ -15,13 +16,21 @@ from flows.alert import alert
 from flows.load import load_batch
 from flows.transform import transform_batch
 from flows.validate import validate_batch
+from retail_etl.housekeeping import RunDirClaim, claim_run_dir
+from retail_etl.locks import LockTimeoutError, holding
+from retail_etl.quality import QualityReport
 from retail_etl.run import PipelineRunFailed, RunSummary, ledger_entries, new_run_context
-from retail_etl.settings import get_settings
+from retail_etl.settings import Settings, get_settings
 from tasks.extract import ExtractionThread, publish_extract_artifact
 from tasks.runners import ConfiguredTaskRunner
 from tasks.schema import record_schemas_task
 from tasks.transform import ExtractFeed
-from tasks.warehouse import ensure_schema_task, record_ledger_task, record_quality_task
+from tasks.warehouse import (
+    ensure_schema_task,
+    record_ledger_task,
+    record_quality_task,
+    sweep_leftovers_task,
+)
 
 
 @flow(
@@ -37,8 +46,15 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
     summary = RunSummary.start(ctx)
     summary.warehouse = describe_warehouse(settings)
     logger.info("Batch %s: %s for regions %s", ctx.batch_id, ctx.run_date, ", ".join(ctx.regions))
+    # This run's scratch folder is ours until the run ends; killed runs' leftovers are swept.
+    run_dir = claim_run_dir(ctx.run_dir)
+    sweep_leftovers_task(settings, return_state=True)
     # Tables and new contract columns, once per run (every later step assumes them).
-    ensure_schema_task(settings)
+    prepared = ensure_schema_task(settings, return_state=True)
+    if not prepared.is_completed():
+        error = f"the warehouse could not be prepared: {prepared.message}"
+        summary.fail_regions(ctx.regions, "load_failed", error)
+        return _finish(summary, None, settings, run_dir, ledger_for=ctx.regions)
 
     # Extract: every region concurrently (RETAIL_ETL_EXTRACT_SPLITS: several tasks per
     # region, combined before the transform); a failed region is reported, the rest go on.
@@ -56,48 +72,95 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
     publish_extract_artifact(ctx, summary, extracts)
     # Schema history: a new fingerprint that differs from the contract is warned about once.
     report = None
+    crashed: list[str] = []  # regions whose step crashed: the parent writes their ledger rows
     if extracts:
-        summary.schema_warnings = record_schemas_task(extracts, ctx, settings)
+        schemas = record_schemas_task(extracts, ctx, settings, return_state=True)
+        if schemas.is_completed():
+            summary.schema_warnings = schemas.result()
+        else:
+            summary.ledger_errors.append(f"recording source schemas failed: {schemas.message}")
         summary.record_transforms(transformed, transform_errors)
 
         started = time.perf_counter()
-        report = validate_batch(transformed, ctx, settings) if transformed else None
+        gate = (
+            validate_batch(transformed, ctx, settings, return_state=True) if transformed else None
+        )
         summary.stage_seconds["validate"] = time.perf_counter() - started
-        if report is not None:
+        if gate is not None and gate.is_completed():
+            report = gate.result()
             summary.record_gate(report)
+        elif gate is not None:
+            crashed = list(transformed)
+            summary.fail_regions(
+                crashed, "gate_failed", f"the quality gate could not run: {gate.message}"
+            )
 
         if report is not None and report.verdict == "pass":
             started = time.perf_counter()
-            loaded = load_batch(
-                transformed,
-                report,
-                ctx,
-                settings,
-                {r: e.seconds for r, e in extracts.items()},
-            )
+            load = None
+            try:
+                with holding(
+                    settings.writer_lock_path,
+                    settings.warehouse_lock_timeout_seconds,
+                    on_wait=lambda holder: logger.warning(
+                        "Another run (%s) is writing to the warehouse: waiting for our turn",
+                        holder,
+                    ),
+                ):
+                    load = load_batch(
+                        transformed,
+                        report,
+                        ctx,
+                        settings,
+                        {r: e.seconds for r, e in extracts.items()},
+                        return_state=True,
+                    )
+                load_error = load.message if not load.is_completed() else None
+            except LockTimeoutError as exc:
+                load_error = f"{exc} (RETAIL_ETL_WAREHOUSE_LOCK_TIMEOUT_SECONDS)"
             summary.stage_seconds["load"] = time.perf_counter() - started
-            summary.stage_seconds.update(loaded.stage_seconds)  # stage, merge, verify
-            summary.record_load(
-                loaded.merges, loaded.errors, loaded.failed_checks, loaded.unverified
-            )
-            summary.ledger_errors.extend(loaded.ledger_errors)
+            if load is not None and load_error is None:
+                loaded = load.result()
+                summary.stage_seconds.update(loaded.stage_seconds)  # stage, merge, verify
+                summary.record_load(
+                    loaded.merges, loaded.errors, loaded.failed_checks, loaded.unverified
+                )
+                summary.ledger_errors.extend(loaded.ledger_errors)
+            else:  # the subflow itself broke: nothing it did can be trusted as loaded
+                crashed = list(transformed)
+                summary.fail_regions(crashed, "load_failed", f"the load failed: {load_error}")
         elif report is not None:
             # A failed gate's measures are what an auditor needs most: kept like any batch's.
             recorded = record_quality_task(report.to_records(), settings, return_state=True)
             if not recorded.is_completed():
                 summary.ledger_errors.append(recorded.message or "recording dq_results failed")
 
+    return _finish(summary, report, settings, run_dir, ledger_for=crashed)
+
+
+def _finish(
+    summary: RunSummary,
+    report: QualityReport | None,
+    settings: Settings,
+    run_dir: RunDirClaim,
+    *,
+    ledger_for: Sequence[str] = (),
+) -> State:
+    """Ledger rows the load did not write, the alert, the run's folder, the final state."""
+    logger = get_run_logger()
     # Regions that never reached a MERGE still get a ledger row, so backfills find them.
-    unloaded = ledger_entries(summary)
+    unloaded = ledger_entries(summary, also=ledger_for)
     if unloaded:
         ledger_state = record_ledger_task(unloaded, settings, return_state=True)
         if not ledger_state.is_completed():
             summary.ledger_errors.append(ledger_state.message or "recording the ledger failed")
     if summary.needs_alert:
-        alert(summary, report)
+        alert(summary, report, return_state=True)
 
     ok, message = summary.outcome()
     logger.info("%s", summary.render_text())
+    # Everything a rerun or a resume needs is staged, not in here.
+    run_dir.release(remove=not settings.keep_run_dir)
     if ok:
         return Completed(message=message, data=summary)
     return Failed(message=message, data=PipelineRunFailed(message, summary))

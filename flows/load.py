@@ -10,6 +10,7 @@ from prefect.artifacts import create_table_artifact
 
 from retail_etl.contract import BATCH_REGION
 from retail_etl.quality import QualityReport
+from retail_etl.redact import scrub_secrets
 from retail_etl.run import RunContext
 from retail_etl.settings import Settings
 from retail_etl.transform import RegionTransformResult
@@ -114,9 +115,26 @@ def load_batch(
             settings,
         )
     if outcome.merges:
-        outcome.checks = verify_task(
-            list(outcome.merges.values()), {r: results[r] for r in outcome.merges}, ctx, settings
+        verified = verify_task(
+            list(outcome.merges.values()),
+            {r: results[r] for r in outcome.merges},
+            ctx,
+            settings,
+            return_state=True,
         )
+        if verified.is_completed():
+            outcome.checks = verified.result()
+        else:  # verification could not run: the merged days are not trusted either
+            outcome.checks = [
+                CheckResult(
+                    name="verification_ran",
+                    region=BATCH_REGION,
+                    measured=0,
+                    expected=1,
+                    passed=False,
+                    detail=scrub_secrets(verified.message or "verification failed to run"),
+                )
+            ]
     failed = outcome.failed_checks
     unverified = outcome.unverified
     if unverified:
@@ -142,7 +160,9 @@ def load_batch(
     records = report.to_records() + [
         c.to_dq_record(ctx.batch_id, ctx.run_date, ctx.flow_run_id) for c in outcome.checks
     ]
-    record_quality_task(records, settings)
+    recorded = record_quality_task(records, settings, return_state=True)
+    if not recorded.is_completed():
+        outcome.ledger_errors.append(recorded.message or "recording dq_results failed")
     create_table_artifact(
         key=f"load-{ctx.run_date.isoformat()}",
         table=[

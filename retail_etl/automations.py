@@ -1,6 +1,10 @@
 """Automations as code: ``retail-etl automations install``.
 
-One automation, :data:`FAILURE_AUTOMATION`: when a flow run of ``retail-sales-etl`` or
+:data:`ZOMBIE_AUTOMATION`: a flow run of ours whose heartbeats stop (its host died, the process
+was killed: it can neither finish nor alert) is marked Crashed by the server once no heartbeat
+came for ``zombie_after_seconds``; deployments send one every 60 s (prefect.yaml).
+
+:data:`FAILURE_AUTOMATION`: when a flow run of ``retail-sales-etl`` or
 ``retail-sales-backfill`` enters Failed or Crashed, the Prefect server sends a notification
 through the Slack block (``settings.slack_block``). It fires even when the flow process dies
 and cannot send its own alert (Crashed), which the ``alert`` subflow cannot cover.
@@ -44,11 +48,56 @@ or `retail-etl run --date {{ flow_run.parameters.get('run_date') }}`
 """
 
 
+ZOMBIE_AUTOMATION = "retail-etl-zombie-runs"
+ZOMBIE_MESSAGE = (
+    "Marked Crashed by the retail-etl-zombie-runs automation: no heartbeat from the flow run's "
+    "process (host down or process killed); its regions were not loaded by this run"
+)
+TERMINAL_EVENTS: tuple[str, ...] = tuple(
+    f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")
+)
+
+
+def zombie_automation(after_seconds: float, name: str = ZOMBIE_AUTOMATION) -> Automation:
+    """Heartbeat seen, then neither another heartbeat nor an end within ``after_seconds``:
+    the run is a zombie; the server moves it to Crashed (which the failure automation reports)."""
+    from prefect.automations import Automation, EventTrigger, Posture
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+
+    return Automation(
+        name=name,
+        description=(
+            "Crashed when a " + " or ".join(WATCHED_FLOWS) + f" flow run sends no heartbeat for "
+            f"{after_seconds:.0f} s (installed by `retail-etl automations install`)."
+        ),
+        enabled=True,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *TERMINAL_EVENTS},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": list(WATCHED_FLOWS),
+            },
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=after_seconds),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                name="Crashed", state=StateType.CRASHED, message=ZOMBIE_MESSAGE, force=False
+            )
+        ],
+    )
+
+
 @dataclass(frozen=True)
 class InstallResult:
     name: str
     automation_id: str
-    action: Literal["created", "updated"]
+    action: Literal["created", "updated", "skipped"]
     block_name: str
 
 
@@ -87,10 +136,9 @@ def failure_automation(block_document_id: Any, name: str = FAILURE_AUTOMATION) -
     )
 
 
-def install_failure_automation(settings: Settings) -> InstallResult:
-    """Create or replace the failure automation; ``ValueError`` if the Slack block is missing."""
-    from prefect.automations import AutomationCore
-    from prefect.client.orchestration import get_client
+def install_failure_automation(settings: Settings) -> list[InstallResult]:
+    """Create or replace the zombie and failure automations (the latter skipped while the
+    Slack block does not exist)."""
     from prefect.settings import PREFECT_API_URL
 
     from blocks.notifications import slack_block_id
@@ -100,19 +148,29 @@ def install_failure_automation(settings: Settings) -> InstallResult:
             "automations run on a Prefect server: set PREFECT_API_URL (the ephemeral local API "
             "would store the automation in a throw-away database)"
         )
-    wanted = failure_automation(slack_block_id(settings))
+    results = [_install(zombie_automation(settings.zombie_after_seconds), settings.slack_block)]
+    try:
+        block_id = slack_block_id(settings)
+    except ValueError:  # no Slack configured yet: the zombie automation still stands
+        return [*results, InstallResult(FAILURE_AUTOMATION, "", "skipped", settings.slack_block)]
+    return [*results, _install(failure_automation(block_id), settings.slack_block)]
+
+
+def _install(wanted: Automation, block_name: str) -> InstallResult:
+    """Create ``wanted``, or update the automation of its name in place (dropping duplicates)."""
+    from prefect.automations import AutomationCore
+    from prefect.client.orchestration import get_client
+
     core = AutomationCore(**wanted.model_dump(exclude={"id"}))
     # The update endpoint refuses ``owner_resource`` (as prefect's own Automation.update does).
     core_for_update = AutomationCore(**wanted.model_dump(exclude={"id", "owner_resource"}))
     with get_client(sync_client=True) as client:
-        existing = client.read_automations_by_name(FAILURE_AUTOMATION)
+        existing = client.read_automations_by_name(wanted.name)
         if not existing:
             automation_id = client.create_automation(core)
-            return InstallResult(
-                FAILURE_AUTOMATION, str(automation_id), "created", settings.slack_block
-            )
+            return InstallResult(wanted.name, str(automation_id), "created", block_name)
         keep, *duplicates = existing
         client.update_automation(keep.id, core_for_update)
         for duplicate in duplicates:
             client.delete_automation(duplicate.id)
-        return InstallResult(FAILURE_AUTOMATION, str(keep.id), "updated", settings.slack_block)
+        return InstallResult(wanted.name, str(keep.id), "updated", block_name)

@@ -76,14 +76,23 @@ def cmd_blocks_register(args: argparse.Namespace) -> int:
 
 def cmd_automations_install(args: argparse.Namespace) -> int:
     _quiet_offline_prefect()
-    from retail_etl.automations import install_failure_automation
+    from retail_etl.automations import ZOMBIE_AUTOMATION, install_failure_automation
     from retail_etl.settings import get_settings
 
-    result = install_failure_automation(get_settings(fresh=True))
-    print(
-        f"{result.action} automation {result.name} ({result.automation_id}): "
-        f"notifies Slack block {result.block_name}"
-    )
+    for result in install_failure_automation(get_settings(fresh=True)):
+        if result.action == "skipped":
+            print(
+                f"skipped automation {result.name}: Slack block {result.block_name} does not "
+                "exist (set RETAIL_ETL_SLACK_WEBHOOK_URL, run `retail-etl blocks register`, then "
+                "this command again)"
+            )
+            continue
+        effect = (
+            "marks runs without heartbeats Crashed"
+            if result.name == ZOMBIE_AUTOMATION
+            else f"notifies Slack block {result.block_name}"
+        )
+        print(f"{result.action} automation {result.name} ({result.automation_id}): {effect}")
     return 0
 
 
@@ -169,6 +178,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove killed runs' leftovers, staged batches past retention and stale stage tables."""
+    _quiet_offline_prefect()
+    from blocks.targets import open_targets
+    from retail_etl.housekeeping import sweep_leftovers
+    from retail_etl.settings import get_settings
+
+    settings = get_settings(fresh=True)
+    retention = (
+        settings.staging_retention_days if args.retention_days is None else args.retention_days
+    )
+    store, warehouse = open_targets(settings)
+    report = sweep_leftovers(settings.runs_dir, store, retention, dry_run=args.dry_run)
+    if not args.dry_run:
+        report.stage_tables = warehouse.drop_stale_stage_tables(settings.stale_stage_table_hours)
+    print(report.describe(dry_run=args.dry_run))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Read the DuckDB warehouse without blocking loads for longer than the statement."""
+    from retail_etl.settings import get_settings
+    from retail_etl.staging import LocalStagingStore
+    from retail_etl.warehouse.duckdb_warehouse import DuckDBWarehouse
+
+    settings = get_settings(fresh=True)
+    if settings.warehouse != "duckdb":
+        print(
+            "retail-etl: error: `query` reads the DuckDB warehouse; query Snowflake with its own tools",
+            file=sys.stderr,
+        )
+        return 2
+    warehouse = DuckDBWarehouse(
+        settings.duckdb_path,
+        LocalStagingStore(settings.staging_dir / "store"),
+        memory_limit=settings.duckdb_memory_limit,
+        threads=settings.duckdb_threads,
+        lock_timeout_s=settings.warehouse_lock_timeout_seconds,
+    )
+    columns, rows = warehouse.query_read_only(args.sql)
+    cells = [columns] + [["NULL" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for n, row in enumerate(cells):
+        print(
+            "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+        )
+        if n == 0:
+            print("  ".join("-" * width for width in widths))
+    print(f"({len(rows):,} row(s))")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retail-etl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows-per-region", type=int, default=500_000)
     demo.add_argument("--reseed", action="store_true", help="re-create the source databases")
     demo.set_defaults(func=cmd_demo)
+
+    cleanup = sub.add_parser(
+        "cleanup",
+        help="remove killed runs' leftovers, staged batches past retention, stale stage tables",
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="only say what would go")
+    cleanup.add_argument(
+        "--retention-days", type=int, help="override RETAIL_ETL_STAGING_RETENTION_DAYS"
+    )
+    cleanup.set_defaults(func=cmd_cleanup)
+
+    query = sub.add_parser(
+        "query",
+        help="run a read-only SQL statement on the DuckDB warehouse (never blocks a load long)",
+    )
+    query.add_argument("sql", help='e.g. "select region, count(*) from sales_fact group by 1"')
+    query.set_defaults(func=cmd_query)
     return parser
 
 

@@ -78,7 +78,7 @@ def new_run_context(
     for region in chosen:
         validate_identifier(region, "region")
     batch_id = new_batch_id(business_date)
-    run_dir = settings.staging_dir / "runs" / business_date.isoformat() / batch_id
+    run_dir = settings.runs_dir / business_date.isoformat() / batch_id
     return RunContext(
         run_date=business_date,
         regions=tuple(dict.fromkeys(chosen)),
@@ -171,6 +171,10 @@ class RunSummary:
         for region, error in errors.items():
             self.regions[region].status = status
             self.regions[region].error = scrub_secrets(error)
+
+    def fail_regions(self, regions: Sequence[str], status: RegionStatus, error: str) -> None:
+        """A step that broke as a whole (not region by region) fails every region it held."""
+        self._fail(dict.fromkeys(regions, error), status)
 
     def record_gate(self, report: Any) -> None:
         """Take the quality report's verdict; a failed gate stops every transformed region."""
@@ -288,19 +292,24 @@ def _describe_check(check: Any) -> str:
     return f"{check.region}/{check.name} = {check.measured:g}{threshold}"
 
 
-def ledger_entries(summary: RunSummary) -> list[Any]:
-    """Ledger rows for regions that never reached a MERGE (extract, transform or gate failed).
+def ledger_entries(summary: RunSummary, also: Sequence[str] = ()) -> list[Any]:
+    """Ledger rows for regions that never reached a MERGE (extract, transform or gate failed),
+    and for the regions in ``also`` (a step that crashed before writing their rows).
 
-    Loaded and load-/verify-failed regions are recorded by the load subflow itself.
+    Loaded and load-/verify-failed regions are otherwise recorded by the load subflow itself.
     """
     from retail_etl.warehouse.base import LedgerEntry
 
     entries = []
     for outcome in summary.regions.values():
-        if outcome.status not in ("extract_failed", "transform_failed", "gate_failed"):
+        if outcome.region not in also and outcome.status not in (
+            "extract_failed",
+            "transform_failed",
+            "gate_failed",
+        ):
             continue
         error = outcome.error
-        if outcome.status == "gate_failed":
+        if outcome.status == "gate_failed" and outcome.error is None:
             error = "quality gate failed: " + ", ".join(summary.failing_checks)
         entries.append(
             LedgerEntry(

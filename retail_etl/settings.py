@@ -106,6 +106,25 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a writer waits for a DuckDB file held by another process.",
     )
+    zombie_after_seconds: float = Field(
+        default=200,
+        ge=60,
+        description="A run without a heartbeat for this long is marked Crashed (automation); "
+        "deployments beat every 60 s.",
+    )
+    staging_retention_days: int = Field(
+        default=14,
+        ge=0,
+        description="Staged batches older than this are deleted (0: keep); long enough to resume.",
+    )
+    keep_run_dir: bool = Field(
+        default=False,
+        description="Debugging: leave a run's scratch folder in place when it ends (the next "
+        "run's sweep removes it).",
+    )
+    stale_stage_table_hours: float = Field(
+        default=6, gt=0, description="A stg_* table older than this was left by a killed load."
+    )
     extract_timeout_seconds: float = Field(
         default=1800, gt=0, description="Prefect timeout of one extraction task attempt."
     )
@@ -191,6 +210,11 @@ class Settings(BaseSettings):
     snowflake_warehouse: str | None = None
     snowflake_database: str | None = None
     snowflake_schema: str = "RETAIL"
+    snowflake_storage_integration: str | None = Field(
+        default=None,
+        description="Snowflake storage integration the stage reaches S3 through (no AWS keys "
+        "in SQL); without one, the stage must exist already.",
+    )
     slack_webhook_url: SecretStr | None = Field(
         default=None, description="Incoming-webhook URL stored in the Slack block (alerts)."
     )
@@ -287,6 +311,19 @@ class Settings(BaseSettings):
 
     def source_database(self, region: str) -> str:
         return validate_identifier(f"{self.source_database_prefix}{region}", "database")
+
+    @property
+    def writer_lock_path(self) -> Path:
+        """The lock a run holds while it loads, so loads of every run on this machine (``run``,
+        daily, backfill) take turns: next to the DuckDB file, or in the staging folder."""
+        if self.warehouse == "duckdb":
+            return self.duckdb_path.with_name(self.duckdb_path.name + ".writer-lock")
+        return self.staging_dir / "snowflake.writer-lock"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where each run keeps its scratch: ``runs/<date>/<batch>/`` (removed when it ends)."""
+        return self.staging_dir / "runs"
 
     def yesterday(self) -> date:
         return (datetime.now(ZoneInfo(self.timezone)) - timedelta(days=1)).date()

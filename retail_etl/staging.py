@@ -47,7 +47,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlparse
@@ -155,6 +155,15 @@ class StagingStore(Protocol):
     ) -> list[StagedFile]: ...
 
     def list_keys(self, prefix: str) -> list[str]: ...
+
+    def list_modified(self, prefix: str) -> list[tuple[str, datetime]]:
+        """Every staged key under ``prefix`` (all levels below), with when it was written (UTC)."""
+        ...
+
+    @property
+    def scratch_root(self) -> Path:
+        """The local folder where staging calls keep their ``stage-*`` scratch folders."""
+        ...
 
     def delete_keys(self, keys: Sequence[str]) -> None: ...
 
@@ -350,10 +359,17 @@ class _StoreBase:
     def list_keys(self, prefix: str) -> list[str]:
         raise NotImplementedError
 
+    def list_modified(self, prefix: str) -> list[tuple[str, datetime]]:
+        raise NotImplementedError
+
     def delete_keys(self, keys: Sequence[str]) -> None:
         raise NotImplementedError
 
     # shared
+    @property
+    def scratch_root(self) -> Path:
+        return self._scratch_dir()
+
     def _discard(self, keys: Sequence[str]) -> None:
         try:
             self.delete_keys(keys)
@@ -503,6 +519,20 @@ class LocalStagingStore(_StoreBase):
             if p.is_file() and not p.name.startswith(".")
         )
 
+    def list_modified(self, prefix: str) -> list[tuple[str, datetime]]:
+        folder = self._path(prefix.rstrip("/")) if prefix else self.root
+        if not folder.is_dir():
+            return []
+        scratch = self._scratch_dir()
+        return sorted(
+            (
+                path.relative_to(self.root).as_posix(),
+                datetime.fromtimestamp(path.stat().st_mtime, UTC),
+            )
+            for path in folder.rglob("*")
+            if path.is_file() and not path.name.startswith(".") and scratch not in path.parents
+        )
+
     def delete_keys(self, keys: Sequence[str]) -> None:
         for key in keys:
             self._path(key).unlink(missing_ok=True)
@@ -623,6 +653,17 @@ class S3StagingStore(_StoreBase):
         for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
             keys.extend(self._relative(o["Key"]) for o in page.get("Contents", []))
         return sorted(keys)
+
+    def list_modified(self, prefix: str) -> list[tuple[str, datetime]]:
+        full = self._object_key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        paginator = self._client.get_paginator("list_objects_v2")
+        found: list[tuple[str, datetime]] = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            found.extend(
+                (self._relative(o["Key"]), o["LastModified"].astimezone(UTC))
+                for o in page.get("Contents", [])
+            )
+        return sorted(found)
 
     def delete_keys(self, keys: Sequence[str]) -> None:
         keys = list(keys)

@@ -9,6 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from blocks.targets import open_staging_store, open_targets
+from retail_etl.housekeeping import sweep_leftovers
 from retail_etl.redact import scrub_secrets
 from retail_etl.run import RunContext
 from retail_etl.settings import InvalidIdentifierError, Settings
@@ -48,10 +49,23 @@ def record_ledger_task(entries: Sequence[LedgerEntry], settings: Settings) -> No
 @task(name="prepare-warehouse")
 def ensure_schema_task(settings: Settings) -> list[str]:
     _, warehouse = open_targets(settings)
-    added = warehouse.ensure_schema()
+    with warehouse.session():
+        added = warehouse.ensure_schema()
+        warehouse.drop_stale_stage_tables(settings.stale_stage_table_hours)
     if added:
         get_run_logger().warning("Warehouse columns added (nullable): %s", ", ".join(added))
     return added
+
+
+@task(name="sweep-leftovers")
+def sweep_leftovers_task(settings: Settings) -> str:
+    """Remove what killed runs left on disk and staged batches past retention."""
+    report = sweep_leftovers(
+        settings.runs_dir, open_staging_store(settings), settings.staging_retention_days
+    )
+    if not report.empty:
+        get_run_logger().warning("Housekeeping: %s", report.describe())
+    return report.describe()
 
 
 @task(name="stage-region", task_run_name="stage-{result.region}")

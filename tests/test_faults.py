@@ -6,10 +6,13 @@ Marked ``faults`` so they can run alone: ``.venv/bin/pytest -m faults``.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -182,3 +185,272 @@ def test_a_writer_waits_for_a_reader_and_gives_up_after_the_bound(tmp_path, capl
     finally:
         reader.kill()
         reader.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+def _cli(*args: str) -> subprocess.Popen[str]:
+    """``retail-etl ARGS`` in its own process, on this session's Prefect API and settings."""
+    from prefect.settings import get_current_settings
+
+    env = dict(os.environ, PREFECT_API_URL=str(get_current_settings().api.url))
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "retail-etl"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _leftover_run_dirs(env: PipelineEnv) -> list[Path]:
+    runs = env.tmp / "staging" / "runs"
+    return sorted(p for p in runs.glob("*/*") if p.is_dir()) if runs.exists() else []
+
+
+def _assert_day_exact(env: PipelineEnv) -> None:
+    """sales_fact and sales_rejects hold the day exactly once; the latest ledger row of every
+    region is 'loaded'; no run folder is left."""
+    for region in DEFAULT_REGIONS:
+        assert env.fact(region, DAY) == env.expected_accepted(region, DAY), region
+    (latest,) = env.warehouse(
+        "SELECT count(*) FILTER (status = 'loaded'), count(*) FROM ("
+        "SELECT region, arg_max(status, finished_at) AS status FROM etl_load_ledger "
+        "WHERE business_date = ? GROUP BY region)",
+        [DAY],
+    )
+    assert latest == (4, 4)
+    (rejects,) = env.warehouse(
+        "SELECT count(*) = count(DISTINCT (region, sale_id, reasons)) FROM sales_rejects "
+        "WHERE sale_date = ?",
+        [DAY],
+    )
+    assert rejects == (True,)
+    assert _leftover_run_dirs(env) == []
+
+
+def test_a_run_killed_while_extracting_leaves_nothing_a_rerun_does_not_sweep(etl_env):
+    etl_env.seed(rows=300)
+    url = etl_env.source_url("apac")
+    with pg.connect(url) as conn, conn.cursor() as cur:  # apac answers after 60 s
+        cur.execute("ALTER TABLE sales RENAME TO sales_data")
+        cur.execute(
+            "CREATE VIEW sales AS WITH pause AS MATERIALIZED (SELECT pg_sleep(60)) "
+            "SELECT s.* FROM sales_data s, pause"
+        )
+        conn.commit()
+
+    def copying() -> bool:
+        rows = etl_env.source(
+            "apac",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%%' AND datname = "
+            "current_database()",
+        )
+        return rows[0][0] > 0
+
+    run = _cli("run", "--date", DAY.isoformat())
+    try:
+        _wait_for(copying, 120, "the apac extraction to start")
+        _wait_for(lambda: bool(_leftover_run_dirs(etl_env)), 30, "the run folder")
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    assert _leftover_run_dirs(etl_env), "the killed run should have left its folder"
+
+    with pg.connect(url) as conn, conn.cursor() as cur:  # the source recovers
+        cur.execute("DROP VIEW sales")
+        cur.execute("ALTER TABLE sales_data RENAME TO sales")
+        conn.commit()
+    state, _summary = run_day(DAY)
+    assert state.is_completed(), state.message
+    _assert_day_exact(etl_env)
+
+
+def test_a_run_killed_while_waiting_to_load_and_two_runs_at_once(etl_env):
+    from retail_etl.locks import FileLock
+    from retail_etl.settings import get_settings
+
+    etl_env.seed(rows=300)
+    state, _ = run_day(DAY)  # the day is loaded once
+    assert state.is_completed(), state.message
+
+    # Another writer holds the warehouse: the run waits for its turn, saying so; killed there.
+    writer = FileLock(get_settings(fresh=True).writer_lock_path)
+    assert writer.try_acquire()
+    try:
+        run = _cli("run", "--date", DAY.isoformat())
+        output: list[str] = []
+        reader = threading.Thread(target=lambda: output.extend(run.stdout or []), daemon=True)
+        reader.start()
+        _wait_for(
+            lambda: any(
+                "is writing to the warehouse: waiting for our turn" in line for line in output
+            ),
+            180,
+            "the run to wait for the warehouse",
+        )
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    finally:
+        writer.release()
+    assert _leftover_run_dirs(etl_env)
+
+    # Two runs of the same date at once: they take turns at the warehouse, both complete.
+    first, second = _cli("run", "--date", DAY.isoformat()), _cli("run", "--date", DAY.isoformat())
+    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outputs
+    _assert_day_exact(etl_env)
+    loaded = etl_env.warehouse(
+        "SELECT count(DISTINCT batch_id) FROM etl_load_ledger WHERE status = 'loaded'"
+    )
+    assert loaded == [(3,)]
+    # Each rerun of an unchanged day inserts nothing and updates nothing.
+    changed = etl_env.warehouse(
+        "SELECT sum(rows_inserted + rows_updated) FROM etl_load_ledger WHERE status = 'loaded' "
+        "AND batch_id <> (SELECT min(batch_id) FROM etl_load_ledger)"
+    )
+    assert changed == [(0,)]
+
+
+def test_a_busy_warehouse_fails_the_run_with_a_clear_message_and_a_rerun_loads(etl_env, etl_slack):
+    from retail_etl.settings import get_settings
+
+    etl_env.seed(rows=300)
+    settings = get_settings(fresh=True)
+    from retail_etl.staging import LocalStagingStore
+    from retail_etl.warehouse.duckdb_warehouse import DuckDBWarehouse
+
+    DuckDBWarehouse(settings.duckdb_path, LocalStagingStore(etl_env.tmp / "s")).ensure_schema()
+    etl_env.monkeypatch.setenv("RETAIL_ETL_WAREHOUSE_LOCK_TIMEOUT_SECONDS", "1")
+    reader = _hold_file_read_only(settings.duckdb_path, 60)
+    try:
+        state, summary = run_day(DAY)
+    finally:
+        reader.kill()
+        reader.wait(timeout=10)
+
+    assert state.is_failed()
+    assert "the warehouse could not be prepared" in state.message
+    assert f"PID {reader.pid}" in state.message
+    assert all(o.status == "load_failed" for o in summary.regions.values())
+    assert len(etl_slack.texts) == 1 and "could not be prepared" in etl_slack.texts[0]
+
+    state, _ = run_day(DAY)
+    assert state.is_completed(), state.message
+    _assert_day_exact(etl_env)
+
+
+class FailingS3Proxy:
+    """An S3 endpoint on 127.0.0.1 in front of a moto server that answers 500 to every upload
+    whose key contains ``fail_when`` (boto3 retries, then gives up: the upload fails)."""
+
+    def __init__(self, upstream: str, fail_when: str) -> None:
+        import http.client
+        import http.server
+        from urllib.parse import unquote, urlparse
+
+        target = urlparse(upstream)
+        proxy = self
+        self.failed = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "PUT" and fail_when in unquote(self.path):
+                    proxy.failed += 1
+                    self.send_response(500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                response = conn.getresponse()
+                payload = response.read()
+                self.send_response(response.status)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def s3_bucket_block_through(endpoint: str, bucket: str):  # type: ignore[no-untyped-def]
+    """An S3Bucket block on an existing bucket, reached through ``endpoint``."""
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+    from pydantic import SecretStr
+
+    credentials = AwsCredentials(
+        aws_access_key_id="testing",
+        aws_secret_access_key=SecretStr("testing"),
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint),
+    )
+    return S3Bucket(bucket_name=bucket, credentials=credentials, bucket_folder="staging")
+
+
+def test_an_s3_endpoint_failing_mid_upload_fails_that_region_only(etl_env):
+    from tests.test_staging import s3_bucket_block, start_moto
+
+    etl_env.seed(rows=300)
+    server, endpoint = start_moto()
+    proxy = FailingS3Proxy(endpoint, fail_when="region=us_west")
+    try:
+        block_name = f"{etl_env.prefix.replace('_', '-')}staging"
+        direct = s3_bucket_block(endpoint, "retail-faults")  # creates the bucket
+        s3_bucket_block_through(proxy.url, "retail-faults").save(block_name, overwrite=True)
+        etl_env.monkeypatch.setenv("RETAIL_ETL_STAGING_STORE", "s3")
+        etl_env.monkeypatch.setenv("RETAIL_ETL_S3_BUCKET_BLOCK", block_name)
+
+        state, summary = run_day(DAY)
+
+        assert state.is_failed() and proxy.failed > 0
+        us_west = summary.regions["us_west"]
+        assert us_west.status == "load_failed"
+        assert "staging sales for 2024-01-15 region us_west" in us_west.error
+        for region in ("us_east", "europe", "apac"):
+            assert summary.regions[region].status == "loaded", region
+            assert etl_env.fact(region, DAY) == etl_env.expected_accepted(region, DAY)
+        assert etl_env.warehouse("SELECT count(*) FROM sales_fact WHERE region = 'us_west'") == [
+            (0,)
+        ]
+        # no partial set of the failed region is left in the bucket
+        keys = direct.list_objects("sales")
+        assert not [k for k in keys if "region=us_west" in k["Key"]]
+
+        # The endpoint recovers: the region is reprocessed alone and the day is exact.
+        direct.save(block_name, overwrite=True)
+        state, _ = run_day(DAY, ["us_west"])
+        assert state.is_completed(), state.message
+        _assert_day_exact(etl_env)
+    finally:
+        proxy.close()
+        server.stop()

@@ -171,6 +171,7 @@ def test_flow_with_split_regions_loads_what_one_task_per_region_loads(small_env,
     monkeypatch.setenv("RETAIL_ETL_EXTRACT_SPLITS", "3")
     monkeypatch.setenv("RETAIL_ETL_EXTRACT_SPLITS_BY_REGION", '{"europe": 2}')
     monkeypatch.setenv("RETAIL_ETL_MAX_CONCURRENT_EXTRACTS", "2")  # 5 tasks, 2 at a time
+    monkeypatch.setenv("RETAIL_ETL_KEEP_RUN_DIR", "true")  # to look at the extract parts
     state, _summary = run_day(DAY)
     assert state.is_completed(), state.message
     _assert_loaded_exactly(small_env)

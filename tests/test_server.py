@@ -173,6 +173,8 @@ def test_daily_deployment_runs_on_a_process_worker(
     assert deployment["entrypoint"] == "flows/etl.py:retail_sales_etl"
     assert deployment["work_pool_name"] == POOL
     assert deployment["parameters"] == {"run_date": None, "regions": None}
+    # Heartbeats on, so a run whose host dies is found by the zombie automation.
+    assert deployment["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "60"
     (schedule,) = deployment["schedules"]
     assert schedule["schedule"]["cron"] == "0 2 * * *"
     assert schedule["schedule"]["timezone"] == "America/New_York"
@@ -308,11 +310,28 @@ def test_failure_automation_posts_to_slack_when_the_flow_fails(prefect_server, s
     assert "created automation retail-etl-flow-run-failed" in first.stdout
     again = _run([retail_etl, "automations", "install"], env)
     assert "updated automation retail-etl-flow-run-failed" in again.stdout
+    assert "created automation retail-etl-zombie-runs" in first.stdout
+    assert "updated automation retail-etl-zombie-runs" in again.stdout
     named = server.post(
         "/automations/filter",
         {"automations": {"name": {"any_": ["retail-etl-flow-run-failed"]}}},
     ).json()
     assert len(named) == 1 and named[0]["enabled"]
+    (zombie,) = server.post(
+        "/automations/filter",
+        {"automations": {"name": {"any_": ["retail-etl-zombie-runs"]}}},
+    ).json()
+    trigger = zombie["trigger"]
+    assert trigger["posture"] == "Proactive" and trigger["within"] == 200
+    assert trigger["after"] == ["prefect.flow-run.heartbeat"]
+    assert "prefect.flow-run.Completed" in trigger["expect"]
+    assert trigger["for_each"] == ["prefect.resource.id"]
+    assert trigger["match_related"]["prefect.resource.name"] == [
+        "retail-sales-etl",
+        "retail-sales-backfill",
+    ]
+    assert zombie["actions"][0]["type"] == "change-flow-run-state"
+    assert zombie["actions"][0]["state"] == "CRASHED"
 
     started = time.monotonic()
     failed = _run([retail_etl, "run", "--date", DAY.isoformat()], env, check=False)

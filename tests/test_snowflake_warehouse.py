@@ -17,7 +17,6 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from pydantic import SecretStr
 
 from retail_etl.staging import LocalStagingStore
 from retail_etl.warehouse import sql
@@ -28,7 +27,7 @@ from retail_etl.warehouse.base import (
     WarehouseError,
     WarehouseLoadError,
 )
-from retail_etl.warehouse.snowflake_warehouse import SnowflakeWarehouse, redact
+from retail_etl.warehouse.snowflake_warehouse import SnowflakeWarehouse
 from tests.test_staging import accepted_table, reject_table, write_parquet
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
@@ -58,14 +57,7 @@ def store(tmp_path: Path) -> LocalStagingStore:
 
 @pytest.fixture
 def wh(fake_snowflake: Callable[[], Any], store: LocalStagingStore) -> SnowflakeWarehouse:
-    warehouse = SnowflakeWarehouse(
-        fake_snowflake,
-        store,
-        database="retail_db",
-        schema="retail",
-        aws_key_id=KEY_ID,
-        aws_secret_key=SecretStr(SECRET),
-    )
+    warehouse = SnowflakeWarehouse(fake_snowflake, store, database="retail_db", schema="retail")
     warehouse.ensure_schema()
     return warehouse
 
@@ -185,8 +177,8 @@ def test_ddl_text_clusters_the_fact_and_quotes_identifiers() -> None:
     assert '"EXTRAS" VARIANT' in ddl and '"UNIT_PRICE" NUMBER(10,2)' in ddl
     with pytest.raises(ValueError):
         t.ident('sales"; DROP TABLE x; --')
-    stage = sql.create_stage_sql(t, "retail_etl_staging", credentials=True)
-    assert stage.count("%s") == 3  # the URL and the key pair are parameters, never SQL text
+    stage = sql.create_stage_sql(t, "retail_etl_staging", storage_integration="retail_s3")
+    assert stage.count("%s") == 1 and "CREDENTIALS" not in stage  # the URL only, bound
     copy = sql.copy_into_sql(t, "stg_sales_x", "retail_etl_staging", "retail_etl_parquet", 2)
     assert "FILES = (%s, %s)" in copy and "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE" in copy
 
@@ -504,42 +496,33 @@ def test_rejects_dq_results_history(
 # --------------------------------------------------------------------------- secrets, blocks
 
 
-def test_stage_credentials_never_reach_errors_or_logs(
-    fake_snowflake: Callable[[], Any],
-    store: LocalStagingStore,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    wh = SnowflakeWarehouse(
-        fake_snowflake,
-        store,
-        database="retail_db",
-        schema="retail",
-        aws_key_id=KEY_ID,
-        aws_secret_key=SecretStr(SECRET),
-    )
-    assert SECRET not in repr(wh)
-    # a stage statement the engine rejects, with the key pair bound into it
-    monkeypatch.setattr(
-        sql,
-        "create_stage_sql",
-        lambda *a, **k: (
-            "CREATE STAGE x URL = %s CREDENTIALS = (AWS_KEY_ID = %s AWS_SECRET_KEY = %s) )))"
-        ),
-    )
-    caplog.set_level(logging.DEBUG)
-    with pytest.raises(WarehouseError, match="creating the external stage") as info:
-        wh.ensure_schema()
-    assert SECRET not in str(info.value) and KEY_ID not in str(info.value)
-    assert info.value.__cause__ is None and info.value.__suppress_context__
-    assert SECRET not in caplog.text
-    assert redact(f"key {SECRET} and {KEY_ID}", [SECRET, KEY_ID]) == "key *** and ***"
+class RecordingConnection:
+    """A seam around a DB-API connection that keeps every statement and its parameters."""
+
+    def __init__(self, conn: Any, log: list[tuple[str, Any]]) -> None:
+        self._conn, self._log = conn, log
+
+    def cursor(self) -> Any:
+        cursor, log = self._conn.cursor(), self._log
+
+        class Recording:
+            def execute(self, text: str, params: Any = None) -> Any:
+                log.append((text, params))
+                return cursor.execute(text, params)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cursor, name)
+
+        return Recording()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
 
 
-def test_from_blocks_uses_the_connector_credentials(
-    fake_snowflake: Callable[[], Any], tmp_path: Path
-) -> None:
-    from prefect_aws import AwsCredentials, S3Bucket
+def _s3_warehouse(
+    fake_snowflake: Callable[[], Any], statements: list[tuple[str, Any]], **kwargs: Any
+) -> SnowflakeWarehouse:
+    """The warehouse from its blocks, on an S3 store whose block holds an AWS key pair."""
     from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
     from retail_etl.staging import S3StagingStore
@@ -550,21 +533,61 @@ def test_from_blocks_uses_the_connector_credentials(
         warehouse="etl_wh",
         schema="retail",
     )
-    bucket = S3Bucket(
-        bucket_name="bkt",
-        bucket_folder="staging",
-        credentials=AwsCredentials(
-            aws_access_key_id=KEY_ID, aws_secret_access_key=SecretStr(SECRET)
-        ),
-    )
     store = S3StagingStore("bkt", "staging", client=None)
-    wh = SnowflakeWarehouse.from_blocks(connector, bucket, store)
+    wh = SnowflakeWarehouse.from_blocks(connector, store, **kwargs)
+    wh._connect = lambda: RecordingConnection(fake_snowflake(), statements)  # type: ignore[method-assign]
+    return wh
+
+
+def test_a_storage_integration_stage_sends_no_keys(fake_snowflake: Callable[[], Any]) -> None:
+    statements: list[tuple[str, Any]] = []
+    wh = _s3_warehouse(fake_snowflake, statements, storage_integration="retail_s3")
     assert wh.url == "s3://bkt/staging/"
     wh.ensure_schema()  # schema, file format, s3 stage (not read by fakesnow), tables
+    (create,) = [(t, p) for t, p in statements if "CREATE OR REPLACE STAGE" in t]
+    assert create[0].endswith('URL = %s STORAGE_INTEGRATION = "RETAIL_S3"')
+    assert create[1] == ["s3://bkt/staging/"]
+    assert "CREDENTIALS" not in " ".join(t for t, _ in statements)
     stages = wh.query("SHOW STAGES IN SCHEMA retail_db.retail")
     assert any("s3://bkt/staging/" in str(row) for row in stages)
+
+
+def test_without_an_integration_the_stage_must_exist_and_keys_are_never_sent(
+    fake_snowflake: Callable[[], Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    statements: list[tuple[str, Any]] = []
+    wh = _s3_warehouse(fake_snowflake, statements)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(WarehouseError) as info:
+        wh.ensure_schema()
+    message = str(info.value)
+    assert "the external stage retail_etl_staging over s3://bkt/staging/ does not exist" in message
+    assert "RETAIL_ETL_SNOWFLAKE_STORAGE_INTEGRATION" in message
+    assert not any("CREATE OR REPLACE STAGE" in t for t, _ in statements)
+
+    # An administrator created the stage once: the pipeline uses it as it is.
+    with fake_snowflake() as admin:
+        admin.cursor().execute(
+            "CREATE STAGE retail_db.retail.retail_etl_staging URL = 's3://bkt/staging/'"
+        )
+    statements.clear()
+    wh.ensure_schema()
+    sent = repr(statements)
+    assert "SHOW STAGES LIKE" in sent and "CREATE OR REPLACE STAGE" not in sent
+    assert SECRET not in sent and KEY_ID not in sent and SECRET not in caplog.text
+
+
+def test_from_blocks_needs_the_s3_store(tmp_path: Path) -> None:
+    from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
+
+    connector = SnowflakeConnector(
+        credentials=SnowflakeCredentials(account="acct", user="etl", password="pw"),
+        database="retail_db",
+        warehouse="etl_wh",
+        schema="retail",
+    )
     with pytest.raises(ValueError, match="S3 staging store"):
-        SnowflakeWarehouse.from_blocks(connector, bucket, LocalStagingStore(tmp_path))
+        SnowflakeWarehouse.from_blocks(connector, LocalStagingStore(tmp_path))
 
 
 # --------------------------------------------------------------------------- schema changes

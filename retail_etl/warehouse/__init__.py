@@ -45,13 +45,11 @@ def open_warehouse(
     store: StagingStore,
     *,
     snowflake_connector: Any = None,
-    s3_bucket: Any = None,
 ) -> Warehouse:
     """The configured warehouse (``settings.warehouse``).
 
     DuckDB needs nothing else. Snowflake needs the prefect-snowflake ``SnowflakeConnector``
-    block and the prefect-aws ``S3Bucket`` block of the staging store (for the stage URL and
-    its credentials).
+    block and the S3 staging store (the stage points at its root).
     """
     if settings.warehouse == "duckdb":
         from retail_etl.warehouse.duckdb_warehouse import DuckDBWarehouse
@@ -59,9 +57,12 @@ def open_warehouse(
         return DuckDBWarehouse.from_settings(settings, store)
     from retail_etl.warehouse.snowflake_warehouse import SnowflakeWarehouse
 
-    if snowflake_connector is None or s3_bucket is None:
+    if snowflake_connector is None:
         raise ValueError(
-            "the Snowflake warehouse needs the SnowflakeConnector block "
-            f"({settings.snowflake_block!r}) and the S3Bucket block ({settings.s3_bucket_block!r})"
+            f"the Snowflake warehouse needs the SnowflakeConnector block ({settings.snowflake_block!r})"
         )
-    return SnowflakeWarehouse.from_blocks(snowflake_connector, s3_bucket, store)
+    return SnowflakeWarehouse.from_blocks(
+        snowflake_connector,
+        store,
+        storage_integration=settings.snowflake_storage_integration,
+    )

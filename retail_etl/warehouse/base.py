@@ -558,6 +558,11 @@ class Warehouse(Protocol):
         Returns the ``table.column`` names added."""
         ...
 
+    def drop_stale_stage_tables(self, older_than_hours: float) -> list[str]:
+        """Drop ``stg_*`` tables a killed load left behind (created longer ago than the
+        bound, so a load in progress keeps its own); the names dropped."""
+        ...
+
     def session(self) -> AbstractContextManager[Any]:
         """A context in which operations share one connection (each keeps its own
         transaction); the load subflow runs a batch's regions in one."""

@@ -117,9 +117,10 @@ class DuckDBWarehouse(sql.QueryMixin):
             lock_timeout_s=settings.warehouse_lock_timeout_seconds,
         )
 
-    def _open(self) -> duckdb.DuckDBPyConnection:
-        """Open the file for writing; while another process holds it (a run, or a reader's
-        read-only connection), wait our turn, bounded by ``lock_timeout_s``."""
+    def _open(self, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        """Open the file (for writing unless ``read_only``); while another process holds it
+        (a run, or a reader's read-only connection), wait our turn, bounded by
+        ``lock_timeout_s``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_timeout_s
         pause = 0.2
@@ -128,6 +129,7 @@ class DuckDBWarehouse(sql.QueryMixin):
             try:
                 return duckdb.connect(
                     str(self.path),
+                    read_only=read_only,
                     config={"memory_limit": self.memory_limit, "threads": self.threads},
                 )
             except duckdb.Error as e:
@@ -152,6 +154,17 @@ class DuckDBWarehouse(sql.QueryMixin):
                     warned = True
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
+
+    def query_read_only(self, statement: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run a reader's statement on a read-only connection held only while it runs, so a
+        load waits seconds, not for as long as an analyst keeps a session open."""
+        con = self._open(read_only=True)
+        try:
+            cursor = con.execute(statement)
+            columns = [d[0] for d in cursor.description or []]
+            return columns, cursor.fetchall()
+        finally:
+            con.close()
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -198,6 +211,10 @@ class DuckDBWarehouse(sql.QueryMixin):
             return con.execute(sql_text, list(params)).fetchall()
 
     # ------------------------------------------------------------------ schema
+
+    def drop_stale_stage_tables(self, older_than_hours: float) -> list[str]:
+        """Nothing to drop: DuckDB stage tables are TEMP, gone with the connection."""
+        return []
 
     def ensure_schema(self) -> list[str]:
         """Create missing tables; add columns missing from existing tables (NULLABLE, via

@@ -19,10 +19,9 @@ A region load::
 The stage table name contains the batch id (date + random) and the region, so runs of
 different dates (or two runs of one date) never share one.
 
-Secrets: the stage's AWS key pair is bound as parameters and never logged; an error while
-creating the stage is re-raised with the secret values redacted and without the driver's
-exception attached (its text could echo the statement). Prefer a STORAGE INTEGRATION
-(``storage_integration=``), which keeps keys out of SQL entirely.
+Secrets: no AWS key ever goes into a statement (the connector binds values client-side, into
+the SQL text that reaches query history). The stage reaches S3 through a STORAGE INTEGRATION
+(``RETAIL_ETL_SNOWFLAKE_STORAGE_INTEGRATION``), or is one an administrator created once.
 """
 
 from __future__ import annotations
@@ -31,10 +30,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
-
-from pydantic import SecretStr
 
 from retail_etl.settings import validate_identifier
 from retail_etl.staging import S3StagingStore, StagedFile, StagingStore, validate_batch_id
@@ -78,13 +75,6 @@ def stage_url(store: StagingStore) -> str:
     return url
 
 
-def redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 class SnowflakeWarehouse(sql.QueryMixin):
     """The warehouse in one Snowflake schema."""
 
@@ -98,8 +88,6 @@ class SnowflakeWarehouse(sql.QueryMixin):
         stage_name: str = DEFAULT_STAGE,
         file_format_name: str = DEFAULT_FILE_FORMAT,
         url: str | None = None,
-        aws_key_id: str | None = None,
-        aws_secret_key: SecretStr | None = None,
         storage_integration: str | None = None,
     ) -> None:
         self._connect = connect
@@ -109,10 +97,6 @@ class SnowflakeWarehouse(sql.QueryMixin):
         self.stage_name = validate_identifier(stage_name.lower(), "stage")
         self.file_format_name = validate_identifier(file_format_name.lower(), "file format")
         self.url = url or stage_url(store)
-        if (aws_key_id is None) != (aws_secret_key is None):
-            raise ValueError("give both aws_key_id and aws_secret_key, or neither")
-        self._aws_key_id = aws_key_id
-        self._aws_secret_key = aws_secret_key
         self.storage_integration = (
             validate_identifier(storage_integration.lower(), "storage integration")
             if storage_integration
@@ -126,14 +110,13 @@ class SnowflakeWarehouse(sql.QueryMixin):
     def from_blocks(
         cls,
         connector: Any,
-        s3_bucket: Any,
         store: StagingStore,
         *,
         schema: str | None = None,
         storage_integration: str | None = None,
     ) -> SnowflakeWarehouse:
-        """From a prefect-snowflake ``SnowflakeConnector`` and the prefect-aws ``S3Bucket`` of
-        the staging store. Each operation opens its own connection with the connector's
+        """From a prefect-snowflake ``SnowflakeConnector`` and the S3 staging store (the stage
+        points at its root). Each operation opens its own connection with the connector's
         credentials, database, warehouse and schema (the block's cached connection is not
         shared, so autocommit can be switched off safely)."""
         if not isinstance(store, S3StagingStore):
@@ -149,23 +132,11 @@ class SnowflakeWarehouse(sql.QueryMixin):
                 autocommit=False,
             )
 
-        key_id: str | None = None
-        secret: SecretStr | None = None
-        if storage_integration is None:
-            creds = s3_bucket.credentials
-            key_id = getattr(creds, "aws_access_key_id", None) or getattr(
-                creds, "minio_root_user", None
-            )
-            secret = getattr(creds, "aws_secret_access_key", None) or getattr(
-                creds, "minio_root_password", None
-            )
         return cls(
             connect,
             store,
             database=connector.database,
             schema=schema or connector.schema_,
-            aws_key_id=key_id,
-            aws_secret_key=secret,
             storage_integration=storage_integration,
         )
 
@@ -244,28 +215,48 @@ class SnowflakeWarehouse(sql.QueryMixin):
             log.info("added column(s) to the Snowflake warehouse: %s", ", ".join(added))
         return added
 
+    def drop_stale_stage_tables(self, older_than_hours: float) -> list[str]:
+        """Transient ``stg_*`` tables survive a killed load; the next run drops them."""
+        t = self._t
+        cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
+        with self._connection() as conn:
+            cur = conn.cursor()
+            cur.execute(
+                sql.stale_stage_tables_sql(t), [t.schema.upper() if t.schema else "", cutoff]
+            )
+            names = [str(row[0]).lower() for row in cur.fetchall()]
+            for name in names:
+                cur.execute(sql.drop_table_sql(t, validate_identifier(name, "stage table")))
+            conn.commit()
+        if names:
+            log.warning("dropped %d stale stage table(s): %s", len(names), ", ".join(names))
+        return names
+
     def _create_stage(self, cur: Any) -> None:
-        credentials = self._aws_key_id is not None and self.storage_integration is None
+        """The external stage over the staging root. AWS keys never go into a statement (the
+        connector binds values into the SQL text, which reaches query history): S3 is reached
+        through a storage integration, or through a stage an administrator created once."""
+        if self.storage_integration is None and self.url.startswith("s3://"):
+            cur.execute(sql.show_stage_sql(self._t), [self.stage_name.upper()])
+            if not cur.fetchall():
+                raise WarehouseError(
+                    f"the external stage {self.stage_name} over {self.url} does not exist: set "
+                    "RETAIL_ETL_SNOWFLAKE_STORAGE_INTEGRATION to a storage integration allowed on "
+                    "the bucket (the pipeline then creates the stage), or have an administrator "
+                    "create the stage once (README, 'Snowflake and S3 in production'); the "
+                    "pipeline never sends AWS keys to Snowflake"
+                )
+            return
         text = sql.create_stage_sql(
-            self._t,
-            self.stage_name,
-            credentials=credentials,
-            storage_integration=self.storage_integration,
+            self._t, self.stage_name, storage_integration=self.storage_integration
         )
-        params: list[Any] = [self.url]
-        secrets: list[str] = []
-        if credentials and self._aws_secret_key is not None:
-            secret = self._aws_secret_key.get_secret_value()
-            params += [self._aws_key_id, secret]
-            secrets = [secret, self._aws_key_id or ""]
         try:
-            cur.execute(text, params)
+            cur.execute(text, [self.url])
         except Exception as e:
-            message = redact(describe_error(e), secrets)
-            # not chained: the driver's exception may echo the statement with the key pair
             raise WarehouseError(
-                f"creating the external stage {self.stage_name} over {self.url} failed: {message}"
-            ) from None
+                f"creating the external stage {self.stage_name} over {self.url} failed: "
+                f"{describe_error(e)}"
+            ) from e
 
     # ------------------------------------------------------------------ loads
 

@@ -151,6 +151,15 @@ def add_column_sql(t: SqlTarget, table: str, column: WarehouseColumn) -> str:
     )
 
 
+def stale_stage_tables_sql(t: SqlTarget) -> str:
+    """Snowflake: stage tables (``STG_...``) created before a cutoff; params: (schema, cutoff)."""
+    prefix = f"{t.ident(t.database)}." if t.database else ""
+    return (
+        f"SELECT table_name FROM {prefix}information_schema.tables "
+        "WHERE table_schema = %s AND left(table_name, 4) = 'STG_' AND created < %s"
+    )
+
+
 def drop_table_sql(t: SqlTarget, table: str) -> str:
     return f"DROP TABLE IF EXISTS {t.table(table)}"
 
@@ -159,10 +168,9 @@ def create_file_format_sql(t: SqlTarget, name: str) -> str:
     return f"CREATE FILE FORMAT IF NOT EXISTS {t.table(name)} TYPE = PARQUET"
 
 
-def create_stage_sql(
-    t: SqlTarget, name: str, *, credentials: bool, storage_integration: str | None = None
-) -> str:
-    """External stage over the staging root. Params: (url,) or (url, key id, secret key).
+def create_stage_sql(t: SqlTarget, name: str, *, storage_integration: str | None = None) -> str:
+    """External stage over the staging root; params: (url,). Never credentials: S3 access goes
+    through a storage integration (or a stage an administrator created).
 
     ``CREATE OR REPLACE`` so a changed bucket or prefix takes effect; the stage holds no data
     and COPY names its file format explicitly, so replacing it loses nothing.
@@ -170,9 +178,15 @@ def create_stage_sql(
     sql = f"CREATE OR REPLACE STAGE {t.table(name)} URL = %s"
     if storage_integration is not None:
         sql += f" STORAGE_INTEGRATION = {t.ident(storage_integration)}"
-    elif credentials:
-        sql += " CREDENTIALS = (AWS_KEY_ID = %s AWS_SECRET_KEY = %s)"
     return sql
+
+
+def show_stage_sql(t: SqlTarget) -> str:
+    """Whether a stage exists; params: (the stage name as the catalog stores it,)."""
+    if t.schema is None:
+        raise ValueError("show_stage_sql needs a schema")
+    parts = [p for p in (t.database, t.schema) if p is not None]
+    return f"SHOW STAGES LIKE %s IN SCHEMA {'.'.join(t.ident(p) for p in parts)}"
 
 
 def copy_into_sql(t: SqlTarget, table: str, stage: str, file_format: str, n_files: int) -> str:
