@@ -63,8 +63,15 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
     feed = ExtractFeed()
     extraction = ExtractionThread(ctx, settings, feed)
     extraction.start()
-    transformed, transform_errors = transform_batch(feed, ctx, settings)
+    transform = transform_batch(feed, ctx, settings, return_state=True)
     extracts, extract_failures = extraction.result()
+    if transform.is_completed():
+        transformed, transform_errors = transform.result()
+    else:  # the subflow itself broke: every extracted region is untransformed
+        transformed = {}
+        transform_errors = dict.fromkeys(
+            extracts, f"the transform subflow failed: {transform.message}"
+        )
     summary.stage_seconds["extract"] = extraction.seconds
     # (the time after the last extract landed; earlier regions overlapped the extraction)
     summary.stage_seconds["transform"] = time.perf_counter() - started - extraction.seconds

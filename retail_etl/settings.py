@@ -210,6 +210,14 @@ class Settings(BaseSettings):
     snowflake_warehouse: str | None = None
     snowflake_database: str | None = None
     snowflake_schema: str = "RETAIL"
+    snowflake_login_timeout_seconds: int = Field(
+        default=60, gt=0, description="Snowflake login bound."
+    )
+    snowflake_statement_timeout_seconds: int = Field(
+        default=3600,
+        gt=0,
+        description="Snowflake STATEMENT_TIMEOUT_IN_SECONDS and LOCK_TIMEOUT of a run's sessions.",
+    )
     snowflake_storage_integration: str | None = Field(
         default=None,
         description="Snowflake storage integration the stage reaches S3 through (no AWS keys "

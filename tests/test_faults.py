@@ -236,6 +236,14 @@ def _assert_day_exact(env: PipelineEnv) -> None:
         [DAY],
     )
     assert rejects == (True,)
+    # every batch that loaded kept its quality measures
+    (without_dq,) = env.warehouse(
+        "SELECT count(*) FROM (SELECT DISTINCT batch_id FROM etl_load_ledger "
+        "WHERE status = 'loaded' AND business_date = ?) AS l WHERE NOT EXISTS "
+        "(SELECT 1 FROM dq_results AS d WHERE d.batch_id = l.batch_id)",
+        [DAY],
+    )
+    assert without_dq == (0,)
     assert _leftover_run_dirs(env) == []
 
 
@@ -276,7 +284,7 @@ def test_a_run_killed_while_extracting_leaves_nothing_a_rerun_does_not_sweep(etl
     _assert_day_exact(etl_env)
 
 
-def test_a_run_killed_while_waiting_to_load_and_two_runs_at_once(etl_env):
+def test_a_run_killed_while_waiting_to_load_then_runs_and_a_backfill_at_once(etl_env):
     from retail_etl.locks import FileLock
     from retail_etl.settings import get_settings
 
@@ -305,19 +313,25 @@ def test_a_run_killed_while_waiting_to_load_and_two_runs_at_once(etl_env):
         writer.release()
     assert _leftover_run_dirs(etl_env)
 
-    # Two runs of the same date at once: they take turns at the warehouse, both complete.
-    first, second = _cli("run", "--date", DAY.isoformat()), _cli("run", "--date", DAY.isoformat())
-    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
-    assert [p.returncode for p in (first, second)] == [0, 0], outputs
+    # Two runs of the same date and a backfill over it, all at once: they take turns at the
+    # warehouse and all complete.
+    day = DAY.isoformat()
+    runs = [
+        _cli("run", "--date", day),
+        _cli("run", "--date", day),
+        _cli("backfill", "--start", day, "--end", day),
+    ]
+    outputs = [p.communicate(timeout=400)[0] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0, 0], outputs
     _assert_day_exact(etl_env)
     loaded = etl_env.warehouse(
         "SELECT count(DISTINCT batch_id) FROM etl_load_ledger WHERE status = 'loaded'"
     )
-    assert loaded == [(3,)]
+    assert loaded == [(4,)]
     # Each rerun of an unchanged day inserts nothing and updates nothing.
     changed = etl_env.warehouse(
         "SELECT sum(rows_inserted + rows_updated) FROM etl_load_ledger WHERE status = 'loaded' "
-        "AND batch_id <> (SELECT min(batch_id) FROM etl_load_ledger)"
+        "AND batch_id <> (SELECT arg_min(batch_id, finished_at) FROM etl_load_ledger)"
     )
     assert changed == [(0,)]
 

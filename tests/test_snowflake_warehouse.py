@@ -577,6 +577,33 @@ def test_without_an_integration_the_stage_must_exist_and_keys_are_never_sent(
     assert SECRET not in sent and KEY_ID not in sent and SECRET not in caplog.text
 
 
+def test_from_blocks_bounds_every_session_in_time(fake_snowflake: Callable[[], Any]) -> None:
+    from retail_etl.staging import S3StagingStore
+
+    asked: list[dict[str, Any]] = []
+
+    class Credentials:
+        def get_client(self, **kwargs: Any) -> Any:
+            asked.append(kwargs)
+            return fake_snowflake()
+
+    class Connector:
+        credentials = Credentials()
+        database, warehouse, schema_ = "retail_db", "etl_wh", "retail"
+
+    wh = SnowflakeWarehouse.from_blocks(
+        Connector(),
+        S3StagingStore("bkt", "staging", client=None),
+        login_timeout_s=7,
+        statement_timeout_s=90,
+    )
+    wh.query("SELECT 1")
+    (kwargs,) = asked
+    assert kwargs["autocommit"] is False and kwargs["login_timeout"] == 7
+    assert kwargs["network_timeout"] == 90
+    assert kwargs["session_parameters"] == {"STATEMENT_TIMEOUT_IN_SECONDS": 90, "LOCK_TIMEOUT": 90}
+
+
 def test_from_blocks_needs_the_s3_store(tmp_path: Path) -> None:
     from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 

@@ -65,4 +65,6 @@ def open_warehouse(
         snowflake_connector,
         store,
         storage_integration=settings.snowflake_storage_integration,
+        login_timeout_s=settings.snowflake_login_timeout_seconds,
+        statement_timeout_s=settings.snowflake_statement_timeout_seconds,
     )

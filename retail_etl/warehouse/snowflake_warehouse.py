@@ -114,6 +114,8 @@ class SnowflakeWarehouse(sql.QueryMixin):
         *,
         schema: str | None = None,
         storage_integration: str | None = None,
+        login_timeout_s: int = 60,
+        statement_timeout_s: int = 3600,
     ) -> SnowflakeWarehouse:
         """From a prefect-snowflake ``SnowflakeConnector`` and the S3 staging store (the stage
         points at its root). Each operation opens its own connection with the connector's
@@ -130,6 +132,14 @@ class SnowflakeWarehouse(sql.QueryMixin):
                 warehouse=connector.warehouse,
                 schema=connector.schema_,
                 autocommit=False,
+                # Bounded time: login, each network round trip, each statement and each wait
+                # for a lock end with an error instead of hanging the run.
+                login_timeout=login_timeout_s,
+                network_timeout=statement_timeout_s,
+                session_parameters={
+                    "STATEMENT_TIMEOUT_IN_SECONDS": statement_timeout_s,
+                    "LOCK_TIMEOUT": statement_timeout_s,
+                },
             )
 
         return cls(
