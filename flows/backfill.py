@@ -11,16 +11,20 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.targets import open_targets
-from flows.etl import retail_sales_etl
+from flows.etl import run_planned_day
 from retail_etl.backfill import (
     BackfillDay,
     BackfillFailed,
     BackfillResult,
+    LedgerState,
+    note_skipped_states,
     plan_backfill,
+    plan_changed,
     summary_rows,
 )
-from retail_etl.run import summary_from_result
 from retail_etl.settings import get_settings
+from tasks.sources import read_fingerprints
+from tasks.warehouse import ensure_schema_task, ledger_states_task
 
 
 @task(name="loaded-pairs", retries=2, retry_delay_seconds=5)
@@ -33,18 +37,7 @@ def loaded_pairs_task(start: date, end: date) -> set[tuple[str, date]]:
 @task(name="backfill-day", task_run_name="backfill-{day.run_date}")
 def run_day_task(day: BackfillDay) -> BackfillResult:
     """One date of the backfill: the daily flow as a subflow for the regions still to do."""
-    result = BackfillResult(day.run_date, day.regions, day.skipped)
-    if not day.regions:
-        result.message = "nothing to do"
-        return result
-    state = retail_sales_etl(run_date=day.run_date, regions=list(day.regions), return_state=True)
-    summary = summary_from_result(state.result(raise_on_failure=False))
-    result.message = state.message or state.name or ""
-    if summary is None:
-        result.statuses = dict.fromkeys(day.regions, "failed")
-    else:
-        result.statuses = {r: o.status for r, o in summary.regions.items()}
-    return result
+    return run_planned_day(day)
 
 
 @flow(
@@ -58,18 +51,34 @@ def retail_sales_backfill(
     regions: list[str] | None = None,
     missing_only: bool = False,
     max_concurrent_days: int = 1,
+    changed_only: bool = False,
 ) -> State:
     """Run ``retail-sales-etl`` for every date from ``start_date`` to ``end_date`` (inclusive).
 
-    ``max_concurrent_days`` bounds how many dates run at once (1 for the embedded DuckDB
-    warehouse, which takes one writer); dates are started oldest first.
+    ``missing_only``: only pairs whose latest ledger row is not 'loaded'. ``changed_only``: only
+    pairs whose source fingerprint changed since their load, or left deferred or failed (with
+    both: either). ``max_concurrent_days`` bounds how many dates run at once (1 for the
+    embedded DuckDB warehouse, which takes one writer); dates are started oldest first.
     """
     logger = get_run_logger()
     start, end = start_date, end_date
     settings = get_settings(fresh=True)
     chosen = regions or settings.regions
     loaded = loaded_pairs_task(start, end) if missing_only else set()
-    plan = plan_backfill(start, end, chosen, missing_only=missing_only, loaded=loaded)
+    ledger: dict[tuple[str, date], LedgerState] = {}
+    if changed_only:
+        ensure_schema_task(settings)
+        ledger = ledger_states_task(start, end, settings)
+        stats, errors = read_fingerprints(chosen, start, end, settings)
+        for region, error in errors.items():
+            logger.warning("Region %s: source fingerprint not read: %s", region, error)
+        plan, reasons = plan_changed(
+            start, end, chosen, ledger, stats, missing_only=missing_only, loaded=loaded
+        )
+        for (region, day), why in sorted(reasons.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            logger.info("%s %s: %s", day, region, why)
+    else:
+        plan = plan_backfill(start, end, chosen, missing_only=missing_only, loaded=loaded)
     logger.info(
         "Backfill %s..%s: %d date(s), %d (region, date) pair(s) to run",
         start,
@@ -83,10 +92,12 @@ def retail_sales_backfill(
         futures = [run_day_task.submit(day) for day in plan[offset : offset + window]]
         results.extend(f.result() for f in futures)
 
+    if changed_only:  # pairs skipped as unchanged may be in any state
+        note_skipped_states(results, ledger)
     create_table_artifact(
         key=f"backfill-{start.isoformat()}-{end.isoformat()}",
         table=summary_rows(results),
-        description=f"Backfill {start}..{end} ({'missing only' if missing_only else 'all'})",
+        description=f"Backfill {start}..{end} ({_mode(missing_only, changed_only)})",
     )
     failed = [
         f"{r.run_date} {region}: {status}"
@@ -101,3 +112,8 @@ def retail_sales_backfill(
     return Completed(
         message=f"backfill {start}..{end}: {ran} (region, date) pair(s) loaded", data=results
     )
+
+
+def _mode(missing_only: bool, changed_only: bool) -> str:
+    modes = [m for m, on in (("missing only", missing_only), ("changed only", changed_only)) if on]
+    return " + ".join(modes) or "all"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date
 
 from prefect import flow, get_run_logger
@@ -16,17 +17,30 @@ from flows.alert import alert
 from flows.load import load_batch
 from flows.transform import transform_batch
 from flows.validate import validate_batch
+from retail_etl import closing
+from retail_etl.backfill import BackfillDay, BackfillResult, plan_changed
+from retail_etl.closing import lookback_window, split_closed
 from retail_etl.housekeeping import RunDirClaim, claim_run_dir
 from retail_etl.locks import LockTimeoutError, holding
 from retail_etl.quality import QualityReport
-from retail_etl.run import PipelineRunFailed, RunSummary, ledger_entries, new_run_context
+from retail_etl.redact import scrub_secrets
+from retail_etl.run import (
+    PipelineRunFailed,
+    RunContext,
+    RunSummary,
+    ledger_entries,
+    new_run_context,
+    summary_from_result,
+)
 from retail_etl.settings import Settings, get_settings
 from tasks.extract import ExtractionThread, publish_extract_artifact
 from tasks.runners import ConfiguredTaskRunner
 from tasks.schema import record_schemas_task
+from tasks.sources import read_fingerprints
 from tasks.transform import ExtractFeed
 from tasks.warehouse import (
     ensure_schema_task,
+    ledger_states_task,
     record_ledger_task,
     record_quality_task,
     sweep_leftovers_task,
@@ -38,11 +52,22 @@ from tasks.warehouse import (
     task_runner=ConfiguredTaskRunner(max_workers=8),  # threads or Dask: RETAIL_ETL_TASK_RUNNER
     validate_parameters=True,
 )
-def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = None) -> State:
-    """Consolidate one business day of sales from every region into the warehouse."""
+def retail_sales_etl(
+    run_date: date | None = None,
+    regions: list[str] | None = None,
+    lookback_days: int | None = None,
+) -> State:
+    """Consolidate one business day of sales from every region into the warehouse.
+
+    ``run_date`` defaults to the day before the run's scheduled start time; regions whose day
+    is not closed yet are deferred. Then the ``lookback_days`` days before (default
+    ``RETAIL_ETL_LOOKBACK_DAYS``) are re-checked and their drifted pairs reprocessed.
+    """
     logger = get_run_logger()
     settings = get_settings(fresh=True)
-    ctx = new_run_context(settings, run_date, regions, flow_run.get_id())
+    ctx = new_run_context(
+        settings, run_date, regions, flow_run.get_id(), flow_run.scheduled_start_time
+    )
     summary = RunSummary.start(ctx)
     summary.warehouse = describe_warehouse(settings)
     logger.info("Batch %s: %s for regions %s", ctx.batch_id, ctx.run_date, ", ".join(ctx.regions))
@@ -56,6 +81,47 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
         summary.fail_regions(ctx.regions, "load_failed", error)
         return _finish(summary, None, settings, run_dir, ledger_for=ctx.regions)
 
+    # The right day, closed: a region whose business day has not ended (+ grace) waits.
+    closed, deferrals = split_closed(ctx.regions, ctx.run_date, settings, closing.now_utc())
+    summary.record_deferred(deferrals)
+    for deferral in deferrals:
+        logger.warning("%s", deferral.reason)
+    # Source fingerprints, before extracting: one query per region over the lookback + the day.
+    days = settings.lookback_days if lookback_days is None else lookback_days
+    window = lookback_window(ctx.run_date, days)
+    started = time.perf_counter()
+    stats, fingerprint_errors = read_fingerprints(
+        ctx.regions, window[0] if window else ctx.run_date, ctx.run_date, settings
+    )
+    summary.stage_seconds["fingerprint"] = time.perf_counter() - started
+    summary.fingerprint_errors = {r: scrub_secrets(e) for r, e in fingerprint_errors.items()}
+    ctx = replace(
+        ctx,
+        regions=tuple(closed),
+        source_fingerprints={r: stats[r][ctx.run_date].fingerprint for r in closed if r in stats},
+    )
+    report, crashed = _run_closed_regions(ctx, settings, summary) if ctx.regions else (None, [])
+
+    # Lookback: earlier pairs whose source changed since their load, or deferred / failed.
+    if window:
+        ledger = ledger_states_task(window[0], window[1], settings, return_state=True)
+        if ledger.is_completed():
+            plan, reasons = plan_changed(
+                window[0], window[1], list(summary.regions), ledger.result(), stats
+            )
+            results = [run_planned_day(day) for day in plan if day.regions]
+            summary.record_lookback(results, {f"{d} {r}": why for (r, d), why in reasons.items()})
+        else:
+            summary.ledger_errors.append(f"reading the ledger for the lookback: {ledger.message}")
+    return _finish(summary, report, settings, run_dir, ledger_for=crashed)
+
+
+def _run_closed_regions(
+    ctx: RunContext, settings: Settings, summary: RunSummary
+) -> tuple[QualityReport | None, list[str]]:
+    """Extract, transform, gate and load the run's (closed) regions, recording each step in
+    ``summary``; (the quality report if the gate ran, regions whose step crashed)."""
+    logger = get_run_logger()
     # Extract: every region concurrently (RETAIL_ETL_EXTRACT_SPLITS: several tasks per
     # region, combined before the transform); a failed region is reported, the rest go on.
     # The transform subflow runs meanwhile and takes each region as soon as it lands.
@@ -141,8 +207,7 @@ def retail_sales_etl(run_date: date | None = None, regions: list[str] | None = N
             recorded = record_quality_task(report.to_records(), settings, return_state=True)
             if not recorded.is_completed():
                 summary.ledger_errors.append(recorded.message or "recording dq_results failed")
-
-    return _finish(summary, report, settings, run_dir, ledger_for=crashed)
+    return report, crashed
 
 
 def _finish(
@@ -171,3 +236,22 @@ def _finish(
     if ok:
         return Completed(message=message, data=summary)
     return Failed(message=message, data=PipelineRunFailed(message, summary))
+
+
+def run_planned_day(day: BackfillDay) -> BackfillResult:
+    """One date of a plan (backfill or lookback): this flow as a subflow for the regions still
+    to do, without a lookback of its own."""
+    result = BackfillResult(day.run_date, day.regions, day.skipped)
+    if not day.regions:
+        result.message = "nothing to do"
+        return result
+    state = retail_sales_etl(
+        run_date=day.run_date, regions=list(day.regions), lookback_days=0, return_state=True
+    )
+    summary = summary_from_result(state.result(raise_on_failure=False))
+    result.message = state.message or state.name or ""
+    if summary is None:
+        result.statuses = dict.fromkeys(day.regions, "failed")
+    else:
+        result.statuses = {r: o.status for r, o in summary.regions.items()}
+    return result

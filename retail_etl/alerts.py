@@ -43,6 +43,7 @@ _NOT_LOADED_REASON = {
     "transform_failed": "transform failed",
     "gate_failed": "quality gate failed",
     "load_failed": "load failed",
+    "deferred": "business day not closed yet; a later run's lookback loads it",
 }
 
 
@@ -108,7 +109,7 @@ def build_alert_message(
 
 
 def _rerun_regions(summary: RunSummary) -> list[str]:
-    return [o.region for o in summary.regions.values() if o.status != "loaded"]
+    return [o.region for o in summary.regions.values() if o.status not in ("loaded", "deferred")]
 
 
 def _title(summary: RunSummary) -> str:
@@ -134,6 +135,8 @@ def _title(summary: RunSummary) -> str:
         causes.append("verification failed")
     if summary.ledger_errors:
         causes.append("ledger not written")
+    if _lookback_failures(summary):
+        causes.append("lookback reprocessing failed")
     if not causes:
         schema = (
             f", {len(summary.schema_warnings)} source schema change(s)"
@@ -222,6 +225,11 @@ _STAGE_FAILURES = {
 }
 
 
+def _lookback_failures(summary: RunSummary) -> dict[str, str]:
+    """ "<date> <region>" -> status of the lookback pairs that did not load."""
+    return {k: v for k, v in summary.lookback.items() if v not in ("loaded", "deferred")}
+
+
 def _region_lines(summary: RunSummary, f: _Format) -> list[str]:
     """One line per region that failed in a stage of its own (gate and verify come apart)."""
     lines: list[str] = []
@@ -274,6 +282,22 @@ def _render(
             f"{f.sub}{f.code(o.region)}: {f.escape(_clean_error(o.error))}"
             for o in verify_failed
             if o.error
+        )
+    lookback = _lookback_failures(summary)
+    if lookback:
+        problems.append(
+            f"{f.bullet}{f.bold('Lookback reprocessing failed')} (earlier days whose source "
+            "changed or that were not loaded; each has its own alert):"
+        )
+        problems.extend(
+            f"{f.sub}{f.code(key)}: {f.escape(status)} "
+            f"({f.escape(summary.lookback_reasons.get(key, ''))})"
+            for key, status in lookback.items()
+        )
+        dates = sorted(key.split(" ", 1)[0] for key in lookback)
+        problems.append(
+            f"{f.sub}after fixing the cause: "
+            + f.code(f"retail-etl backfill --start {dates[0]} --end {dates[-1]} --changed-only")
         )
     if summary.ledger_errors:
         problems.append(

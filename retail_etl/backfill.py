@@ -2,16 +2,66 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Any
+
+#: Latest ledger statuses whose (region, date) a lookback / ``--changed-only`` run redoes
+#: whatever the source says: never loaded yet, or its last attempt failed.
+REDO_STATUSES: frozenset[str] = frozenset(
+    {
+        "deferred",
+        "extract_failed",
+        "transform_failed",
+        "gate_failed",
+        "load_failed",
+        "verify_failed",
+    }
+)
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    """The latest ledger row of a (region, date): its status and the source fingerprint it
+    recorded (None for rows without one)."""
+
+    status: str
+    source_fingerprint: str | None = None
+
+
+Pair = tuple[str, date]
+
+
+def drifted_pairs(
+    ledger: Mapping[Pair, LedgerState], source: Mapping[Pair, str]
+) -> dict[Pair, str]:
+    """(region, date) -> why it must be reprocessed, among the pairs the ledger knows:
+
+    - latest status deferred or failed (:data:`REDO_STATUSES`);
+    - latest status 'loaded' and the source's fingerprint now differs from the one recorded
+      with that load (or the load recorded none). A pair whose source fingerprint could not be
+      read (absent from ``source``) is not judged on it.
+
+    Pairs without any ledger row are not drift: ``--missing-only`` is for those.
+    """
+    out: dict[Pair, str] = {}
+    for pair, state in ledger.items():
+        if state.status in REDO_STATUSES:
+            out[pair] = f"latest ledger status {state.status}"
+        elif state.status == "loaded" and pair in source:
+            if state.source_fingerprint is None:
+                out[pair] = "loaded without a source fingerprint"
+            elif state.source_fingerprint != source[pair]:
+                out[pair] = "source changed since its load"
+    return out
 
 
 @dataclass(frozen=True)
 class BackfillDay:
     run_date: date
     regions: tuple[str, ...]  # to run
-    skipped: tuple[str, ...] = ()  # already loaded (missing-only)
+    skipped: tuple[str, ...] = ()  # already loaded (missing-only) or unchanged (changed-only)
 
 
 @dataclass
@@ -20,6 +70,8 @@ class BackfillResult:
     regions: tuple[str, ...]
     skipped: tuple[str, ...]
     statuses: dict[str, str] = field(default_factory=dict)  # region -> status after the run
+    #: region -> latest ledger status of a skipped pair, when not 'loaded' ("never run": none)
+    skipped_status: dict[str, str] = field(default_factory=dict)
     message: str = ""
 
 
@@ -40,26 +92,75 @@ def date_range(start: date, end: date) -> list[date]:
     return [start + timedelta(days=n) for n in range((end - start).days + 1)]
 
 
+def source_fingerprints(stats: Mapping[str, Mapping[date, Any]]) -> dict[Pair, str]:
+    """(region, date) -> fingerprint, from per-region source stats
+    (:func:`retail_etl.fingerprint.read_source_stats`)."""
+    return {(r, d): s.fingerprint for r, days in stats.items() for d, s in days.items()}
+
+
+def plan_changed(
+    start: date,
+    end: date,
+    regions: Sequence[str],
+    ledger: Mapping[Pair, LedgerState],
+    stats: Mapping[str, Mapping[date, Any]],
+    *,
+    missing_only: bool = False,
+    loaded: Collection[Pair] = (),
+) -> tuple[list[BackfillDay], dict[Pair, str]]:
+    """The ``--changed-only`` plan (also the daily run's lookback): (plan, why each pair runs)."""
+    drifted = drifted_pairs(ledger, source_fingerprints(stats))
+    plan = plan_backfill(
+        start,
+        end,
+        regions,
+        missing_only=missing_only,
+        loaded=loaded,
+        changed_only=True,
+        drifted=drifted,
+    )
+    wanted = {(r, d.run_date) for d in plan for r in d.regions}
+    return plan, {pair: reason for pair, reason in drifted.items() if pair in wanted}
+
+
 def plan_backfill(
     start: date,
     end: date,
     regions: Sequence[str],
     *,
     missing_only: bool,
-    loaded: Collection[tuple[str, date]] = (),
+    loaded: Collection[Pair] = (),
+    changed_only: bool = False,
+    drifted: Collection[Pair] = (),
 ) -> list[BackfillDay]:
     """One entry per date, oldest first. With ``missing_only``, regions whose latest ledger
-    row for that date is 'loaded' are skipped; a date with nothing left still appears, with
-    every region skipped, so the summary shows it."""
+    row for that date is 'loaded' are skipped; with ``changed_only``, regions not in
+    ``drifted`` (:func:`drifted_pairs`); with both, a pair runs if either says so. A date with
+    nothing left still appears, with every region skipped, so the summary shows it."""
+
+    def wanted(pair: Pair) -> bool:
+        return (missing_only and pair not in loaded) or (changed_only and pair in drifted)
+
     plan = []
     for day in date_range(start, end):
-        if missing_only:
-            todo = tuple(r for r in regions if (r, day) not in loaded)
-            done = tuple(r for r in regions if (r, day) in loaded)
+        if missing_only or changed_only:
+            todo = tuple(r for r in regions if wanted((r, day)))
+            done = tuple(r for r in regions if not wanted((r, day)))
         else:
             todo, done = tuple(regions), ()
         plan.append(BackfillDay(day, todo, done))
     return plan
+
+
+def note_skipped_states(
+    results: Sequence[BackfillResult], ledger: Mapping[Pair, LedgerState]
+) -> None:
+    """Record on each result the latest ledger status of its skipped pairs ("never run" when
+    the ledger has none): a changed-only plan skips pairs in any state."""
+    for result in results:
+        for region in result.skipped:
+            state = ledger.get((region, result.run_date))
+            result.skipped_status[region] = state.status if state else "never run"
 
 
 def summary_rows(results: Sequence[BackfillResult]) -> list[dict[str, object]]:
@@ -67,12 +168,15 @@ def summary_rows(results: Sequence[BackfillResult]) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for result in results:
         for region in result.skipped:
+            status = result.skipped_status.get(region, "loaded")
             rows.append(
                 {
                     "date": result.run_date.isoformat(),
                     "region": region,
-                    "action": "skipped (already loaded)",
-                    "status": "loaded",
+                    "action": "skipped (loaded, unchanged)"
+                    if status == "loaded"
+                    else "skipped (not loaded)",
+                    "status": status,
                 }
             )
         for region in result.regions:

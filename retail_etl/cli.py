@@ -1,4 +1,4 @@
-"""``retail-etl``: the command line (seed, blocks, run, demo, backfill, automations)."""
+"""``retail-etl``: the command line (seed, blocks, run, demo, backfill, audit, automations)."""
 
 from __future__ import annotations
 
@@ -96,14 +96,18 @@ def cmd_automations_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pipeline(run_date: date | None, regions: list[str] | None) -> tuple[bool, str]:
+def run_pipeline(
+    run_date: date | None, regions: list[str] | None, lookback_days: int | None = None
+) -> tuple[bool, str]:
     """Run the flow in this process; (every requested region loaded, summary text)."""
     _quiet_offline_prefect()
     from flows.etl import retail_sales_etl
     from retail_etl.run import summary_from_result
 
     with _without_heartbeat():
-        state = retail_sales_etl(run_date=run_date, regions=regions, return_state=True)
+        state = retail_sales_etl(
+            run_date=run_date, regions=regions, lookback_days=lookback_days, return_state=True
+        )
     summary = summary_from_result(state.result(raise_on_failure=False))
     if summary is None:
         return False, f"{state.name}: {state.message}"
@@ -111,7 +115,7 @@ def run_pipeline(run_date: date | None, regions: list[str] | None) -> tuple[bool
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    ok, text = run_pipeline(args.date, _regions(args.regions))
+    ok, text = run_pipeline(args.date, _regions(args.regions), args.lookback_days)
     print(text)
     return 0 if ok else 1
 
@@ -129,6 +133,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             regions=_regions(args.regions),
             missing_only=args.missing_only,
             max_concurrent_days=args.max_concurrent_days,
+            changed_only=args.changed_only,
             return_state=True,
         )
     outcome = state.result(raise_on_failure=False)
@@ -140,6 +145,27 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print(f"{row['date']}  {row['region']:<10} {row['action']:<26} {row['status']}")
     print(state.message or state.name)
     return 0 if state.is_completed() else 1
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Print source vs warehouse per region and day; exit 1 when a pair needs reprocessing."""
+    _quiet_offline_prefect()
+    from flows.audit import retail_sales_audit
+    from retail_etl.audit import AuditReport
+
+    with _without_heartbeat():
+        state = retail_sales_audit(
+            start_date=args.start,
+            end_date=args.end,
+            regions=_regions(args.regions),
+            return_state=True,
+        )
+    report = state.result(raise_on_failure=False)
+    if not isinstance(report, AuditReport):
+        print(f"{state.name}: {state.message}")
+        return 2
+    print(report.render())
+    return 1 if report.drifted else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -262,8 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     install.set_defaults(func=cmd_automations_install)
 
     run = sub.add_parser("run", help="run the pipeline for one business date")
-    run.add_argument("--date", type=_date, default=None, help="business date (default: yesterday)")
+    run.add_argument(
+        "--date",
+        type=_date,
+        default=None,
+        help="business date (default: yesterday in RETAIL_ETL_TIMEZONE)",
+    )
     run.add_argument("--regions", help="comma-separated subset of the configured regions")
+    run.add_argument(
+        "--lookback-days",
+        type=int,
+        default=None,
+        help="days before --date re-checked for late changes (default RETAIL_ETL_LOOKBACK_DAYS)",
+    )
     run.set_defaults(func=cmd_run)
 
     backfill = sub.add_parser("backfill", help="run the pipeline for every date of a range")
@@ -276,9 +313,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="only (region, date) pairs whose latest ledger row is not 'loaded'",
     )
     backfill.add_argument(
+        "--changed-only",
+        action="store_true",
+        help="only (region, date) pairs whose source changed since their load, or left "
+        "deferred or failed (with --missing-only: either)",
+    )
+    backfill.add_argument(
         "--max-concurrent-days", type=int, default=1, help="dates run at once (1 for DuckDB)"
     )
     backfill.set_defaults(func=cmd_backfill)
+
+    audit = sub.add_parser(
+        "audit", help="source vs warehouse per region and day (counts, sums, ledger, drift)"
+    )
+    audit.add_argument("--start", type=_date, required=True)
+    audit.add_argument("--end", type=_date, required=True)
+    audit.add_argument("--regions", help="comma-separated subset of the configured regions")
+    audit.set_defaults(func=cmd_audit)
 
     demo = sub.add_parser("demo", help="seed (if needed) and run one day end to end locally")
     demo.add_argument("--date", type=_date, default=DEMO_DATE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,10 +44,12 @@ def summary_from_result(result: object) -> RunSummary | None:
 @dataclass(frozen=True)
 class RunContext:
     run_date: date
-    regions: tuple[str, ...]
+    regions: tuple[str, ...]  # the regions this run extracts (closed ones)
     batch_id: str
     flow_run_id: str
     run_dir: Path
+    #: region -> the source's fingerprint of run_date, read before the extract (ledger)
+    source_fingerprints: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def extract_dir(self) -> Path:
@@ -64,9 +66,14 @@ def new_run_context(
     run_date: date | None,
     regions: Sequence[str] | None,
     flow_run_id: str | None,
+    scheduled_start: datetime | None = None,
 ) -> RunContext:
-    """Resolve the parameters of a run (defaults: yesterday in the business timezone, all regions)."""
-    business_date = run_date or settings.yesterday()
+    """Resolve the parameters of a run. Defaults: the day before the run's scheduled start time
+    in ``RETAIL_ETL_TIMEZONE`` (:func:`~retail_etl.closing.business_date_for`; now when not
+    given), all configured regions."""
+    from retail_etl.closing import business_date_for, now_utc
+
+    business_date = run_date or business_date_for(scheduled_start or now_utc(), settings.timezone)
     chosen = list(regions) if regions else settings.regions
     configured = set(settings.regions)
     unknown = [r for r in chosen if r not in configured]
@@ -98,6 +105,7 @@ RegionStatus = Literal[
     "loaded",
     "load_failed",
     "verify_failed",
+    "deferred",
 ]
 
 
@@ -134,6 +142,12 @@ class RunSummary:
     warehouse: str = ""
     #: New source schemas that differ from the contract (warned once; not a failure).
     schema_warnings: list[str] = field(default_factory=list)
+    #: Earlier (region, date) pairs this run re-checked and reprocessed (lookback):
+    #: "<date> <region>" -> status after the reprocessing, and why they were redone.
+    lookback: dict[str, str] = field(default_factory=dict)
+    lookback_reasons: dict[str, str] = field(default_factory=dict)
+    #: Regions whose source fingerprint could not be read (lookback skipped their changes).
+    fingerprint_errors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def start(cls, ctx: RunContext) -> RunSummary:
@@ -145,6 +159,21 @@ class RunSummary:
         )
 
     # -- recording step results (called by the parent flow, in order) --------------------
+
+    def record_deferred(self, deferrals: Sequence[Any]) -> None:
+        """Regions whose business day is not closed yet (:class:`retail_etl.closing.Deferral`)."""
+        for deferral in deferrals:
+            outcome = self.regions[deferral.region]
+            outcome.status = "deferred"
+            outcome.error = deferral.reason
+
+    def record_lookback(self, results: Sequence[Any], reasons: Mapping[str, str]) -> None:
+        """Results (:class:`retail_etl.backfill.BackfillResult`) of the reprocessed pairs."""
+        for result in results:
+            for region in result.regions:
+                key = f"{result.run_date} {region}"
+                self.lookback[key] = result.statuses.get(region, "unknown")
+                self.lookback_reasons[key] = reasons.get(key, "")
 
     def record_extracts(self, extracts: Mapping[str, Any], errors: Mapping[str, str]) -> None:
         for region, result in extracts.items():
@@ -220,7 +249,9 @@ class RunSummary:
 
     @property
     def succeeded(self) -> bool:
-        return all(o.status == "loaded" for o in self.regions.values())
+        """Every region loaded or deferred (not due yet), and every lookback pair loaded."""
+        regions_ok = all(o.status in ("loaded", "deferred") for o in self.regions.values())
+        return regions_ok and all(s in ("loaded", "deferred") for s in self.lookback.values())
 
     def outcome(self) -> tuple[bool, str]:
         """(succeeded, one-line message for the flow run's final state)."""
@@ -244,8 +275,17 @@ class RunSummary:
             parts.append("post-load verification failed: " + ", ".join(self.verification_failures))
         if self.ledger_errors:
             parts.append("the load ledger could not be written: " + "; ".join(self.ledger_errors))
-        if not parts and not loaded:
+        lookback_failed = [
+            f"{k}: {v}" for k, v in self.lookback.items() if v not in ("loaded", "deferred")
+        ]
+        if lookback_failed:
+            parts.append("lookback reprocessing failed for " + "; ".join(lookback_failed))
+        deferred = [o.region for o in self.regions.values() if o.status == "deferred"]
+        if not parts and not loaded and not deferred:
             parts.append("no region was loaded")
+        later = f"; deferred (day not closed): {', '.join(deferred)}" if deferred else ""
+        redone = [k for k, v in self.lookback.items() if v == "loaded"]
+        lookback = f"; lookback reprocessed {', '.join(redone)}" if redone else ""
         if not parts:
             rows = sum(o.rows_accepted for o in self.regions.values())
             schema = (
@@ -255,10 +295,10 @@ class RunSummary:
             )
             return True, (
                 f"{self.run_date}: loaded {len(loaded)} region(s), {rows:,} accepted rows "
-                f"(batch {self.batch_id}){schema}"
+                f"(batch {self.batch_id}){later}{lookback}{schema}"
             )
         tail = f"; loaded: {', '.join(loaded)}" if loaded else "; nothing loaded"
-        return False, f"{self.run_date}: " + "; ".join(parts) + tail
+        return False, f"{self.run_date}: " + "; ".join(parts) + tail + later + lookback
 
     def render_text(self) -> str:
         """A short human summary for the CLI."""
@@ -282,6 +322,10 @@ class RunSummary:
                 "stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_seconds.items())
             )
         lines.extend(f"schema change: {w}" for w in self.schema_warnings)
+        for key, status in self.lookback.items():
+            lines.append(f"lookback {key}: {status} ({self.lookback_reasons.get(key, '')})")
+        for region, error in self.fingerprint_errors.items():
+            lines.append(f"  {region}: source fingerprint not read ({error})")
         if self.warehouse:
             lines.append(f"warehouse: {self.warehouse}")
         return "\n".join(lines)
@@ -293,8 +337,8 @@ def _describe_check(check: Any) -> str:
 
 
 def ledger_entries(summary: RunSummary, also: Sequence[str] = ()) -> list[Any]:
-    """Ledger rows for regions that never reached a MERGE (extract, transform or gate failed),
-    and for the regions in ``also`` (a step that crashed before writing their rows).
+    """Ledger rows for regions that never reached a MERGE (deferred, or extract, transform or
+    gate failed), and for the regions in ``also`` (a step that crashed before writing their rows).
 
     Loaded and load-/verify-failed regions are otherwise recorded by the load subflow itself.
     """
@@ -306,6 +350,7 @@ def ledger_entries(summary: RunSummary, also: Sequence[str] = ()) -> list[Any]:
             "extract_failed",
             "transform_failed",
             "gate_failed",
+            "deferred",
         ):
             continue
         error = outcome.error

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -30,6 +29,15 @@ MAX_REGION_LENGTH = 63 - len("stg_rejects_") - len("20240115_0123456789ab") - le
 
 class SettingsError(ValueError):
     """The RETAIL_ETL_* configuration is invalid; the message names each bad setting."""
+
+
+#: Where each default region's business day is counted (README, "The right day, closed").
+DEFAULT_REGION_TIMEZONES: dict[str, str] = {
+    "us_east": "America/New_York",
+    "us_west": "America/Los_Angeles",
+    "europe": "Europe/London",
+    "apac": "Asia/Singapore",
+}
 
 
 class InvalidIdentifierError(ValueError):
@@ -71,7 +79,27 @@ class Settings(BaseSettings):
         description="Comma-separated regions to process.",
     )
     timezone: str = Field(
-        default="UTC", description="Business timezone; 'yesterday' is computed in it."
+        default="UTC",
+        description="Timezone of the schedule: the default run_date is the day before the flow "
+        "run's scheduled start time, in this zone; also the zone of a region without one.",
+    )
+    region_timezones: str = Field(
+        default="{}",
+        description="JSON: region -> IANA timezone its business day is counted in, over "
+        'DEFAULT_REGION_TIMEZONES, e.g. {"europe": "Europe/Berlin"}.',
+    )
+    close_grace_minutes: int = Field(
+        default=60,
+        ge=0,
+        description="A region's business day is extracted only this long after it ended in the "
+        "region's timezone; before that the region is deferred.",
+    )
+    lookback_days: int = Field(
+        default=3,
+        ge=0,
+        le=31,
+        description="The daily run re-checks this many days before run_date and reprocesses the "
+        "(region, date) pairs whose source changed since their load, or left deferred or failed.",
     )
     source_database_prefix: str = Field(
         default="retail_",
@@ -245,6 +273,7 @@ class Settings(BaseSettings):
             self.source_block_name(region)
             if not os.environ.get(self.source_url_variable(region)):
                 self.source_database(region)
+            self.region_timezone(region)
         for what in ("s3_bucket_block", "snowflake_block", "slack_block"):
             validate_block_name(getattr(self, what), f"RETAIL_ETL_{what.upper()}")
         return self
@@ -317,6 +346,24 @@ class Settings(BaseSettings):
             )
         return value
 
+    def region_timezone(self, region: str) -> ZoneInfo:
+        """The timezone ``region``'s business day is counted in (``region_timezones`` over
+        :data:`DEFAULT_REGION_TIMEZONES`, else ``timezone``)."""
+        try:
+            raw = json.loads(self.region_timezones)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"RETAIL_ETL_REGION_TIMEZONES is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError("RETAIL_ETL_REGION_TIMEZONES must be a JSON object")
+        name = raw.get(region, DEFAULT_REGION_TIMEZONES.get(region, self.timezone))
+        try:
+            return ZoneInfo(str(name))
+        except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(
+                f"RETAIL_ETL_REGION_TIMEZONES: timezone {name!r} of region {region!r} is not a "
+                "known IANA timezone"
+            ) from exc
+
     def source_database(self, region: str) -> str:
         return validate_identifier(f"{self.source_database_prefix}{region}", "database")
 
@@ -332,9 +379,6 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         """Where each run keeps its scratch: ``runs/<date>/<batch>/`` (removed when it ends)."""
         return self.staging_dir / "runs"
-
-    def yesterday(self) -> date:
-        return (datetime.now(ZoneInfo(self.timezone)) - timedelta(days=1)).date()
 
 
 def database_url(server_url: str, database: str) -> str:

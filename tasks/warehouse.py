@@ -9,6 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from blocks.targets import open_staging_store, open_targets
+from retail_etl.backfill import LedgerState
 from retail_etl.housekeeping import sweep_leftovers
 from retail_etl.redact import scrub_secrets
 from retail_etl.run import RunContext
@@ -44,6 +45,15 @@ def record_ledger_task(entries: Sequence[LedgerEntry], settings: Settings) -> No
     with warehouse.session():
         for entry in entries:
             warehouse.record_ledger(entry)
+
+
+@task(name="ledger-states", retries=2, retry_delay_seconds=5)
+def ledger_states_task(
+    start: date, end: date, settings: Settings
+) -> dict[tuple[str, date], LedgerState]:
+    """Latest ledger status and source fingerprint of every (region, date) in [start, end]."""
+    _, warehouse = open_targets(settings)
+    return warehouse.ledger_states(start, end)
 
 
 @task(name="prepare-warehouse")
@@ -115,6 +125,7 @@ def merge_regions_task(
                         rows_rejected=result.rows_rejected,
                         extract_seconds=extract_seconds.get(region, 0.0),
                         transform_seconds=result.seconds,
+                        source_fingerprint=ctx.source_fingerprints.get(region),
                     )
                 )
                 warehouse.load_rejects(region, ctx.run_date, ctx.batch_id, rejects)

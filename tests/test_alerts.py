@@ -492,3 +492,39 @@ def test_automations_install_refuses_the_ephemeral_api(monkeypatch, capsys):
     with temporary_settings(updates={PREFECT_API_URL: None}):
         assert main(["automations", "install"]) == 2
     assert "set PREFECT_API_URL" in capsys.readouterr().err
+
+
+def test_a_deferred_region_is_no_failure_and_a_failed_lookback_pair_is_alerted():
+    deferred = _summary(
+        us_west={
+            "status": "deferred",
+            "error": "business day 2024-01-15 of region us_west (America/Los_Angeles) is not "
+            "closed before 2024-01-16 09:00 UTC (end of day + grace): deferred",
+            "rows_extracted": 0,
+            "rows_accepted": 0,
+            "rows_rejected": 0,
+            "rows_inserted": 0,
+            "rows_updated": 0,
+        }
+    )
+    ok, message = deferred.outcome()
+    assert ok and deferred.succeeded and not deferred.needs_alert
+    assert message.endswith("; deferred (day not closed): us_west")
+
+    deferred.lookback = {"2024-01-13 europe": "gate_failed", "2024-01-14 apac": "loaded"}
+    deferred.lookback_reasons = {
+        "2024-01-13 europe": "source changed since its load",
+        "2024-01-14 apac": "latest ledger status deferred",
+    }
+    ok, message = deferred.outcome()
+    assert not ok and deferred.needs_alert
+    assert "lookback reprocessing failed for 2024-01-13 europe: gate_failed" in message
+    alert = build_alert_message(deferred)
+    assert alert.title == (
+        "retail-sales-etl 2024-01-15 FAILED (lookback reprocessing failed): 3/4 region(s) loaded"
+    )
+    assert "`2024-01-13 europe`: gate_failed (source changed since its load)" in alert.text
+    assert "us_west (business day not closed yet; a later run's lookback loads it)" in alert.text
+    assert "2024-01-14 apac" not in alert.text  # loaded: nothing to report
+    assert "`retail-etl backfill --start 2024-01-13 --end 2024-01-13 --changed-only`" in alert.text
+    assert "Rerun" not in alert.text  # us_west is not due yet: nothing of today to rerun

@@ -26,6 +26,22 @@ def test_plan_runs_dates_in_order_and_skips_loaded_pairs():
     assert everything[0].regions == ("us_east",)
 
 
+def test_summary_rows_say_what_a_skipped_pair_is():
+    from retail_etl.backfill import BackfillResult, LedgerState, note_skipped_states, summary_rows
+
+    missing_only = BackfillResult(D1, ("europe",), ("us_east",), {"europe": "loaded"})
+    changed_only = BackfillResult(D1, (), ("us_east", "europe"))
+    note_skipped_states([changed_only], {("us_east", D1): LedgerState("loaded", "f")})
+    assert [(r["region"], r["action"], r["status"]) for r in summary_rows([missing_only])] == [
+        ("europe", "ran", "loaded"),
+        ("us_east", "skipped (loaded, unchanged)", "loaded"),
+    ]
+    assert [(r["region"], r["action"], r["status"]) for r in summary_rows([changed_only])] == [
+        ("europe", "skipped (not loaded)", "never run"),
+        ("us_east", "skipped (loaded, unchanged)", "loaded"),
+    ]
+
+
 def test_date_range_refuses_an_inverted_range():
     with pytest.raises(ValueError, match="before start"):
         date_range(D1, D1 - timedelta(days=1))

@@ -30,6 +30,7 @@ from tests.test_staging import (
     start_moto,
     write_parquet,
 )
+from tests.warehouse_checks import check_fingerprints_and_day_stats
 
 DAY = dt.date(2024, 1, 15)
 B1 = "20240115_00000000000a"
@@ -657,3 +658,9 @@ def test_schema_history_records_each_fingerprint_change_once(wh: DuckDBWarehouse
     assert history[0]["first_seen_at"] <= history[1]["first_seen_at"]
     with pytest.raises(InvalidIdentifierError):
         wh.record_schema("us_east; drop table x", "fp3", columns, "", B1, None)
+
+
+def test_fingerprints_in_the_ledger_and_fact_day_stats(wh: DuckDBWarehouse, loader: Loader) -> None:
+    table = accepted_table("us_east", DAY, range(1, 6), batch_id=B1)
+    amount = sum(table.column("total_amount").to_pylist())
+    check_fingerprints_and_day_stats(wh, loader.stage(table, "us_east", B1), amount)

@@ -172,17 +172,21 @@ def test_daily_deployment_runs_on_a_process_worker(
     deployment = server.get("/deployments/name/retail-sales-etl/daily").json()
     assert deployment["entrypoint"] == "flows/etl.py:retail_sales_etl"
     assert deployment["work_pool_name"] == POOL
-    assert deployment["parameters"] == {"run_date": None, "regions": None}
+    assert deployment["parameters"] == {"run_date": None, "regions": None, "lookback_days": None}
     # Heartbeats on, so a run whose host dies is found by the zombie automation.
     assert deployment["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "60"
     (schedule,) = deployment["schedules"]
-    assert schedule["schedule"]["cron"] == "0 2 * * *"
-    assert schedule["schedule"]["timezone"] == "America/New_York"
+    # After every default region's business day has closed (us_west: 07:00/08:00 UTC + grace).
+    assert schedule["schedule"]["cron"] == "0 11 * * *"
+    assert schedule["schedule"]["timezone"] == "UTC"
     (pull,) = deployment["pull_steps"]
     assert pull == {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
     backfill = server.get("/deployments/name/retail-sales-backfill/backfill").json()
     assert backfill["entrypoint"] == "flows/backfill.py:retail_sales_backfill"
     assert backfill["work_pool_name"] == POOL and backfill["schedules"] == []
+    assert backfill["parameters"] == {"missing_only": False, "changed_only": False}
+    audit = server.get("/deployments/name/retail-sales-audit/audit").json()
+    assert audit["entrypoint"] == "flows/audit.py:retail_sales_audit"
 
     regions = list(DEFAULT_REGIONS)
     drop_prefixed_databases(unique_prefix)

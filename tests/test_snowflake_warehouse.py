@@ -29,6 +29,7 @@ from retail_etl.warehouse.base import (
 )
 from retail_etl.warehouse.snowflake_warehouse import SnowflakeWarehouse
 from tests.test_staging import accepted_table, reject_table, write_parquet
+from tests.warehouse_checks import check_fingerprints_and_day_stats
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
@@ -684,3 +685,11 @@ def test_schema_history_records_each_fingerprint_change_once(wh: SnowflakeWareho
         ("fp2", B2, None),
     ]
     assert json.loads(history[0]["columns"]) == columns
+
+
+def test_fingerprints_in_the_ledger_and_fact_day_stats(
+    wh: SnowflakeWarehouse, store: LocalStagingStore, tmp_path: Path
+) -> None:
+    table = accepted_table("us_east", DAY, range(1, 6), batch_id=B1)
+    amount = sum(table.column("total_amount").to_pylist())
+    check_fingerprints_and_day_stats(wh, stage(tmp_path, store, table, "us_east", B1), amount)

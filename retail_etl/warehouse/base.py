@@ -26,11 +26,13 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 import pyarrow as pa
 
 from retail_etl import contract
+from retail_etl.backfill import LedgerState
 from retail_etl.settings import validate_identifier
 
 if TYPE_CHECKING:
@@ -43,7 +45,13 @@ LEDGER = "etl_load_ledger"
 SCHEMA_HISTORY = "source_schema_history"
 
 LedgerStatus = Literal[
-    "loaded", "load_failed", "extract_failed", "transform_failed", "gate_failed", "verify_failed"
+    "loaded",
+    "load_failed",
+    "extract_failed",
+    "transform_failed",
+    "gate_failed",
+    "verify_failed",
+    "deferred",  # the region's business day was not closed yet: not extracted
 ]
 LEDGER_STATUSES: tuple[str, ...] = get_args(LedgerStatus)
 DqStatus = Literal["pass", "warn", "fail", "skipped"]
@@ -174,6 +182,8 @@ LEDGER_COLUMNS: tuple[WarehouseColumn, ...] = (
     _varchar("error"),
     _timestamp("started_at"),
     _timestamp("finished_at"),
+    # Appended columns (ensure_schema adds them, NULL in older rows):
+    _varchar("source_fingerprint"),  # the source's fingerprint of the day, read before extract
 )
 #: One row per (region, source schema fingerprint) change: the first batch that saw it.
 SCHEMA_HISTORY_COLUMNS: tuple[WarehouseColumn, ...] = (
@@ -243,6 +253,7 @@ class LedgerEntry:
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    source_fingerprint: str | None = None
 
     def validated(self) -> LedgerEntry:
         """Check status and identifiers; fill ``finished_at`` with now if missing."""
@@ -277,6 +288,8 @@ class RegionLoad:
     extract_seconds: float | None = None
     transform_seconds: float | None = None
     started_at: datetime | None = None
+    #: the source's fingerprint of (region, business_date), read before the extract
+    source_fingerprint: str | None = None
 
     @property
     def staged_rows(self) -> int:
@@ -491,6 +504,7 @@ def loaded_ledger_entry(
         flow_run_id=batch.flow_run_id,
         started_at=started_at,
         finished_at=utc_now(),
+        source_fingerprint=batch.source_fingerprint,
     )
 
 
@@ -604,6 +618,16 @@ class Warehouse(Protocol):
 
     def loaded_pairs(self, start: date, end: date) -> set[tuple[str, date]]:
         """(region, date) pairs in [start, end] whose latest ledger status is 'loaded'."""
+        ...
+
+    def ledger_states(self, start: date, end: date) -> dict[tuple[str, date], LedgerState]:
+        """Latest ledger row (status, source fingerprint) of every (region, date) in [start, end]."""
+        ...
+
+    def fact_day_stats(
+        self, start: date, end: date
+    ) -> dict[tuple[str, date], tuple[int, Decimal | None]]:
+        """(region, sale_date) -> (rows, sum of total_amount) of ``sales_fact`` in [start, end]."""
         ...
 
     def ledger(self, business_date: date | None = None) -> list[dict[str, Any]]: ...

@@ -19,9 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 
 from retail_etl import contract
+from retail_etl.backfill import LedgerState
 from retail_etl.settings import validate_identifier
 from retail_etl.warehouse.base import (
     DQ_RESULT_FIELDS,
@@ -394,6 +396,27 @@ def loaded_pairs_sql(t: SqlTarget) -> str:
     )
 
 
+def ledger_states_sql(t: SqlTarget) -> str:
+    """Params: (start, end) -> (region, business_date, status, source_fingerprint) of the latest
+    ledger row of every pair in the range."""
+    where = f"{t.ident('business_date')} BETWEEN {t.param} AND {t.param}"
+    latest = _latest_ledger(t, where)
+    return (
+        f"SELECT {t.cols(['region', 'business_date', 'status', 'source_fingerprint'])} "
+        f"FROM ({latest}) l"
+    )
+
+
+def fact_day_stats_sql(t: SqlTarget) -> str:
+    """Params: (start, end) -> (region, sale_date, rows, sum(total_amount)) of ``sales_fact``."""
+    region, sale_date = t.ident("region"), t.ident("sale_date")
+    return (
+        f"SELECT {region}, {sale_date}, COUNT(*), SUM({t.ident('total_amount')}) "
+        f"FROM {t.table(SALES_FACT)} WHERE {sale_date} BETWEEN {t.param} AND {t.param} "
+        f"GROUP BY {region}, {sale_date}"
+    )
+
+
 def ledger_sql(t: SqlTarget, *, by_date: bool) -> str:
     cols = t.cols([c.name for c in LEDGER_COLUMNS])
     where = f" WHERE {t.ident('business_date')} = {t.param}" if by_date else ""
@@ -520,6 +543,24 @@ class QueryMixin:
     def loaded_pairs(self, start: date, end: date) -> set[tuple[str, date]]:
         rows = self._fetch(loaded_pairs_sql(self._t), [start, end, "loaded"])
         return {(str(region), _as_date(d)) for region, d in rows}
+
+    def ledger_states(self, start: date, end: date) -> dict[tuple[str, date], LedgerState]:
+        rows = self._fetch(ledger_states_sql(self._t), [start, end])
+        return {
+            (str(region), _as_date(d)): LedgerState(
+                str(status), None if fingerprint is None else str(fingerprint)
+            )
+            for region, d, status, fingerprint in rows
+        }
+
+    def fact_day_stats(
+        self, start: date, end: date
+    ) -> dict[tuple[str, date], tuple[int, Decimal | None]]:
+        rows = self._fetch(fact_day_stats_sql(self._t), [start, end])
+        return {
+            (str(region), _as_date(d)): (int(n), None if total is None else Decimal(str(total)))
+            for region, d, n, total in rows
+        }
 
     def latest_schema(self, region: str) -> str | None:
         """The region's most recently recorded source schema fingerprint, if any."""
