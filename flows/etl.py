@@ -34,7 +34,7 @@ from retail_etl.run import (
 )
 from retail_etl.settings import Settings, get_settings
 from tasks.extract import ExtractionThread, publish_extract_artifact
-from tasks.runners import ConfiguredTaskRunner
+from tasks.runners import ConfiguredTaskRunner, start_task_runner
 from tasks.schema import record_schemas_task
 from tasks.sources import read_fingerprints
 from tasks.transform import ExtractFeed
@@ -80,6 +80,13 @@ def retail_sales_etl(
         error = f"the warehouse could not be prepared: {prepared.message}"
         summary.fail_regions(ctx.regions, "load_failed", error)
         return _finish(summary, None, settings, run_dir, ledger_for=ctx.regions)
+    # Threads or Dask, resolved here in the flow process before any extraction. A runner
+    # that cannot run tasks (Dask: no Prefect API the workers reach, no scheduler, no
+    # workers, a local cluster that cannot start) fails every region with its cause.
+    runner_error = start_task_runner()
+    if runner_error is not None:
+        summary.fail_regions(ctx.regions, "extract_failed", runner_error)
+        return _finish(summary, None, settings, run_dir)
 
     # The right day, closed: a region whose business day has not ended (+ grace) waits.
     closed, deferrals = split_closed(ctx.regions, ctx.run_date, settings, closing.now_utc())

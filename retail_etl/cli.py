@@ -29,6 +29,7 @@ def _quiet_offline_prefect() -> None:
     """Defaults that make a local run quiet and fast; explicit environment values win."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # Dask mode's scheduler
 
 
 def _without_heartbeat():  # type: ignore[no-untyped-def]
@@ -96,11 +97,23 @@ def cmd_automations_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_task_runner() -> None:
+    """Dask mode without a Prefect API the workers can reach is a usage error: refused
+    (exit 2) before any flow run starts. The flow checks again, and the cluster, itself."""
+    from retail_etl.scaleout import require_prefect_api
+    from retail_etl.settings import get_settings
+
+    settings = get_settings(fresh=True)
+    if settings.task_runner == "dask":
+        require_prefect_api(settings)
+
+
 def run_pipeline(
     run_date: date | None, regions: list[str] | None, lookback_days: int | None = None
 ) -> tuple[bool, str]:
     """Run the flow in this process; (every requested region loaded, summary text)."""
     _quiet_offline_prefect()
+    _check_task_runner()
     from flows.etl import retail_sales_etl
     from retail_etl.run import summary_from_result
 
@@ -126,6 +139,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from flows.backfill import retail_sales_backfill
     from retail_etl.backfill import BackfillFailed, summary_rows
 
+    _check_task_runner()
     with _without_heartbeat():
         state = retail_sales_backfill(
             start_date=args.start,

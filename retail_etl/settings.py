@@ -182,6 +182,12 @@ class Settings(BaseSettings):
         "task_runner=dask: a local cluster of dask_workers processes, one per run process.",
     )
     dask_workers: int = Field(default=2, gt=0, description="Workers of the local Dask cluster.")
+    dask_connect_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Dask mode: how long to wait for the scheduler, the local cluster's "
+        "workers and each Prefect API health check before the run fails.",
+    )
 
     # Quality gate thresholds (documented in README, "Quality gate").
     min_rows_per_region: int = Field(default=100, ge=0)

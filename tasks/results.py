@@ -37,7 +37,10 @@ def collect(
         if state.is_completed():
             results[key] = future.result()
             continue
-        outcome = future.result(raise_on_failure=False)
+        try:
+            outcome = future.result(raise_on_failure=False)
+        except Exception as exc:  # the runner lost the task: a Dask worker died, no scheduler
+            outcome = exc
         if isinstance(outcome, BaseException):
             error = f"{type(outcome).__name__}: {outcome}"
         else:
