@@ -11,6 +11,7 @@ import pytest
 
 from retail_etl import pg
 from retail_etl.settings import DEFAULT_SERVER_URL, database_url
+from tests.prefect_server import prefect_server  # noqa: F401  (a session fixture)
 
 PG_SERVER_URL = os.environ.get("RETAIL_ETL_TEST_PG_URL", DEFAULT_SERVER_URL)
 

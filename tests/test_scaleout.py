@@ -3,6 +3,7 @@ staging fast path (transform output published without a rewrite)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -225,3 +226,324 @@ def test_flow_on_a_multi_process_dask_cluster_with_s3_staging(small_env, dask_cl
         assert {k["Key"].split("region=")[1].split("/")[0] for k in keys} == {"us_east", "europe"}
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- Dask preflight
+
+
+def _free_port() -> int:
+    from tests.prefect_server import free_port
+
+    return free_port()
+
+
+def test_dask_mode_without_a_prefect_api_url_says_what_to_set():
+    from retail_etl.scaleout import prefect_api_problem
+
+    problem = prefect_api_problem(None, 1.0)
+    assert problem is not None
+    assert "PREFECT_API_URL is not set" in problem
+    assert "prefect server start" in problem and "RETAIL_ETL_TASK_RUNNER=threads" in problem
+
+
+def test_a_prefect_api_that_does_not_answer_is_named():
+    from retail_etl.scaleout import prefect_api_problem, worker_api_problem
+
+    url = f"http://127.0.0.1:{_free_port()}/api"  # nothing listens there
+    problem = prefect_api_problem(url, 1.0)
+    assert problem is not None and f"does not answer {url}/health" in problem
+    on_worker = worker_api_problem(url, 1.0)
+    assert on_worker is not None and f"cannot reach the run's Prefect API at {url}" in on_worker
+
+
+def test_workers_problem_groups_workers_by_cause():
+    from retail_etl.scaleout import workers_problem
+
+    address = "tcp://127.0.0.1:8786"
+    assert "has no workers" in (workers_problem(address, {}) or "")
+    assert workers_problem(address, {"tcp://a": None, "tcp://b": None}) is None
+    assert workers_problem(address, {"tcp://a": "down", "tcp://b": "down", "tcp://c": None}) == (
+        "Dask worker(s) tcp://a, tcp://b: down"
+    )
+
+
+def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A user's environment for ``retail-etl``: this session's, minus any Prefect API."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(
+        RETAIL_ETL_STAGING_DIR=str(tmp_path / "staging"),
+        RETAIL_ETL_DUCKDB_PATH=str(tmp_path / "warehouse.duckdb"),
+    )
+    env.update(extra)
+    return env
+
+
+def test_cli_refuses_dask_mode_without_a_prefect_api(tmp_path: Path):
+    import subprocess
+
+    from tests.prefect_server import BIN, REPO
+
+    result = subprocess.run(
+        [str(BIN / "retail-etl"), "run", "--date", DAY.isoformat()],
+        cwd=REPO,
+        env=_cli_env(tmp_path, RETAIL_ETL_TASK_RUNNER="dask", RETAIL_ETL_DASK_WORKERS="2"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "retail-etl: error: RETAIL_ETL_TASK_RUNNER=dask needs a Prefect API" in result.stderr
+    assert "PREFECT_API_URL is not set" in result.stderr
+    # refused before anything ran: no run directory, no warehouse
+    assert not (tmp_path / "staging").exists() and not (tmp_path / "warehouse.duckdb").exists()
+
+
+# --------------------------------------------------------------------------- runner failures
+
+
+def _ledger(env) -> dict[str, tuple[str, str]]:
+    return {
+        region: (status, error)
+        for region, status, error in env.warehouse(
+            "SELECT region, status, error FROM etl_load_ledger WHERE business_date = ?", [DAY]
+        )
+    }
+
+
+@pytest.mark.integration
+def test_an_unreachable_scheduler_fails_the_run_with_ledger_rows_and_an_alert(
+    small_env, etl_slack, monkeypatch
+):
+    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    monkeypatch.setenv("RETAIL_ETL_TASK_RUNNER", "dask")
+    monkeypatch.setenv("RETAIL_ETL_DASK_ADDRESS", address)
+    monkeypatch.setenv("RETAIL_ETL_DASK_CONNECT_TIMEOUT_SECONDS", "2")
+
+    state, summary = run_day(DAY)
+
+    assert state.is_failed()
+    cause = f"task runner unavailable: the Dask scheduler at {address} cannot be used"
+    assert cause in state.message and "nothing loaded" in state.message
+    assert {r: o.status for r, o in summary.regions.items()} == {
+        "us_east": "extract_failed",
+        "europe": "extract_failed",
+    }
+    ledger = _ledger(small_env)
+    assert sorted(ledger) == ["europe", "us_east"]
+    assert all(status == "extract_failed" and cause in error for status, error in ledger.values())
+    assert not small_env.warehouse("SELECT * FROM sales_fact")
+    text = etl_slack.wait_for(lambda t: cause in t, timeout=10)
+    assert text is not None, etl_slack.texts
+
+
+class _KillFirstExtract:
+    """A Dask worker plugin (the seam): the worker that starts the first extraction task of
+    the run dies on the spot, as a worker lost to the OOM killer or a machine would."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def setup(self, worker) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def teardown(self, worker) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def transition(self, key, start, finish, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        import os
+
+        if finish == "executing" and "extract_region_task" in str(key):
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return  # only the first one
+            os._exit(1)
+
+
+@pytest.mark.integration
+def test_a_lost_worker_fails_its_region_with_ledger_row_and_alert(
+    small_env, etl_slack, monkeypatch, tmp_path
+):
+    import dask
+    from distributed import Client, LocalCluster
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    plugin = type("KillFirstExtract", (_KillFirstExtract, WorkerPlugin), {})(tmp_path / "killed")
+    # a task whose worker died fails at once instead of being retried on another worker
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+        client = Client(cluster, set_as_default=False)
+        try:
+            client.register_plugin(plugin)
+            monkeypatch.setenv("RETAIL_ETL_TASK_RUNNER", "dask")
+            monkeypatch.setenv("RETAIL_ETL_DASK_ADDRESS", cluster.scheduler_address)
+
+            state, summary = run_day(DAY)
+        finally:
+            client.close()
+            cluster.close()
+
+    assert (tmp_path / "killed").exists()  # the seam fired
+    assert state.is_failed()
+    lost = [r for r, o in summary.regions.items() if o.status == "extract_failed"]
+    assert len(lost) == 1, {r: o.status for r, o in summary.regions.items()}
+    (region,) = lost
+    (other,) = {"us_east", "europe"} - {region}
+    assert summary.regions[other].status == "loaded"
+    assert "KilledWorker" in state.message and f"extraction failed for {region}" in state.message
+    ledger = _ledger(small_env)
+    assert ledger[region][0] == "extract_failed" and "KilledWorker" in ledger[region][1]
+    assert ledger[other][0] == "loaded"
+    assert small_env.fact(other, DAY) == [tuple(r) for r in small_env.expected_accepted(other, DAY)]
+    text = etl_slack.wait_for(lambda t: "KilledWorker" in t, timeout=10)
+    assert text is not None, etl_slack.texts
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+DEMO_REGIONS = ["us_east", "us_west", "europe", "apac"]
+
+
+def _warehouse_rows(path: Path) -> dict[str, list[tuple]]:
+    """What a run leaves in the warehouse, minus what differs by run (batch, times)."""
+    import duckdb
+
+    from tests.pipeline import FACT_COLUMNS
+
+    with duckdb.connect(str(path), read_only=True) as con:
+        return {
+            "fact": con.execute(
+                f"SELECT region, {FACT_COLUMNS}, gross_amount, net_amount, "
+                "effective_discount_rate FROM sales_fact ORDER BY region, sale_id"
+            ).fetchall(),
+            "rejects": con.execute(
+                "SELECT region, sale_id, reasons, raw_values FROM sales_rejects ORDER BY ALL"
+            ).fetchall(),
+            "ledger": con.execute(
+                "SELECT region, business_date, status, rows_extracted, rows_accepted, "
+                "rows_rejected, rows_inserted, rows_updated FROM etl_load_ledger ORDER BY ALL"
+            ).fetchall(),
+        }
+
+
+@pytest.fixture
+def external_dask_cluster(prefect_server, tmp_path: Path) -> Iterator[str]:
+    """``dask scheduler`` and ``dask worker --nworkers 2`` processes on 127.0.0.1, started as
+    the README says; yields the scheduler address once both workers joined."""
+    import subprocess
+
+    from distributed import Client
+
+    from tests.prefect_server import BIN, stop_group, tail
+
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    port = address.rsplit(":", 1)[1]
+    env = prefect_server.env()
+    commands = {
+        "scheduler": [
+            *(str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", port),
+            "--no-dashboard",
+        ],
+        "worker": [
+            *(str(BIN / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1"),
+            *("--host", "127.0.0.1", "--no-dashboard"),
+        ],
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name, command in commands.items():
+            with (tmp_path / f"{name}.log").open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        command,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
+        try:
+            with Client(address, timeout=60, set_as_default=False) as client:
+                client.wait_for_workers(2, timeout=90)
+        except Exception:
+            pytest.fail(
+                f"the external Dask cluster did not come up:\n{tail(tmp_path / 'scheduler.log')}"
+                f"\n{tail(tmp_path / 'worker.log')}"
+            )
+        yield address
+    finally:
+        for proc in reversed(procs):
+            stop_group(proc)
+
+
+@pytest.mark.server
+def test_cli_runs_the_demo_day_on_both_dask_modes_to_the_same_rows_as_threads(
+    prefect_server,
+    external_dask_cluster,
+    pg_server_url,
+    unique_prefix,
+    drop_prefixed_databases,
+    tmp_path,
+):
+    """`retail-etl run` as a user runs it (default regions and settings, a real Prefect
+    server): threads, the local cluster (no address) and an external cluster load the same."""
+    import subprocess
+
+    from retail_etl.seed import seed_regions
+    from tests.prefect_server import BIN, REPO
+
+    drop_prefixed_databases(unique_prefix)
+    seed_regions(
+        pg_server_url,
+        DEMO_REGIONS,
+        DAY,
+        1,
+        2_000,
+        database_for_region=lambda r: f"{unique_prefix}{r}",
+    )
+    modes = {
+        "threads": {},
+        "dask-local": {"RETAIL_ETL_TASK_RUNNER": "dask", "RETAIL_ETL_DASK_WORKERS": "2"},
+        "dask-external": {
+            "RETAIL_ETL_TASK_RUNNER": "dask",
+            "RETAIL_ETL_DASK_ADDRESS": external_dask_cluster,
+        },
+    }
+    rows = {}
+    for mode, extra in modes.items():
+        run_dir = tmp_path / mode
+        env = prefect_server.env(
+            RETAIL_ETL_SOURCE_DATABASE_PREFIX=unique_prefix,
+            RETAIL_ETL_SOURCE_BLOCK_PREFIX=f"test-{unique_prefix.replace('_', '-')}",
+            RETAIL_ETL_SLACK_BLOCK=f"test-absent-{unique_prefix.replace('_', '-')}",
+            RETAIL_ETL_STAGING_DIR=str(run_dir / "staging"),
+            RETAIL_ETL_DUCKDB_PATH=str(run_dir / "warehouse.duckdb"),
+            **extra,
+        )
+        result = subprocess.run(
+            [str(BIN / "retail-etl"), "run", "--date", DAY.isoformat()],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 0, f"{mode}:\n{result.stdout}\n{result.stderr[-4000:]}"
+        assert "OK  2024-01-15: loaded 4 region(s)" in result.stdout, result.stdout
+        rows[mode] = _warehouse_rows(run_dir / "warehouse.duckdb")
+
+    baseline = rows["threads"]
+    assert {r[0] for r in baseline["fact"]} == set(DEMO_REGIONS)
+    assert baseline["rejects"] and len(baseline["ledger"]) == 4
+    assert rows["dask-local"] == baseline
+    assert rows["dask-external"] == baseline

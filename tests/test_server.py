@@ -1,167 +1,38 @@
 """Deployments and automations against a real ``prefect server`` on 127.0.0.1 (slow).
 
-One server per session (start-up ~10-20 s), with its own PREFECT_HOME. Everything that talks
-to it runs as the operator would: ``prefect`` and ``retail-etl`` commands in subprocesses
+The server is the session's ``prefect_server`` fixture (``tests/prefect_server.py``).
+Everything that talks to it runs as the operator would: ``prefect`` and ``retail-etl`` commands in subprocesses
 whose environment points PREFECT_API_URL at it.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import httpx
 import pytest
 
 from retail_etl import pg
 from retail_etl.seed import seed_regions
 from retail_etl.settings import DEFAULT_REGIONS, database_url
 from tests.pipeline import EXPECTED_ACCEPTED_SQL
+from tests.prefect_server import BIN, REPO, PrefectServer, run_command
 
 pytestmark = pytest.mark.server
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 DAY = date(2024, 1, 15)
 POOL = "retail-etl-pool"
-STARTUP_TIMEOUT_S = 90
-COMMAND_TIMEOUT_S = 180
-
-
-@dataclass(frozen=True)
-class PrefectServer:
-    api_url: str
-    home: Path
-    log: Path
-
-    def env(self, **extra: str) -> dict[str, str]:
-        """Environment of a client process talking to this server."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("PREFECT_", "RETAIL_ETL_")) or k == "RETAIL_ETL_TEST_PG_URL"
-        }
-        env.update(
-            PREFECT_API_URL=self.api_url,
-            PREFECT_HOME=str(self.home),
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_LOGGING_TO_API_ENABLED="true",
-        )
-        env.update(extra)
-        return env
-
-    def get(self, path: str) -> httpx.Response:
-        response = httpx.get(f"{self.api_url}{path}", timeout=10)
-        response.raise_for_status()
-        return response
-
-    def post(self, path: str, body: dict[str, object]) -> httpx.Response:
-        response = httpx.post(f"{self.api_url}{path}", json=body, timeout=10)
-        response.raise_for_status()
-        return response
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    """``prefect server start`` on 127.0.0.1:<free port>; stopped (whole group) at the end."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
-    log = home / "server.log"
-    port = _free_port()
-    server = PrefectServer(api_url=f"http://127.0.0.1:{port}/api", home=home, log=log)
-    env = server.env(PREFECT_UI_URL=f"http://127.0.0.1:{port}")  # links in notifications
-    env.pop("PREFECT_API_URL")
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, so the uvicorn children stop too
-        )
-    try:
-        started = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited with {proc.returncode}:\n{_tail(log)}")
-            try:
-                if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - started > STARTUP_TIMEOUT_S:
-                pytest.fail(
-                    f"prefect server not healthy after {STARTUP_TIMEOUT_S} s:\n{_tail(log)}"
-                )
-            time.sleep(0.25)
-        print(f"prefect server healthy after {time.monotonic() - started:.1f} s")
-        yield server
-    finally:
-        _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-
-
-def _run(
-    args: list[str], env: dict[str, str], *, check: bool = True, timeout: float = COMMAND_TIMEOUT_S
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        args,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(
-            f"{' '.join(args)} exited with {result.returncode}:\n"
-            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    return result
 
 
 @pytest.fixture(scope="session")
 def deployed(prefect_server: PrefectServer) -> PrefectServer:
     """The work pool and the deployments of prefect.yaml, deployed from the repo root."""
     env = prefect_server.env()
-    _run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"], env)
-    _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
+    run_command([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"], env)
+    run_command([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
     return prefect_server
 
 
@@ -194,7 +65,7 @@ def test_daily_deployment_runs_on_a_process_worker(
         pg_server_url, regions, DAY, 1, 300, database_for_region=lambda r: f"{unique_prefix}{r}"
     )
     # The operator's step 1, with the default configuration: one block per default region.
-    registered = _run(
+    registered = run_command(
         [str(BIN / "retail-etl"), "blocks", "register"],
         server.env(
             RETAIL_ETL_SOURCE_SERVER_URL=pg_server_url,
@@ -221,7 +92,7 @@ def test_daily_deployment_runs_on_a_process_worker(
         for region in regions
     }
 
-    triggered = _run(
+    triggered = run_command(
         [
             str(BIN / "prefect"),
             "deployment",
@@ -237,7 +108,7 @@ def test_daily_deployment_runs_on_a_process_worker(
     flow_run_id = match.group(1)
 
     started = time.monotonic()
-    worker = _run(
+    worker = run_command(
         [
             str(BIN / "prefect"),
             "worker",
@@ -307,12 +178,12 @@ def test_failure_automation_posts_to_slack_when_the_flow_fails(prefect_server, s
         PREFECT_LOGGING_LEVEL="WARNING",
     )
     retail_etl = str(BIN / "retail-etl")
-    registered = _run([retail_etl, "blocks", "register"], env)
+    registered = run_command([retail_etl, "blocks", "register"], env)
     assert "saved SlackWebhook retail-etl-slack" in registered.stdout
 
-    first = _run([retail_etl, "automations", "install"], env)
+    first = run_command([retail_etl, "automations", "install"], env)
     assert "created automation retail-etl-flow-run-failed" in first.stdout
-    again = _run([retail_etl, "automations", "install"], env)
+    again = run_command([retail_etl, "automations", "install"], env)
     assert "updated automation retail-etl-flow-run-failed" in again.stdout
     assert "created automation retail-etl-zombie-runs" in first.stdout
     assert "updated automation retail-etl-zombie-runs" in again.stdout
@@ -338,7 +209,7 @@ def test_failure_automation_posts_to_slack_when_the_flow_fails(prefect_server, s
     assert zombie["actions"][0]["state"] == "CRASHED"
 
     started = time.monotonic()
-    failed = _run([retail_etl, "run", "--date", DAY.isoformat()], env, check=False)
+    failed = run_command([retail_etl, "run", "--date", DAY.isoformat()], env, check=False)
     assert failed.returncode == 1, failed.stdout + failed.stderr
 
     text = slack_receiver.wait_for(lambda t: "(Prefect automation)" in t, timeout=30)
