@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench.py                      # 2M rows (4 regions x 500K), both tools
     .venv/bin/python bench/bench.py --rows 20000000      # the 10x day
     .venv/bin/python bench/bench.py --skip-dlt --profile /tmp/prof   # ours only, with pyinstrument
+    .venv/bin/python bench/bench.py --skip-dlt --task-runners threads,dask --repeat 3  # Dask vs threads
 
 What it does, in one invocation:
 
@@ -270,6 +271,8 @@ def _clean_env() -> dict[str, str]:
         "RETAIL_ETL_MAX_CONCURRENT_EXTRACTS",
         "RETAIL_ETL_EXTRACT_SPLITS",
         "RETAIL_ETL_TASK_RUNNER",
+        "RETAIL_ETL_DASK_ADDRESS",
+        "RETAIL_ETL_DASK_WORKERS",
     }
     return {
         k: v
@@ -484,6 +487,8 @@ def child_probe(args: argparse.Namespace) -> dict[str, Any]:
 class Results:
     ours: list[Measured] = field(default_factory=list)
     dlt: list[Measured] = field(default_factory=list)
+    #: task runner -> runs (``--task-runners``; ``ours`` holds them all, in run order)
+    by_runner: dict[str, list[Measured]] = field(default_factory=dict)
 
 
 def _mb(n: int) -> str:
@@ -492,6 +497,10 @@ def _mb(n: int) -> str:
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def _spread(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
 
 
 def _print_ours(m: Measured, rows: int) -> None:
@@ -594,6 +603,12 @@ def main(argv: list[str] | None = None) -> int:
         "locked' under concurrent writes, and each retry costs the client ~2 s)",
     )
     parser.add_argument("--workdir", help="scratch directory (default: a temporary one)")
+    parser.add_argument(
+        "--task-runners",
+        default="",
+        help="comma-separated RETAIL_ETL_TASK_RUNNER values (threads,dask) run back to back in "
+        "each repeat, to compare them under the same machine load (default: the environment's)",
+    )
     sub = parser.add_subparsers(dest="child")
     for name in ("ours", "dlt", "probe"):
         c = sub.add_parser(name, help=argparse.SUPPRESS)
@@ -689,10 +704,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{srv.report['shape_heartbeat_seconds']:.2f} s heartbeat on"
             )
 
-        for i in range(args.repeat):
+        runners = [r.strip() for r in args.task_runners.split(",") if r.strip()] or [""]
+        for i, runner in ((i, r) for i in range(args.repeat) for r in runners):
             run_dir = workdir / f"ours-{i}"
             env = {
                 **with_server,
+                **({"RETAIL_ETL_TASK_RUNNER": runner} if runner else {}),
                 "RETAIL_ETL_REGIONS": ",".join(regions),
                 "RETAIL_ETL_SOURCE_SERVER_URL": url,
                 "RETAIL_ETL_SOURCE_DATABASE_PREFIX": prefix,
@@ -704,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
             m = run_child(["ours", *common, *extra], env)
             _check(m, "retail-etl run")
             results.ours.append(m)
-            print(f"retail-etl run {i + 1}/{args.repeat}:")
+            results.by_runner.setdefault(runner, []).append(m)
+            print(f"retail-etl run {i + 1}/{args.repeat}{f' ({runner})' if runner else ''}:")
             _print_ours(m, m.report["rows_extracted"])
             shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -731,6 +749,16 @@ def main(argv: list[str] | None = None) -> int:
             f"  retail-etl: {ours_flow:.2f} s (extract..verify), {rows / ours_flow:,.0f} rows/s, "
             f"peak RSS {_mb(ours_rss)}"
         )
+        if len(results.by_runner) > 1:
+            for runner, runs in results.by_runner.items():
+                extract = [m.report["stage_seconds"].get("extract", 0.0) for m in runs]
+                flows = [m.report["flow_seconds"] for m in runs]
+                print(
+                    f"  {runner}: extract {_median(extract):.2f} s (runs {_spread(extract)}), "
+                    f"flow {_median(flows):.2f} s (runs {_spread(flows)}), "
+                    f"CPU {_median([m.cpu_seconds for m in runs]):.1f} s, "
+                    f"peak RSS {_mb(max(m.peak_rss for m in runs))}"
+                )
         if results.dlt:
             dlt_run = _median([m.report["run_seconds"] for m in results.dlt])
             dlt_rss = max(m.peak_rss for m in results.dlt)

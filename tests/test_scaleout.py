@@ -200,6 +200,37 @@ def dask_cluster():
         cluster.close()
 
 
+def _runner_copy_on_a_worker() -> tuple[bool, object, int]:
+    """Run on a Dask worker: what Prefect does there with a flow's declared runner."""
+    import tasks.runners as runners
+
+    copy = runners.ConfiguredTaskRunner(max_workers=4).duplicate()
+    with copy:
+        inner = copy.inner
+    try:
+        runners.local_dask_address(1)
+    except runners.TaskRunnerUnavailable as exc:
+        refused = "only be started in the flow process" in str(exc)
+    else:
+        refused = False
+    return refused, inner, len(runners._LOCAL_CLUSTERS)
+
+
+@pytest.mark.integration
+def test_nothing_on_a_worker_creates_a_runner_or_a_cluster(dask_cluster):
+    import pickle
+
+    from tasks.runners import ConfiguredTaskRunner
+
+    _cluster, client = dask_cluster
+    refused, inner, clusters = client.submit(_runner_copy_on_a_worker, pure=False).result()
+    assert refused  # a local cluster cannot be started on a worker (daemonic process)
+    assert inner is None and clusters == 0  # the entered copy resolved nothing
+    # the flow's runner travels to workers unresolved, whatever it resolved here
+    shipped = pickle.loads(pickle.dumps(ConfiguredTaskRunner(max_workers=3)))
+    assert shipped.max_workers == 3 and shipped.inner is None
+
+
 @pytest.mark.integration
 def test_flow_on_a_multi_process_dask_cluster_with_s3_staging(small_env, dask_cluster, monkeypatch):
     from tests.test_staging import s3_bucket_block, start_moto
