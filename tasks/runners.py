@@ -65,6 +65,7 @@ def local_dask_address(workers: int) -> str:
                     processes=True,
                     host="127.0.0.1",
                     dashboard_address=None,
+                    preload=["tasks.dask_preload"],  # Prefect's start-up, before any task
                 )
             except Exception as exc:
                 raise TaskRunnerUnavailable(

@@ -485,7 +485,7 @@ def external_dask_cluster(prefect_server, tmp_path: Path) -> Iterator[str]:
         ],
         "worker": [
             *(str(BIN / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1"),
-            *("--host", "127.0.0.1", "--no-dashboard"),
+            *("--host", "127.0.0.1", "--no-dashboard", "--preload", "tasks.dask_preload"),
         ],
     }
     procs: list[subprocess.Popen[bytes]] = []
