@@ -506,8 +506,8 @@ def _spread(values: list[float]) -> str:
 def _print_ours(m: Measured, rows: int) -> None:
     r = m.report
     stages = r.get("stage_seconds", {})
-    names = ["extract", "transform", "validate", "stage", "merge", "verify"]
-    labels = {"merge": "copy+merge"}
+    names = ["task_runner", "extract", "transform", "validate", "stage", "merge", "verify"]
+    labels = {"merge": "copy+merge", "task_runner": "runner start"}
     parts = [f"{labels.get(n, n)} {stages[n]:.2f}" for n in names if n in stages]
     flow = r.get("flow_seconds", float("nan"))
     print(f"  stages (s): {', '.join(parts)}")
@@ -752,9 +752,11 @@ def main(argv: list[str] | None = None) -> int:
         if len(results.by_runner) > 1:
             for runner, runs in results.by_runner.items():
                 extract = [m.report["stage_seconds"].get("extract", 0.0) for m in runs]
+                start = [m.report["stage_seconds"].get("task_runner", 0.0) for m in runs]
                 flows = [m.report["flow_seconds"] for m in runs]
                 print(
-                    f"  {runner}: extract {_median(extract):.2f} s (runs {_spread(extract)}), "
+                    f"  {runner}: runner start {_median(start):.2f} s (runs {_spread(start)}), "
+                    f"extract {_median(extract):.2f} s (runs {_spread(extract)}), "
                     f"flow {_median(flows):.2f} s (runs {_spread(flows)}), "
                     f"CPU {_median([m.cpu_seconds for m in runs]):.1f} s, "
                     f"peak RSS {_mb(max(m.peak_rss for m in runs))}"

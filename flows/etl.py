@@ -83,7 +83,9 @@ def retail_sales_etl(
     # Threads or Dask, resolved here in the flow process before any extraction. A runner
     # that cannot run tasks (Dask: no Prefect API the workers reach, no scheduler, no
     # workers, a local cluster that cannot start) fails every region with its cause.
+    started = time.perf_counter()
     runner_error = start_task_runner()
+    summary.stage_seconds["task_runner"] = time.perf_counter() - started
     if runner_error is not None:
         summary.fail_regions(ctx.regions, "extract_failed", runner_error)
         return _finish(summary, None, settings, run_dir)
