@@ -713,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
                 "RETAIL_ETL_REGIONS": ",".join(regions),
                 "RETAIL_ETL_SOURCE_SERVER_URL": url,
                 "RETAIL_ETL_SOURCE_DATABASE_PREFIX": prefix,
+                # the bench's own databases, not blocks (with a server, 'auto' means blocks)
+                "RETAIL_ETL_CREDENTIALS": "env",
                 "RETAIL_ETL_STAGING_DIR": str(run_dir / "staging"),
                 "RETAIL_ETL_DUCKDB_PATH": str(run_dir / "warehouse.duckdb"),
                 "RETAIL_ETL_RETRY_BASE_SECONDS": "0",

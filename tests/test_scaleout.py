@@ -549,19 +549,16 @@ def test_cli_runs_the_demo_day_on_both_dask_modes_to_the_same_rows_as_threads(
             "RETAIL_ETL_DASK_ADDRESS": external_dask_cluster,
         },
     }
-    rows = {}
-    for mode, extra in modes.items():
-        run_dir = tmp_path / mode
-        env = prefect_server.env(
-            RETAIL_ETL_SOURCE_DATABASE_PREFIX=unique_prefix,
-            RETAIL_ETL_SOURCE_BLOCK_PREFIX=f"test-{unique_prefix.replace('_', '-')}",
-            RETAIL_ETL_SLACK_BLOCK=f"test-absent-{unique_prefix.replace('_', '-')}",
-            RETAIL_ETL_STAGING_DIR=str(run_dir / "staging"),
-            RETAIL_ETL_DUCKDB_PATH=str(run_dir / "warehouse.duckdb"),
-            **extra,
-        )
-        result = subprocess.run(
-            [str(BIN / "retail-etl"), "run", "--date", DAY.isoformat()],
+    user = {  # the operator's configuration (unique names, so tests do not share blocks)
+        "RETAIL_ETL_SOURCE_SERVER_URL": pg_server_url,
+        "RETAIL_ETL_SOURCE_DATABASE_PREFIX": unique_prefix,
+        "RETAIL_ETL_SOURCE_BLOCK_PREFIX": f"test-{unique_prefix.replace('_', '-')}",
+        "RETAIL_ETL_SLACK_BLOCK": f"test-absent-{unique_prefix.replace('_', '-')}",
+    }
+
+    def retail_etl(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "retail-etl"), *args],
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -569,6 +566,19 @@ def test_cli_runs_the_demo_day_on_both_dask_modes_to_the_same_rows_as_threads(
             timeout=300,
             stdin=subprocess.DEVNULL,
         )
+
+    registered = retail_etl(["blocks", "register"], prefect_server.env(**user))
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    rows = {}
+    for mode, extra in modes.items():
+        run_dir = tmp_path / mode
+        env = prefect_server.env(
+            **user,
+            RETAIL_ETL_STAGING_DIR=str(run_dir / "staging"),
+            RETAIL_ETL_DUCKDB_PATH=str(run_dir / "warehouse.duckdb"),
+            **extra,
+        )
+        result = retail_etl(["run", "--date", DAY.isoformat()], env)
         assert result.returncode == 0, f"{mode}:\n{result.stdout}\n{result.stderr[-4000:]}"
         assert "OK  2024-01-15: loaded 4 region(s)" in result.stdout, result.stdout
         rows[mode] = _warehouse_rows(run_dir / "warehouse.duckdb")
