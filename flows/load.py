@@ -1,4 +1,5 @@
-"""Load subflow: stage parquet, COPY/MERGE each region with its ledger row, verify."""
+"""Load subflow: stage parquet; per region one transaction (COPY/MERGE, retractions, rejects,
+ledger row); verify."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class LoadOutcome:
     errors: dict[str, str] = field(default_factory=dict)
     checks: list[CheckResult] = field(default_factory=list)
     ledger_errors: list[str] = field(default_factory=list)
-    #: wall seconds of the load's steps: stage, merge (COPY + MERGE + rejects), verify
+    #: wall seconds of the load's steps: stage, merge (COPY + MERGE + retractions + rejects), verify
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -59,6 +60,7 @@ def _ledger_entry(
         rows_extracted=result.rows_extracted,
         rows_accepted=result.rows_accepted,
         rows_rejected=result.rows_rejected,
+        rows_retracted=result.rows_retracted,
         flow_run_id=ctx.flow_run_id,
         error=error,
     )
@@ -172,6 +174,8 @@ def load_batch(
                 "inserted": m.inserted,
                 "updated": m.updated,
                 "unchanged": m.unchanged,
+                "retracted": m.deleted,
+                "rejects": m.rejects,
                 "seconds": round(m.seconds, 3),
             }
             for m in outcome.merges.values()

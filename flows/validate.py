@@ -9,7 +9,7 @@ from retail_etl.quality import QualityReport, QualityThresholds, evaluate_batch
 from retail_etl.run import RunContext
 from retail_etl.settings import Settings
 from retail_etl.transform import RegionTransformResult
-from tasks.warehouse import read_history_task
+from tasks.warehouse import read_history_task, read_stored_keys_task
 
 
 @flow(name="validate-batch")
@@ -19,12 +19,14 @@ def validate_batch(
     logger = get_run_logger()
     thresholds = QualityThresholds.from_settings(settings)
     history = read_history_task(list(results), ctx.run_date, settings)
+    stored_keys = read_stored_keys_task(list(results), ctx.run_date, settings)
     report = evaluate_batch(
         results,
         business_date=ctx.run_date,
         batch_id=ctx.batch_id,
         thresholds=thresholds,
         history=history,
+        stored_keys=stored_keys,
     )
     create_markdown_artifact(
         key=f"quality-{ctx.run_date.isoformat()}",

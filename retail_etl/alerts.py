@@ -361,13 +361,13 @@ def _render(
 def _rows_table(outcomes: Iterable[RegionOutcome]) -> list[str]:
     header = (
         f"{'region':<12} {'status':<15} {'extracted':>10} {'accepted':>10} "
-        f"{'rejected':>9} {'loaded':>10}"
+        f"{'rejected':>9} {'retracted':>9} {'loaded':>10} {'removed':>8}"
     )
     rows = [header]
     for o in outcomes:
         loaded = o.rows_inserted + o.rows_updated
         rows.append(
             f"{o.region:<12} {o.status:<15} {o.rows_extracted:>10,} {o.rows_accepted:>10,} "
-            f"{o.rows_rejected:>9,} {loaded:>10,}"
+            f"{o.rows_rejected:>9,} {o.rows_retracted:>9,} {loaded:>10,} {o.rows_deleted:>8,}"
         )
     return rows

@@ -77,6 +77,19 @@ COLUMNS_BY_NAME: dict[str, ContractColumn] = {c.name: c for c in SALES_COLUMNS}
 
 # Columns added by the pipeline to every extracted row.
 EXTRAS_COLUMN = "extras"  # JSON object of source columns outside the contract (schema drift)
+#: Money columns whose source value was ``NUMERIC 'NaN'``, comma-delimited on both sides
+#: (``,discount,tax,``; NULL when none).
+#: The typed CSV path cannot carry NaN in a decimal, so the extract sends the value as NULL
+#: and names the column here; the transform rejects the row as ``invalid_<column>``.
+NAN_COLUMN = "nan_columns"
+#: Money columns (``numeric`` in PostgreSQL): the ones that can hold ``NaN``.
+MONEY_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in SALES_COLUMNS if c.pg_type.startswith("numeric")
+)
+
+#: The one status that makes a sale count (compared trimmed and case-insensitively, by the
+#: transform only: ``retail_etl.transform``). Any other status retracts the sale.
+COMPLETED_STATUS = "completed"
 
 
 @dataclass(frozen=True)
@@ -156,10 +169,33 @@ def reject_arrow_schema() -> pa.Schema:
     )
 
 
+# A retracted sale: the latest version of its key says it no longer counts (refunded,
+# cancelled, pending, deleted, any status but completed). The warehouse removes the key from
+# ``sales_fact`` and keeps the removed row in ``sales_retractions``.
+def retraction_arrow_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("region", pa.string()),
+            pa.field("sale_id", pa.int64()),
+            pa.field("sale_date", pa.date32()),  # the business date the row was extracted for
+            pa.field("reason", pa.string()),  # deleted, status_refunded, status_cancelled, ...
+            pa.field("raw_values", pa.string()),  # JSON object column -> raw value as text
+            pa.field("batch_id", pa.string()),
+            pa.field("flow_run_id", pa.string()),
+        ]
+    )
+
+
 def contract_arrow_schema() -> pa.Schema:
     fields = [pa.field(c.name, c.arrow_type) for c in SALES_COLUMNS]
     fields.append(pa.field(EXTRAS_COLUMN, pa.string()))
     return pa.schema(fields)
+
+
+def extract_arrow_schema() -> pa.Schema:
+    """An extract part of a source that matches the contract: the contract's columns,
+    ``extras`` and :data:`NAN_COLUMN`."""
+    return contract_arrow_schema().append(pa.field(NAN_COLUMN, pa.string()))
 
 
 def create_table_ddl(table: str = SOURCE_TABLE) -> str:

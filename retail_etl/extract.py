@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from psycopg2 import sql
 
 from retail_etl import pg
-from retail_etl.contract import EXTRAS_COLUMN, SOURCE_TABLE
+from retail_etl.contract import EXTRAS_COLUMN, MONEY_COLUMNS, NAN_COLUMN, SOURCE_TABLE
 from retail_etl.schema import ExtractionPlan, inspect_columns_sql, plan_extraction
 
 CSV_BLOCK_BYTES = 8 << 20  # pyarrow reads the COPY stream in blocks of this size
@@ -96,6 +96,12 @@ def split_predicate(plan: ExtractionPlan, split: int, splits: int) -> sql.Compos
     )
 
 
+#: What the COPY writes for SQL NULL and the CSV reader reads as NULL (and nothing else): with
+#: pyarrow's default null tokens, text ``NA``, ``N/A``, ``nan``, ``NaN`` or ``null`` would become
+#: NULL. A text value that happens to be ``\\N`` is quoted by PostgreSQL and stays text.
+CSV_NULL = "\\N"
+
+
 def build_copy_query(
     plan: ExtractionPlan,
     business_date: date,
@@ -107,10 +113,15 @@ def build_copy_query(
     """``COPY (SELECT <explicit columns> ...) TO STDOUT`` for one business date (and, with
     ``splits`` > 1, only the rows of one split: :func:`split_predicate`).
 
+    Every row of the date is read, whatever its status or deleted flag: the transform keeps the
+    latest version of each sale and retracts it when that version is not a completed sale.
     Timestamps leave PostgreSQL already converted to UTC; columns whose source type
-    drifted from the contract are sent as text for the transform to cast.
+    drifted from the contract are sent as text for the transform to cast. A money column read
+    in its contract type sends ``NaN`` as NULL and names the column in
+    :data:`~retail_etl.contract.NAN_COLUMN`, so the transform can reject the row.
     """
     selects: list[sql.Composable] = []
+    nan_flags: list[sql.Composable] = []
     for column in plan.columns:
         source = sql.Identifier(column.source_name)
         target = sql.Identifier(column.contract.name)
@@ -122,6 +133,12 @@ def build_copy_query(
                 )
         elif column.contract.pg_type == "timestamp with time zone":
             expr = sql.SQL("({} AT TIME ZONE 'UTC')").format(source)
+        elif column.contract.name in MONEY_COLUMNS:
+            nan = sql.SQL("{} = 'NaN'::numeric").format(source)
+            expr = sql.SQL("CASE WHEN {} THEN NULL ELSE {} END").format(nan, source)
+            nan_flags.append(
+                sql.SQL("CASE WHEN {} THEN {} END").format(nan, sql.Literal(column.contract.name))
+            )
         else:
             expr = source
         selects.append(sql.SQL("{} AS {}").format(expr, target))
@@ -137,14 +154,19 @@ def build_copy_query(
         )
     else:
         selects.append(sql.SQL("NULL::text AS {}").format(sql.Identifier(EXTRAS_COLUMN)))
+    nan_expr: sql.Composable = sql.SQL("NULL::text")
+    if nan_flags:
+        # ",discount,tax," (delimited on both sides, so a name never matches inside another)
+        nan_expr = sql.SQL("NULLIF(',' || concat_ws(',', {}) || ',', ',,')").format(
+            sql.SQL(", ").join(nan_flags)
+        )
+    selects.append(sql.SQL("{} AS {}").format(nan_expr, sql.Identifier(NAN_COLUMN)))
 
-    status = sql.Identifier(plan.column("status").source_name)
-    deleted = sql.Identifier(plan.column("is_deleted").source_name)
     sale_date = sql.Identifier(plan.column("sale_date").source_name)
     return sql.SQL(
         "COPY (SELECT {columns} FROM {schema}.{table} "
-        "WHERE {sale_date} = {business_date} AND {status} = {completed} AND {deleted} IS NOT TRUE"
-        "{split}) TO STDOUT WITH (FORMAT csv)"
+        "WHERE {sale_date} = {business_date}"
+        "{split}) TO STDOUT WITH (FORMAT csv, NULL {null})"
     ).format(
         split=sql.SQL("")
         if splits == 1
@@ -154,9 +176,7 @@ def build_copy_query(
         table=sql.Identifier(plan.table),
         sale_date=sale_date,
         business_date=sql.Literal(business_date.isoformat()) + sql.SQL("::date"),
-        status=status,
-        completed=sql.Literal("completed"),
-        deleted=deleted,
+        null=sql.Literal(CSV_NULL),
     )
 
 
@@ -172,8 +192,9 @@ def csv_read_types(plan: ExtractionPlan) -> tuple[pa.Schema, pa.Schema]:
         if pa.types.is_timestamp(arrow_type):
             arrow_type = pa.timestamp("us")  # naive UTC text; tz attached after parsing
         read_fields.append(pa.field(column.contract.name, arrow_type))
-    read_fields.append(pa.field(EXTRAS_COLUMN, pa.string()))
-    out_fields.append(pa.field(EXTRAS_COLUMN, pa.string()))
+    for name in (EXTRAS_COLUMN, NAN_COLUMN):
+        read_fields.append(pa.field(name, pa.string()))
+        out_fields.append(pa.field(name, pa.string()))
     return pa.schema(read_fields), pa.schema(out_fields)
 
 
@@ -233,6 +254,7 @@ def _open_reader(source: object, read_schema: pa.Schema) -> pacsv.CSVStreamingRe
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types=read_schema,
+            null_values=[CSV_NULL],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
             true_values=["t"],
@@ -253,7 +275,7 @@ def extract_region(
     split: int = 0,
     splits: int = 1,
 ) -> RegionExtract:
-    """Stream one region's completed, not-deleted sales of ``business_date`` to parquet.
+    """Stream every row of the region's ``business_date`` (any status) to parquet.
 
     Files go to ``out_dir/region=<region>/part-NNNNN.parquet`` (the folder is emptied
     first, so a retry never mixes attempts). With ``splits`` > 1 only the rows of split

@@ -15,6 +15,11 @@ Checks (thresholds from :class:`retail_etl.settings.Settings`, defaults in brack
   above ``history_warn_deviation`` [30 %] warns, above ``history_fail_deviation`` [50 %] fails
   (only warns if ``history_fail_mode`` [fail] is ``warn``); skipped with fewer than
   ``history_min_points`` [3] points in ``history_days`` [28]. See :func:`history_check`.
+- ``missing_from_source_share`` (per region): the share of the keys ``sales_fact`` already
+  holds for the region's day that the source no longer returns, ``(stored - source keys) /
+  stored``; above ``max_missing_share`` [20 %] fails, so a truncated or wrong source stops the
+  region instead of mass-deleting its day as ``missing_from_source``. Skipped when nothing is
+  stored for the day yet. See :func:`missing_from_source_check`.
 - ``no_duplicate_keys``, ``no_rule_violations``, ``sale_date_is_business_date`` (per region,
   on the accepted parquet): any offending row fails. Violations are a NULL critical column, a
   :data:`~retail_etl.transform.REJECT_RULES` rule (sale date apart), derived metrics that do not
@@ -46,6 +51,7 @@ __all__ = [
     "format_measure",
     "history_check",
     "invariant_checks",
+    "missing_from_source_check",
 ]
 
 Status = Literal["pass", "warn", "fail", "skipped"]
@@ -56,7 +62,7 @@ class InvariantQueryError(RuntimeError):
 
 
 _STATUS_ORDER: dict[str, int] = {"fail": 0, "warn": 1, "skipped": 2, "pass": 3}
-_RATIO_CHECKS = ("null_share_", "reject_rate", "history_volume")
+_RATIO_CHECKS = ("null_share_", "reject_rate", "history_volume", "missing_from_source_share")
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class QualityThresholds:
     history_warn_deviation: float = 0.3
     history_fail_deviation: float = 0.5
     history_fail_mode: Literal["fail", "warn"] = "fail"
+    max_missing_share: float = 0.2
 
     def __post_init__(self) -> None:
         if self.history_fail_mode not in ("fail", "warn"):
@@ -228,6 +235,35 @@ def _reject_rate(result: RegionTransformResult, limit: float) -> CheckResult:
         limit,
         "fail" if rate > limit else "pass",
         f"{result.rows_rejected:,} of {result.rows_extracted:,} rows rejected (top reasons: {why})",
+    )
+
+
+def missing_from_source_check(
+    result: RegionTransformResult, stored_keys: int | None, limit: float
+) -> CheckResult:
+    """``stored_keys``: rows ``sales_fact`` holds for the region's day (``None``: unknown)."""
+    name = "missing_from_source_share"
+    if not stored_keys:
+        return CheckResult(
+            name, result.region, 0.0, limit, "skipped", "sales_fact holds no row of the day yet"
+        )
+    missing = max(0, stored_keys - result.source_keys)
+    share = missing / stored_keys
+    failed = share > limit
+    return CheckResult(
+        name,
+        result.region,
+        share,
+        limit,
+        "fail" if failed else "pass",
+        f"the source returns {result.source_keys:,} keys for the day, sales_fact holds "
+        f"{stored_keys:,}: {missing:,} fewer"
+        + (
+            f"; more than {limit:.0%} of the day would be retracted as missing_from_source, so "
+            "the region is stopped (RETAIL_ETL_MAX_MISSING_SHARE allows more)"
+            if failed
+            else ""
+        ),
     )
 
 
@@ -400,9 +436,11 @@ def evaluate_batch(
     batch_id: str,
     thresholds: QualityThresholds,
     history: Mapping[str, Sequence[tuple[date, int]]],
+    stored_keys: Mapping[str, int] | None = None,
 ) -> QualityReport:
     """All checks of a batch: per region (min rows, NULL shares, reject rate, history volume,
-    invariants on the accepted parquet) and for the batch (min rows)."""
+    missing-from-source share, invariants on the accepted parquet) and for the batch (min
+    rows). ``stored_keys``: rows ``sales_fact`` holds per region for the day."""
     checks: list[CheckResult] = []
     for region, result in results.items():
         checks.append(
@@ -415,6 +453,11 @@ def evaluate_batch(
         checks.append(
             history_check(
                 region, result.rows_accepted, history.get(region, ()), business_date, thresholds
+            )
+        )
+        checks.append(
+            missing_from_source_check(
+                result, (stored_keys or {}).get(region), thresholds.max_missing_share
             )
         )
     total = sum(r.rows_accepted for r in results.values())

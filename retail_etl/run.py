@@ -119,9 +119,13 @@ class RegionOutcome:
     rows_extracted: int = 0
     rows_accepted: int = 0
     rows_rejected: int = 0
+    #: rows whose latest version retracts the sale (refunded, cancelled, deleted, ...)
+    rows_retracted: int = 0
     rows_inserted: int = 0
     rows_updated: int = 0
     rows_unchanged: int = 0
+    #: rows the load removed from sales_fact (kept in sales_retractions)
+    rows_deleted: int = 0
     extract_seconds: float = 0.0
     transform_seconds: float = 0.0
     load_seconds: float = 0.0
@@ -190,6 +194,7 @@ class RunSummary:
             outcome.rows_extracted = result.rows_extracted
             outcome.rows_accepted = result.rows_accepted
             outcome.rows_rejected = result.rows_rejected
+            outcome.rows_retracted = result.rows_retracted
             outcome.transform_seconds = result.seconds
             outcome.reject_reasons = dict(result.reasons)
         self._fail(errors, "transform_failed")
@@ -228,6 +233,7 @@ class RunSummary:
             outcome.rows_inserted = merge.inserted
             outcome.rows_updated = merge.updated
             outcome.rows_unchanged = merge.unchanged
+            outcome.rows_deleted = merge.deleted
             outcome.load_seconds = merge.seconds
         self._fail(errors, "load_failed")
         self.verification_failures.extend(
@@ -305,14 +311,16 @@ class RunSummary:
         ok, message = self.outcome()
         header = (
             f"{'region':<10} {'status':<14} {'extracted':>10} {'accepted':>10} {'rejected':>9} "
-            f"{'inserted':>9} {'updated':>8} {'extract s':>9} {'load s':>7}"
+            f"{'retracted':>9} {'inserted':>9} {'updated':>8} {'removed':>8} {'extract s':>9} "
+            f"{'load s':>7}"
         )
         lines = [("OK  " if ok else "FAIL ") + message, header]
         for o in self.regions.values():
             lines.append(
                 f"{o.region:<10} {o.status:<14} {o.rows_extracted:>10,} {o.rows_accepted:>10,} "
-                f"{o.rows_rejected:>9,} {o.rows_inserted:>9,} {o.rows_updated:>8,} "
-                f"{o.extract_seconds:>9.2f} {o.load_seconds:>7.2f}"
+                f"{o.rows_rejected:>9,} {o.rows_retracted:>9,} {o.rows_inserted:>9,} "
+                f"{o.rows_updated:>8,} {o.rows_deleted:>8,} {o.extract_seconds:>9.2f} "
+                f"{o.load_seconds:>7.2f}"
             )
         for o in self.regions.values():
             if o.error:
@@ -365,6 +373,7 @@ def ledger_entries(summary: RunSummary, also: Sequence[str] = ()) -> list[Any]:
                 rows_extracted=outcome.rows_extracted,
                 rows_accepted=outcome.rows_accepted,
                 rows_rejected=outcome.rows_rejected,
+                rows_retracted=outcome.rows_retracted,
                 extract_seconds=outcome.extract_seconds,
                 transform_seconds=outcome.transform_seconds,
                 flow_run_id=summary.flow_run_id,

@@ -199,6 +199,13 @@ class Settings(BaseSettings):
     history_warn_deviation: float = Field(default=0.3, ge=0)
     history_fail_deviation: float = Field(default=0.5, ge=0)
     history_fail_mode: Literal["fail", "warn"] = "fail"
+    max_missing_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Quality gate: largest share of the keys sales_fact holds for a region's "
+        "day that may be missing from the source (and so be retracted as missing_from_source).",
+    )
     duckdb_memory_limit: str = Field(
         default="640MB",
         description="DuckDB memory cap for transform and load (spills to disk past it). The "

@@ -66,8 +66,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-StagedTable = Literal["sales", "rejects", "dq_results"]
-STAGED_TABLES: tuple[str, ...] = ("sales", "rejects", "dq_results")
+StagedTable = Literal["sales", "rejects", "retractions", "dq_results"]
+STAGED_TABLES: tuple[str, ...] = ("sales", "rejects", "retractions", "dq_results")
 #: Batch ids are ``YYYYMMDD_<hex>``; they end up in file names and stage table names.
 BATCH_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]{0,47}$")
 ROW_GROUP_ROWS = 262_144
@@ -93,6 +93,8 @@ def staged_schema(table: StagedTable) -> pa.Schema:
         return contract.accepted_arrow_schema()
     if table == "rejects":
         return contract.reject_arrow_schema()
+    if table == "retractions":
+        return contract.retraction_arrow_schema()
     if table == "dq_results":
         return dq_results_arrow_schema()
     raise StagingError(f"unknown staged table {table!r}; expected one of {STAGED_TABLES}")

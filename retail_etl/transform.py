@@ -20,13 +20,19 @@ What happens to a region's extract (``{run_dir}/extract/region=R/part-*.parquet`
    that are rounded before the exactness test.
 2. **NULLs.** A NULL in a critical column rejects the row as ``null_<column>``; NULL ``discount``
    and ``tax`` become ``0.00`` on accepted rows.
-3. **Deduplication** on ``(region, sale_id)`` over the whole region in one window
-   (``row_number() OVER (PARTITION BY sale_id ORDER BY updated_at DESC NULLS LAST,
-   created_at DESC NULLS LAST, file DESC, row-in-file DESC)``): the latest ``updated_at`` wins,
-   ties go to the row extracted last. Every other version is rejected as ``duplicate``. This runs
-   on all rows with a non-NULL typed ``sale_id``, valid or not: if the latest version is bad it
-   is rejected for its own reasons and the older versions stay rejected as duplicates (loading a
-   stale version would be wrong). Rows with a NULL ``sale_id`` are not deduplicated.
+3. **Deduplication** on ``(region, sale_id)`` over the whole region: an aggregate over the key
+   finds the repeated ``sale_id``s, and only their rows are windowed (``row_number() OVER
+   (PARTITION BY sale_id ORDER BY updated_at DESC NULLS LAST, created_at DESC NULLS LAST,
+   md5(<the row's extracted values>) DESC)``): the latest ``updated_at`` wins, and the winner never
+   depends on COPY row order or file order. Every other version is rejected as ``duplicate``.
+   This runs on all rows with a non-NULL typed ``sale_id``, valid or not, whatever their status:
+   if the latest version is bad it is rejected for its own reasons and the older versions stay
+   rejected as duplicates (loading a stale version would be wrong). Rows with a NULL
+   ``sale_id`` are not deduplicated.
+   **Retractions**: a winner that is deleted (``is_deleted``) or whose status is not
+   ``completed`` (trimmed, any case: :func:`normalized_status`, the one place) is a retraction
+   (``deleted``, ``status_<status>``), not a reject: it goes to ``retractions/`` with its raw
+   values, and the warehouse removes the key from ``sales_fact``.
 4. **Business rules** (:data:`REJECT_RULES`), each a SQL predicate over the typed columns:
    ``quantity_not_positive``, ``unit_price_not_positive``, ``total_amount_out_of_range``
    (outside ``[0.5, 2] x gross``, bounds accepted), ``sale_date_mismatch`` and
@@ -41,17 +47,18 @@ What happens to a region's extract (``{run_dir}/extract/region=R/part-*.parquet`
 A row collects *every* reason that applies (sorted, joined by ``;``), so a duplicate loser with a
 NULL customer reads ``duplicate;null_customer_id``.
 
-Memory: DuckDB's streaming parquet reader reads the region in passes. The dedup window reads
-only the typed key and order columns (``sale_id``, ``updated_at``, ``created_at``, file, row)
-and keeps the losers' (file, row) in a small temporary table; the classification (typing,
-reasons, the losers looked up by a hash join) streams every row once into a temporary table of
-the rejected rows and once into the accepted parquet; reconciliation re-reads ``total_amount``
+Memory: DuckDB's streaming parquet reader reads the region in passes. The dedup reads the key
+column for the aggregate and whole rows only of the repeated keys, and keeps the losers'
+(file, row) in a small temporary table; the classification (typing, reasons, retractions, the
+losers looked up by a hash join) streams every row once into a temporary table of the rows not
+accepted (rejected or retracted) and once into the accepted parquet; reconciliation re-reads ``total_amount``
 only. No operator holds whole rows of the region, so a 10x day costs time, not memory (what does
 not fit in ``memory_limit`` spills to ``temp_directory``). Because the window sees the whole
 region, duplicates split across extract files (chunks) are found by construction.
 
-Output (always, also for zero rows): ``out_dir/accepted/region=R/part-<i>.parquet`` and
-``out_dir/rejects/region=R/part-<i>.parquet``, at least one file each, possibly empty but with the
+Output (always, also for zero rows): ``out_dir/accepted/region=R/part-<i>.parquet``,
+``out_dir/rejects/region=R/part-<i>.parquet`` and ``out_dir/retractions/region=R/part-<i>.parquet``
+(``contract.retraction_arrow_schema()``), at least one file each, possibly empty but with the
 full schema (every column nullable, decimals as decimal128, timestamps ``timestamp[us, UTC]``),
 so loaders never special-case a missing file. The files carry ``region`` as a column too: read
 them with hive partitioning off (or as a plain string), not as a dictionary partition. Output
@@ -59,9 +66,9 @@ is written to hidden ``.region=R.*.tmp`` folders and replaces the region's folde
 reconciled, so a re-run replaces them and a failed run leaves no half-written region.
 
 Reconciliation (:class:`ReconciliationError`), each side counted on its own: rows in the
-extract files' footers == rows read == accepted rows in the written files + rejected rows, and
-the rows each COPY reported agree; ``total_amount`` read == accepted files + rejected rows, to the
-cent.
+extract files' footers == rows read == accepted rows in the written files + rejected rows +
+retracted rows, and the rows each COPY reported agree; ``total_amount`` read == accepted files +
+rejected rows + retracted rows, to the cent.
 """
 
 from __future__ import annotations
@@ -77,7 +84,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -94,11 +101,13 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DUPLICATE_REASON",
     "REJECT_RULES",
+    "FrameOutput",
     "ReconciliationError",
     "RegionTransformResult",
     "TransformError",
     "TransformInputError",
     "all_reasons",
+    "classify_frame",
     "invalid_reason",
     "null_reason",
     "transform_frame",
@@ -119,6 +128,12 @@ class ReconciliationError(TransformError):
 
 
 DUPLICATE_REASON = "duplicate"
+#: Retraction reasons: the latest version of a sale is deleted, or its status is not completed
+#: (``status_<status>``: status_refunded, status_cancelled, status_pending, ...; a status that
+#: is not a plain word is ``status_other``, a NULL one ``status_null``). The warehouse adds
+#: ``missing_from_source`` for stored keys the source no longer has.
+DELETED_REASON = "deleted"
+MISSING_FROM_SOURCE_REASON = "missing_from_source"
 
 # Business rules: reject reason -> SQL predicate that is TRUE for a violating row.
 # Predicates read the typed contract columns plus ``gross_amount`` (quantity x unit_price) and
@@ -166,7 +181,7 @@ class RegionTransformResult:
     ``reasons`` counts rows per reason (a row with two reasons counts in both); ``null_counts``
     is the number of NULLs per critical column in the raw extract (every row, before dedup).
     The ``total_amount_*`` sums are over the castable ``total_amount`` values (NULL and invalid
-    count as nothing), so ``extracted == accepted + rejected`` to the cent.
+    count as nothing), so ``extracted == accepted + rejected + retracted`` to the cent.
     """
 
     region: str
@@ -181,6 +196,13 @@ class RegionTransformResult:
     accepted_files: list[Path] = field(default_factory=list)
     reject_files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    rows_retracted: int = 0
+    total_amount_retracted: Decimal = Decimal(0)
+    #: retracted rows per reason (``deleted``, ``status_refunded``, ...)
+    retraction_reasons: dict[str, int] = field(default_factory=dict)
+    retraction_files: list[Path] = field(default_factory=list)
+    #: distinct non-NULL sale_ids of the extract: what the source holds for the day
+    source_keys: int = 0
 
     @property
     def reject_rate(self) -> float:
@@ -224,6 +246,21 @@ class _ColumnSql:
     typed: str  # expression over the source column giving the contract-typed value
     keep_raw: bool  # the raw value differs from the typed one: carry it for raw_values / checks
     can_be_invalid: bool  # a present raw value may fail the conversion
+    nan: bool = False  # typed money column: NaN arrives as NULL, named in the NaN column
+
+
+_NAN = _q(contract.NAN_COLUMN)
+
+
+def _nan_predicate(column: str) -> str:
+    """TRUE when the source value of money column ``column`` was ``NaN`` (see the extract)."""
+    return f"coalesce(contains({_NAN}, ',{column},'), false)"
+
+
+def normalized_status(expr: str) -> str:
+    """The one place a status is normalized (trimmed, lower-cased): the transform compares it
+    with :data:`~retail_etl.contract.COMPLETED_STATUS` and stores it in this form."""
+    return f"lower(trim(CAST({expr} AS VARCHAR)))"
 
 
 def _exact_numeric(text: str, target: str, wide_scale: int, exact: str) -> str:
@@ -233,13 +270,13 @@ def _exact_numeric(text: str, target: str, wide_scale: int, exact: str) -> str:
     return f"CASE WHEN {exact.format(w=wide)} THEN TRY_CAST({wide} AS {target}) END"
 
 
-def _column_sql(column: contract.ContractColumn, input_type: str) -> _ColumnSql:
+def _column_sql(column: contract.ContractColumn, input_type: str, nan: bool) -> _ColumnSql:
     name, src, target = column.name, _q(column.name), column.duckdb_type
     text = f"trim(CAST({src} AS VARCHAR))"
     if name == "status":
-        return _ColumnSql(name, f"lower(trim(CAST({src} AS VARCHAR)))", True, False)
+        return _ColumnSql(name, normalized_status(src), True, False)
     if input_type == target:
-        return _ColumnSql(name, src, False, False)
+        return _ColumnSql(name, src, False, False, nan=nan and name in contract.MONEY_COLUMNS)
     dm_in = _DECIMAL_RE.match(input_type)
     if target in _INT_DIGITS:
         if input_type in _INTEGER_TYPES or (dm_in is not None and dm_in.group(2) == "0"):
@@ -263,7 +300,13 @@ def _column_sql(column: contract.ContractColumn, input_type: str) -> _ColumnSql:
 
 def _column_plan(input_types: Mapping[str, str], region: str) -> list[_ColumnSql]:
     missing = [c for c in contract.COLUMN_NAMES if c not in input_types]
-    allowed = {*contract.COLUMN_NAMES, contract.EXTRAS_COLUMN, _SRC_FILE, _SRC_ROW}
+    allowed = {
+        *contract.COLUMN_NAMES,
+        contract.EXTRAS_COLUMN,
+        contract.NAN_COLUMN,
+        _SRC_FILE,
+        _SRC_ROW,
+    }
     unknown = [c for c in input_types if c not in allowed]
     if missing or unknown:
         raise TransformInputError(
@@ -271,18 +314,29 @@ def _column_plan(input_types: Mapping[str, str], region: str) -> list[_ColumnSql
             f"unexpected columns {unknown} (non-contract source columns belong in "
             f"{contract.EXTRAS_COLUMN!r})"
         )
-    return [_column_sql(c, input_types[c.name]) for c in contract.SALES_COLUMNS]
+    nan = contract.NAN_COLUMN in input_types
+    return [_column_sql(c, input_types[c.name], nan) for c in contract.SALES_COLUMNS]
 
 
 def _raw_ref(col: _ColumnSql) -> str:
     return _raw(col.name) if col.keep_raw else _q(col.name)
 
 
+def _raw_text(col: _ColumnSql) -> str:
+    """The value as extracted, as text (``'NaN'`` for a NaN money value)."""
+    text = f"CAST({_raw_ref(col)} AS VARCHAR)"
+    return f"CASE WHEN {_nan_predicate(col.name)} THEN 'NaN' ELSE {text} END" if col.nan else text
+
+
 def _reason_cases(plan: Sequence[_ColumnSql]) -> list[tuple[str, str]]:
     cases: dict[str, str] = {DUPLICATE_REASON: _DUPLICATE}
     for col in plan:
+        if col.nan:
+            cases[invalid_reason(col.name)] = _nan_predicate(col.name)
         if col.name in contract.CRITICAL_COLUMNS:
-            cases[null_reason(col.name)] = f"{_raw_ref(col)} IS NULL"
+            cases[null_reason(col.name)] = f"{_raw_ref(col)} IS NULL" + (
+                f" AND NOT {_nan_predicate(col.name)}" if col.nan else ""
+            )
         if col.can_be_invalid:
             cases[invalid_reason(col.name)] = (
                 f"{_raw(col.name)} IS NOT NULL AND {_q(col.name)} IS NULL"
@@ -293,23 +347,54 @@ def _reason_cases(plan: Sequence[_ColumnSql]) -> list[tuple[str, str]]:
 
 
 _LOSERS = "losers"
+_DUP_KEYS = "dup_keys"
+
+
+def _dup_keys_sql(source_sql: str, plan: Sequence[_ColumnSql]) -> str:
+    """The typed ``sale_id``s that occur more than once (an aggregate over the key column only)."""
+    typed = {c.name: c.typed for c in plan}
+    return f"""
+SELECT {typed["sale_id"]} AS sale_id, count(*) AS n FROM ({source_sql})
+WHERE {typed["sale_id"]} IS NOT NULL GROUP BY 1 HAVING count(*) > 1
+"""  # noqa: S608 - identifiers are contract constants
 
 
 def _losers_sql(source_sql: str, plan: Sequence[_ColumnSql]) -> str:
     """(file, row) of every row that loses the dedup: a version of its ``sale_id`` other than
-    the latest ``updated_at`` (ties: the row extracted last). The window reads only the typed
-    key and order columns, so it stays in memory where a window over whole rows would spill.
+    the latest ``updated_at``; ties go to the latest ``created_at``, then to the larger MD5 of
+    the row's extracted values, so the winner never depends on COPY row order or file order
+    (identical rows are interchangeable). Only the keys in ``dup_keys`` (:func:`_dup_keys_sql`)
+    are windowed, so the window sees a few rows where it used to sort the whole region.
     Rows with a NULL typed ``sale_id`` are never losers."""
     typed = {c.name: c.typed for c in plan}
+    raw = (
+        ", ".join(f"{_q(c.name)} := CAST({_q(c.name)} AS VARCHAR)" for c in plan)
+        + f", {_q(contract.EXTRAS_COLUMN)} := CAST({_q(contract.EXTRAS_COLUMN)} AS VARCHAR)"
+    )
     return f"""
 SELECT {_SRC_FILE}, {_SRC_ROW} FROM (
-    SELECT {_SRC_FILE}, {_SRC_ROW}, {typed["sale_id"]} AS sale_id,
-           row_number() OVER (PARTITION BY {typed["sale_id"]}
+    SELECT {_SRC_FILE}, {_SRC_ROW},
+           row_number() OVER (PARTITION BY sale_id
                ORDER BY {typed["updated_at"]} DESC NULLS LAST, {typed["created_at"]} DESC NULLS LAST,
-                        {_SRC_FILE} DESC, {_SRC_ROW} DESC) AS rn
-    FROM ({source_sql})
-) WHERE sale_id IS NOT NULL AND rn > 1
+                        md5(CAST(to_json(struct_pack({raw})) AS VARCHAR)) DESC) AS rn
+    FROM (SELECT *, {typed["sale_id"]} AS sale_id FROM ({source_sql}))
+    WHERE sale_id IN (SELECT sale_id FROM {_DUP_KEYS})
+) WHERE rn > 1
 """  # noqa: S608 - identifiers are contract constants
+
+
+def _retraction_sql() -> str:
+    """The retraction reason of a classified row (NULL: not retracted). Only the latest version
+    of a key (not a ``duplicate`` loser, ``sale_id`` present) can retract it."""
+    completed = contract.COMPLETED_STATUS
+    return (
+        f"CASE WHEN NOT {_DUPLICATE} AND sale_id IS NOT NULL THEN CASE "
+        f"WHEN is_deleted IS TRUE THEN '{DELETED_REASON}' "
+        f"WHEN status = '{completed}' THEN NULL "
+        "WHEN status IS NULL THEN 'status_null' "
+        "WHEN regexp_full_match(status, '[a-z][a-z0-9_]{0,39}') THEN 'status_' || status "
+        "ELSE 'status_other' END END"
+    )
 
 
 def _classify_sql(source_sql: str, plan: Sequence[_ColumnSql], has_extras: bool) -> str:
@@ -321,8 +406,10 @@ def _classify_sql(source_sql: str, plan: Sequence[_ColumnSql], has_extras: bool)
     selected += [f"{_q(c.name)} AS {_raw(c.name)}" for c in plan if c.keep_raw]
     selected.append(f"CAST({extras} AS VARCHAR)" if has_extras else "CAST(NULL AS VARCHAR)")
     selected[-1] += f" AS {extras}"
+    if any(c.nan for c in plan):
+        selected.append(_NAN)
     reasons = ", ".join(f"CASE WHEN {pred} THEN '{name}' END" for name, pred in _reason_cases(plan))
-    raw_json = ", ".join(f"{_q(c.name)} := CAST({_raw_ref(c)} AS VARCHAR)" for c in plan)
+    raw_json = ", ".join(f"{_q(c.name)} := {_raw_text(c)}" for c in plan)
     raw_json += f", {extras} := {extras}"
     typed_names = ", ".join(_q(c.name) for c in plan)
     return f"""
@@ -335,11 +422,12 @@ joined AS (
     FROM typed LEFT JOIN {_LOSERS} l USING ({_SRC_FILE}, {_SRC_ROW})
 ),
 reasoned AS (
-    SELECT *, concat_ws(';', {reasons}) AS reasons FROM joined
+    SELECT *, concat_ws(';', {reasons}) AS reasons, {_retraction_sql()} AS retraction
+    FROM joined
 )
-SELECT {typed_names}, gross_amount, {extras}, reasons,
-       CASE WHEN reasons <> '' THEN CAST(to_json(struct_pack({raw_json})) AS VARCHAR) END
-           AS raw_values
+SELECT {typed_names}, gross_amount, {extras}, reasons, retraction,
+       CASE WHEN reasons <> '' OR retraction IS NOT NULL
+            THEN CAST(to_json(struct_pack({raw_json})) AS VARCHAR) END AS raw_values
 FROM reasoned
 """  # noqa: S608 - identifiers are contract constants; values are bound parameters
 
@@ -370,10 +458,17 @@ def _accepted_select() -> str:
     exprs["batch_id"] = "CAST($batch_id AS VARCHAR)"
     exprs["flow_run_id"] = "CAST($flow_run_id AS VARCHAR)"
     cols = ", ".join(f"{exprs[n]} AS {_q(n)}" for n in contract.ACCEPTED_COLUMNS)
-    return f"SELECT {cols} FROM classified WHERE reasons = ''"  # noqa: S608 - constant identifiers
+    return (
+        f"SELECT {cols} FROM classified "  # noqa: S608 - constant identifiers
+        "WHERE reasons = '' AND retraction IS NULL"
+    )
 
 
+#: Temporary table of every row that is not accepted: rejected (``retraction IS NULL``) or
+#: retracted; ``rejected`` and ``retracted`` are views over it.
+_NOT_ACCEPTED = "not_accepted"
 _REJECTED = "rejected"
+_RETRACTED = "retracted"
 
 
 _REJECTS_SELECT = (
@@ -382,6 +477,16 @@ _REJECTS_SELECT = (
     "CAST($batch_id AS VARCHAR) AS batch_id, CAST($flow_run_id AS VARCHAR) AS flow_run_id "
     f"FROM {_REJECTED}"
 )
+_RETRACTIONS_SELECT = (
+    "SELECT CAST($region AS VARCHAR) AS region, sale_id, "  # noqa: S608 - constant identifiers
+    "CAST($business_date AS DATE) AS sale_date, retraction AS reason, raw_values, "
+    "CAST($batch_id AS VARCHAR) AS batch_id, CAST($flow_run_id AS VARCHAR) AS flow_run_id "
+    f"FROM {_RETRACTED}"
+)
+
+
+#: Output folders of a region's transform, each ``<kind>/region=R/part-<i>.parquet``.
+_OUTPUTS = ("accepted", "rejects", "retractions")
 
 
 def _duckdb_types(schema: pa.Schema) -> list[tuple[str, str]]:
@@ -450,6 +555,7 @@ class _Classified:
 
     cte: str
     total_amount: str  # the typed total_amount over the source (for the extracted sum)
+    sale_id: str  # the typed sale_id over the source (for the source's distinct keys)
 
 
 def _classify(
@@ -460,18 +566,28 @@ def _classify(
 ) -> _Classified:
     types = _input_types(con, source_sql, params)
     plan = _column_plan(types, region)
+    dup_keys = f"CREATE TEMP TABLE {_DUP_KEYS} AS {_dup_keys_sql(source_sql, plan)}"
+    con.execute(dup_keys, _params(dup_keys, params))
     losers = f"CREATE TEMP TABLE {_LOSERS} AS {_losers_sql(source_sql, plan)}"
     con.execute(losers, _params(losers, params))
     cte = (
         f"WITH classified AS ({_classify_sql(source_sql, plan, contract.EXTRAS_COLUMN in types)}) "
     )
-    rejected = (
-        f"CREATE TEMP TABLE {_REJECTED} AS {cte}"  # noqa: S608 - constant identifiers
-        "SELECT * FROM classified WHERE reasons <> ''"
+    not_accepted = (
+        f"CREATE TEMP TABLE {_NOT_ACCEPTED} AS {cte}"  # noqa: S608 - constant identifiers
+        "SELECT * FROM classified WHERE reasons <> '' OR retraction IS NOT NULL"
     )
-    con.execute(rejected, _params(rejected, params))
-    total_amount = next(c.typed for c in plan if c.name == "total_amount")
-    return _Classified(cte, total_amount)
+    con.execute(not_accepted, _params(not_accepted, params))
+    con.execute(
+        f"CREATE TEMP VIEW {_REJECTED} AS SELECT * FROM {_NOT_ACCEPTED} "  # noqa: S608
+        "WHERE retraction IS NULL"
+    )
+    con.execute(
+        f"CREATE TEMP VIEW {_RETRACTED} AS SELECT * FROM {_NOT_ACCEPTED} "  # noqa: S608
+        "WHERE retraction IS NOT NULL"
+    )
+    typed = {c.name: c.typed for c in plan}
+    return _Classified(cte, typed["total_amount"], typed["sale_id"])
 
 
 @dataclass(frozen=True)
@@ -483,6 +599,10 @@ class _Stats:
     total_accepted: Decimal
     total_rejected: Decimal
     reasons: dict[str, int]
+    retracted: int
+    total_retracted: Decimal
+    retraction_reasons: dict[str, int]
+    source_keys: int
 
 
 def _stats(
@@ -495,7 +615,8 @@ def _stats(
     """Counts and ``total_amount`` sums, each computed on its own: every extracted row (the
     source), the accepted files as written, and the rejected rows."""
     extracted_sql = (
-        f"SELECT count(*), coalesce(sum({classified.total_amount}), 0) "  # noqa: S608
+        f"SELECT count(*), coalesce(sum({classified.total_amount}), 0), "  # noqa: S608
+        f"count({classified.sale_id}) - (SELECT coalesce(sum(n - 1), 0) FROM {_DUP_KEYS}) "
         f"FROM ({source_sql})"
     )
     extracted = con.execute(extracted_sql, _params(extracted_sql, params)).fetchone()
@@ -507,8 +628,14 @@ def _stats(
     rejected = con.execute(
         f"SELECT count(*), coalesce(sum(total_amount), 0) FROM {_REJECTED}"  # noqa: S608
     ).fetchone()
-    if extracted is None or accepted is None or rejected is None:  # pragma: no cover
-        raise TransformError("statistics query returned no row")
+    retracted = con.execute(
+        f"SELECT count(*), coalesce(sum(total_amount), 0) FROM {_RETRACTED}"  # noqa: S608
+    ).fetchone()
+    if extracted is None or accepted is None or rejected is None or retracted is None:
+        raise TransformError("statistics query returned no row")  # pragma: no cover
+    retraction_rows = con.execute(
+        f"SELECT retraction, count(*) FROM {_RETRACTED} GROUP BY 1 ORDER BY 1"  # noqa: S608
+    ).fetchall()
     reason_rows = con.execute(
         f"SELECT r, count(*) FROM (SELECT unnest(string_split(reasons, ';')) AS r "  # noqa: S608
         f"FROM {_REJECTED}) GROUP BY r ORDER BY r"
@@ -521,22 +648,26 @@ def _stats(
         Decimal(accepted[1]),
         Decimal(rejected[1]),
         {str(r): int(n) for r, n in reason_rows},
+        int(retracted[0]),
+        Decimal(retracted[1]),
+        {str(r): int(n) for r, n in retraction_rows},
+        int(extracted[2]),
     )
 
 
 def _check_reconciliation(where: str, stats: _Stats, expected_rows: int) -> None:
     problems = []
-    if stats.extracted != stats.accepted + stats.rejected:
+    if stats.extracted != stats.accepted + stats.rejected + stats.retracted:
         problems.append(
             f"rows extracted {stats.extracted} != accepted {stats.accepted} + rejected "
-            f"{stats.rejected}"
+            f"{stats.rejected} + retracted {stats.retracted}"
         )
     if expected_rows != stats.extracted:
         problems.append(f"extract files hold {expected_rows} rows but {stats.extracted} were read")
-    if stats.total_extracted != stats.total_accepted + stats.total_rejected:
+    if stats.total_extracted != stats.total_accepted + stats.total_rejected + stats.total_retracted:
         problems.append(
             f"total_amount extracted {stats.total_extracted} != accepted {stats.total_accepted}"
-            f" + rejected {stats.total_rejected}"
+            f" + rejected {stats.total_rejected} + retracted {stats.total_retracted}"
         )
     if problems:
         raise ReconciliationError(f"{where}: " + "; ".join(problems))
@@ -635,8 +766,7 @@ def transform_region(
     region = validate_identifier(region.strip().lower(), "region")
     out_dir = Path(out_dir)
     files = [Path(f) for f in extract_files]
-    accepted_dir = out_dir / "accepted" / f"region={region}"
-    rejects_dir = out_dir / "rejects" / f"region={region}"
+    final = {kind: out_dir / kind / f"region={region}" for kind in _OUTPUTS}
     own_temp = temp_dir is None
     spill = temp_dir or out_dir / ".duckdb-tmp" / f"{region}-{uuid.uuid4().hex[:8]}"
     params: dict[str, Any] = {
@@ -656,10 +786,7 @@ def transform_region(
     # Output goes to hidden folders first and replaces the region's folders only once it has
     # reconciled, so a failed or interrupted run never leaves half a region behind.
     tag = uuid.uuid4().hex[:8]
-    staging = {
-        "accepted": out_dir / "accepted" / f".region={region}.{tag}.tmp",
-        "rejects": out_dir / "rejects" / f".region={region}.{tag}.tmp",
-    }
+    staging = {kind: out_dir / kind / f".region={region}.{tag}.tmp" for kind in _OUTPUTS}
     con = _connect(memory_limit, threads, spill)
     try:
         source_sql = _FILES_SOURCE if files else _empty_source(con)
@@ -687,19 +814,27 @@ def transform_region(
                 row_group_size,
                 max_file_rows,
             )
+            n_ret, _ = _copy(
+                con,
+                _all_nullable(_RETRACTIONS_SELECT, contract.retraction_arrow_schema()),
+                staging["retractions"],
+                params,
+                row_group_size,
+                max_file_rows,
+            )
             stats = _stats(con, source_sql, classified, written, params)
         except duckdb.Error as e:
             raise TransformError(
                 f"region {region}, {business_date}: writing the transform output failed: {e}"
             ) from e
         _check_reconciliation(f"region {region}, {business_date}", stats, expected_rows)
-        if (n_acc, n_rej) != (stats.accepted, stats.rejected):
+        if (n_acc, n_rej, n_ret) != (stats.accepted, stats.rejected, stats.retracted):
             raise ReconciliationError(
-                f"region {region}, {business_date}: wrote {n_acc} accepted / {n_rej} rejected rows, "
-                f"expected {stats.accepted} / {stats.rejected}"
+                f"region {region}, {business_date}: wrote {n_acc} accepted / {n_rej} rejected / "
+                f"{n_ret} retracted rows, expected {stats.accepted} / {stats.rejected} / "
+                f"{stats.retracted}"
             )
-        accepted_files = _publish(staging["accepted"], accepted_dir)
-        reject_files = _publish(staging["rejects"], rejects_dir)
+        files_out = {kind: _publish(staging[kind], final[kind]) for kind in _OUTPUTS}
     finally:
         con.close()
         for tmp in staging.values():
@@ -719,20 +854,33 @@ def transform_region(
         total_amount_extracted=stats.total_extracted,
         total_amount_accepted=stats.total_accepted,
         total_amount_rejected=stats.total_rejected,
-        accepted_files=accepted_files,
-        reject_files=reject_files,
+        accepted_files=files_out["accepted"],
+        reject_files=files_out["rejects"],
         seconds=time.perf_counter() - started,
+        rows_retracted=stats.retracted,
+        total_amount_retracted=stats.total_retracted,
+        retraction_reasons=stats.retraction_reasons,
+        retraction_files=files_out["retractions"],
+        source_keys=stats.source_keys,
     )
     logger.info(
-        "transform region=%s date=%s: %d extracted, %d accepted, %d rejected in %.2fs",
+        "transform region=%s date=%s: %d extracted, %d accepted, %d rejected, %d retracted "
+        "in %.2fs",
         region,
         business_date,
         result.rows_extracted,
         result.rows_accepted,
         result.rows_rejected,
+        result.rows_retracted,
         result.seconds,
     )
     return result
+
+
+class FrameOutput(NamedTuple):
+    accepted: pa.Table
+    rejects: pa.Table
+    retractions: pa.Table
 
 
 def transform_frame(
@@ -743,11 +891,26 @@ def transform_frame(
     batch_id: str = "b",
     flow_run_id: str = "f",
 ) -> tuple[pa.Table, pa.Table]:
-    """Run the same SQL as :func:`transform_region` on an in-memory frame: (accepted, rejects).
+    """(accepted, rejects) of :func:`classify_frame` (the frame's retractions left out)."""
+    out = classify_frame(
+        df, region=region, business_date=business_date, batch_id=batch_id, flow_run_id=flow_run_id
+    )
+    return out.accepted, out.rejects
+
+
+def classify_frame(
+    df: pd.DataFrame | pa.Table,
+    *,
+    region: str,
+    business_date: date,
+    batch_id: str = "b",
+    flow_run_id: str = "f",
+) -> FrameOutput:
+    """Run the same SQL as :func:`transform_region` on an in-memory frame.
 
     The frame has the contract columns (any types: drifted columns may be strings) and
-    optionally ``extras``; row order plays the part of the extract order for dedup tie-breaks.
-    No reconciliation against files; meant for small frames and tests.
+    optionally ``extras`` and ``nan_columns``. No reconciliation against files; meant for small
+    frames and tests.
     """
     region = validate_identifier(region.strip().lower(), "region")
     table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
@@ -767,9 +930,10 @@ def transform_frame(
         for select, schema in (
             (classified.cte + _accepted_select(), contract.accepted_arrow_schema()),
             (_REJECTS_SELECT, contract.reject_arrow_schema()),
+            (_RETRACTIONS_SELECT, contract.retraction_arrow_schema()),
         ):
             rel = con.sql(select, params=_params(select, params))
             out.append(rel.to_arrow_table().cast(schema))
     finally:
         con.close()
-    return out[0], out[1]
+    return FrameOutput(out[0], out[1], out[2])

@@ -35,12 +35,14 @@ def transform_region_task(
         max_file_rows=settings.target_file_rows,
     )
     get_run_logger().info(
-        "Region %s: %s extracted, %s accepted, %s rejected %s in %.2f s",
+        "Region %s: %s extracted, %s accepted, %s rejected %s, %s retracted %s in %.2f s",
         result.region,
         f"{result.rows_extracted:,}",
         f"{result.rows_accepted:,}",
         f"{result.rows_rejected:,}",
         dict(sorted(result.reasons.items())),
+        f"{result.rows_retracted:,}",
+        dict(sorted(result.retraction_reasons.items())),
         result.seconds,
     )
     return result
@@ -123,12 +125,17 @@ def publish_transform_artifact(ctx: RunContext, results: dict[str, RegionTransfo
                 "accepted": r.rows_accepted,
                 "rejected": r.rows_rejected,
                 "reasons": ", ".join(f"{k}: {v}" for k, v in sorted(r.reasons.items())),
+                "retracted": r.rows_retracted,
+                "retraction_reasons": ", ".join(
+                    f"{k}: {v}" for k, v in sorted(r.retraction_reasons.items())
+                ),
                 "total_amount_extracted": str(r.total_amount_extracted),
                 "total_amount_accepted": str(r.total_amount_accepted),
                 "total_amount_rejected": str(r.total_amount_rejected),
+                "total_amount_retracted": str(r.total_amount_retracted),
                 "seconds": round(r.seconds, 3),
             }
             for r in results.values()
         ],
-        description=f"Transform of {ctx.run_date} (batch {ctx.batch_id}): every row accepted or rejected",
+        description=f"Transform of {ctx.run_date} (batch {ctx.batch_id}): every row accepted, rejected or retracted",
     )

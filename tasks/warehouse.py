@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -26,6 +27,15 @@ from retail_etl.warehouse import (
 )
 
 
+@dataclass(frozen=True)
+class StagedRegion:
+    """A region's staged files: accepted rows, rejects, retractions."""
+
+    sales: tuple[StagedFile, ...]
+    rejects: tuple[StagedFile, ...]
+    retractions: tuple[StagedFile, ...]
+
+
 @task(name="read-history")
 def read_history_task(
     regions: Sequence[str], business_date: date, settings: Settings
@@ -37,6 +47,16 @@ def read_history_task(
             region: warehouse.accepted_history(region, business_date, settings.history_days)
             for region in regions
         }
+
+
+@task(name="read-stored-keys")
+def read_stored_keys_task(
+    regions: Sequence[str], business_date: date, settings: Settings
+) -> dict[str, int]:
+    """Rows sales_fact already holds per region for the day (for the missing-from-source check)."""
+    _, warehouse = open_targets(settings)
+    with warehouse.session():
+        return {region: warehouse.day_keys(region, business_date) for region in regions}
 
 
 @task(name="record-ledger")
@@ -81,8 +101,8 @@ def sweep_leftovers_task(settings: Settings) -> str:
 @task(name="stage-region", task_run_name="stage-{result.region}")
 def stage_region_task(
     result: RegionTransformResult, ctx: RunContext, settings: Settings
-) -> tuple[list[StagedFile], list[StagedFile]]:
-    """Stage a region's accepted rows and rejects in the hive layout; (sales, rejects)."""
+) -> StagedRegion:
+    """Stage a region's accepted rows, rejects and retractions in the hive layout."""
     store = open_staging_store(settings)
     sales = store.stage_dataset(
         "sales", ctx.run_date, result.region, ctx.batch_id, result.accepted_files
@@ -90,19 +110,22 @@ def stage_region_task(
     rejects = store.stage_dataset(
         "rejects", ctx.run_date, result.region, ctx.batch_id, result.reject_files
     )
-    return sales, rejects
+    retractions = store.stage_dataset(
+        "retractions", ctx.run_date, result.region, ctx.batch_id, result.retraction_files
+    )
+    return StagedRegion(tuple(sales), tuple(rejects), tuple(retractions))
 
 
 @task(name="merge-regions")
 def merge_regions_task(
     results: dict[str, RegionTransformResult],
-    staged: dict[str, tuple[list[StagedFile], list[StagedFile]]],
+    staged: dict[str, StagedRegion],
     ctx: RunContext,
     settings: Settings,
     extract_seconds: dict[str, float],
 ) -> tuple[dict[str, MergeResult], dict[str, str]]:
-    """Per region, in turn: COPY + MERGE + ledger row in one transaction, then replace the
-    day's rejects. All on one warehouse connection (DuckDB checkpoints once, Snowflake logs in
+    """Per region, in turn, one transaction: COPY + MERGE, retractions, the day's rejects
+    replaced and the ledger row. All on one warehouse connection (DuckDB checkpoints once, Snowflake logs in
     once). A region that fails is rolled back and reported; the next region goes on.
     Returns (merges, errors) by region."""
     logger = get_run_logger()
@@ -110,7 +133,7 @@ def merge_regions_task(
     merges: dict[str, MergeResult] = {}
     errors: dict[str, str] = {}
     with warehouse.session():
-        for region, (sales, rejects) in staged.items():
+        for region, files in staged.items():
             result = results[region]
             try:
                 merge = warehouse.load_region(
@@ -118,7 +141,7 @@ def merge_regions_task(
                         region=region,
                         business_date=ctx.run_date,
                         batch_id=ctx.batch_id,
-                        files=tuple(sales),
+                        files=files.sales,
                         flow_run_id=ctx.flow_run_id,
                         rows_extracted=result.rows_extracted,
                         rows_accepted=result.rows_accepted,
@@ -126,20 +149,24 @@ def merge_regions_task(
                         extract_seconds=extract_seconds.get(region, 0.0),
                         transform_seconds=result.seconds,
                         source_fingerprint=ctx.source_fingerprints.get(region),
+                        reject_files=files.rejects,
+                        retraction_files=files.retractions,
+                        rows_retracted=result.rows_retracted,
                     )
                 )
-                warehouse.load_rejects(region, ctx.run_date, ctx.batch_id, rejects)
             except (WarehouseError, InvalidIdentifierError) as e:  # only this region
                 errors[region] = scrub_secrets(f"{type(e).__name__}: {e}")
                 logger.error("Region %s not loaded: %s", region, errors[region])
                 continue
             merges[region] = merge
             logger.info(
-                "Region %s merged: %s inserted, %s updated, %s unchanged in %.2f s",
+                "Region %s merged: %s inserted, %s updated, %s unchanged, %s retracted from "
+                "sales_fact in %.2f s",
                 region,
                 f"{merge.inserted:,}",
                 f"{merge.updated:,}",
                 f"{merge.unchanged:,}",
+                f"{merge.deleted:,}",
                 merge.seconds,
             )
     return merges, errors
@@ -154,7 +181,9 @@ def verify_task(
 ) -> list[CheckResult]:
     _, warehouse = open_targets(settings)
     counts = {
-        region: TransformCounts(r.rows_extracted, r.rows_accepted, r.rows_rejected)
+        region: TransformCounts(
+            r.rows_extracted, r.rows_accepted, r.rows_rejected, r.rows_retracted
+        )
         for region, r in results.items()
     }
     with warehouse.session():  # verify runs 2 + one query per region

@@ -13,20 +13,22 @@ import pytest
 from retail_etl import pg
 from retail_etl.settings import database_url
 
-# The expected accepted rows, computed in the source independently of the pipeline:
-# extractable rows, latest version per sale_id, no NULL critical value, rules satisfied.
+# The expected accepted rows, computed in the source independently of the pipeline: the
+# latest version per sale_id among every row of the day, which must be a completed (trimmed,
+# any case), not deleted sale with no NULL or NaN critical value, rules satisfied.
 EXPECTED_ACCEPTED_SQL = """
-WITH src AS (
-    SELECT * FROM sales
-    WHERE sale_date = %(day)s AND status = 'completed' AND is_deleted IS NOT TRUE
-), latest AS (
-    SELECT DISTINCT ON (sale_id) * FROM src WHERE sale_id IS NOT NULL
+WITH latest AS (
+    SELECT DISTINCT ON (sale_id) * FROM sales WHERE sale_date = %(day)s AND sale_id IS NOT NULL
     ORDER BY sale_id, updated_at DESC NULLS LAST, created_at DESC NULLS LAST
+), src AS (
+    SELECT * FROM latest
+    WHERE lower(trim(status)) = 'completed' AND is_deleted IS NOT TRUE
+      AND 'NaN' NOT IN (unit_price, total_amount, coalesce(discount, 0), coalesce(tax, 0))
 )
 SELECT sale_id, customer_id, store_id, product_id, quantity, unit_price,
        coalesce(discount, 0) AS discount, coalesce(tax, 0) AS tax, total_amount, sale_date,
        updated_at
-FROM latest
+FROM src
 WHERE customer_id IS NOT NULL AND store_id IS NOT NULL AND product_id IS NOT NULL
   AND quantity IS NOT NULL AND unit_price IS NOT NULL AND total_amount IS NOT NULL
   AND quantity > 0 AND unit_price > 0

@@ -136,9 +136,9 @@ def test_region_outage_names_region_and_error_and_what_was_loaded():
     assert "*Not loaded*: europe (extraction failed)" in message.text
     # Row counts per region, in a fixed-width table.
     row = next(line for line in message.text.splitlines() if line.startswith("us_west "))
-    assert row.split() == ["us_west", "loaded", "1,000", "990", "10", "990"]
+    assert row.split() == ["us_west", "loaded", "1,000", "990", "10", "0", "990", "0"]
     row = next(line for line in message.text.splitlines() if line.startswith("europe "))
-    assert row.split() == ["europe", "extract_failed", "0", "0", "0", "0"]
+    assert row.split() == ["europe", "extract_failed", "0", "0", "0", "0", "0", "0"]
 
 
 def test_rerun_commands_name_the_date_and_only_the_regions_not_loaded():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import threading
@@ -26,6 +27,7 @@ from retail_etl.warehouse.duckdb_warehouse import DuckDBWarehouse
 from tests.test_staging import (
     accepted_table,
     reject_table,
+    retraction_table,
     s3_bucket_block,
     start_moto,
     write_parquet,
@@ -75,6 +77,28 @@ class Loader:
             rows_accepted=table.num_rows,
             rows_rejected=1,
         )
+
+    def stage_day(
+        self,
+        sales: pa.Table,
+        region: str,
+        batch_id: str,
+        *,
+        rejects: pa.Table | None = None,
+        retractions: pa.Table | None = None,
+    ) -> RegionLoad:
+        """A region's whole day as the load subflow passes it: accepted rows, rejects and
+        retractions, with the transform's counts."""
+        batch = self.stage(sales, region, batch_id)
+        extra: dict[str, Any] = {"rows_rejected": 0, "rows_retracted": 0}
+        for name, table in (("rejects", rejects), ("retractions", retractions)):
+            if table is not None:
+                staged = self.stage(table, region, batch_id, table_name=name)
+                key = "reject_files" if name == "rejects" else "retraction_files"
+                extra[key] = staged.files
+                extra["rows_rejected" if name == "rejects" else "rows_retracted"] = table.num_rows
+        n = sales.num_rows + extra["rows_rejected"] + extra["rows_retracted"]
+        return dataclasses.replace(batch, rows_extracted=n, **extra)
 
 
 @pytest.fixture
@@ -135,6 +159,7 @@ def test_load_batch_equals_input(wh: DuckDBWarehouse, loader: Loader) -> None:
     assert tables == {
         "sales_fact",
         "sales_rejects",
+        "sales_retractions",
         "dq_results",
         "etl_load_ledger",
         "source_schema_history",
@@ -155,9 +180,10 @@ def test_a_session_loads_regions_on_one_connection_and_checkpoints_once(
     apac = loader.stage(accepted_table("apac", DAY, range(1, 4), batch_id=B1), "apac", B1)
     wal = Path(f"{wh.path}.wal")
 
+    east = dataclasses.replace(east, reject_files=east_rejects.files)
     with wh.session() as session:
-        assert session.load_region(east).inserted == 5
-        assert session.load_rejects("us_east", DAY, B1, east_rejects.files) == 2
+        loaded = session.load_region(east)
+        assert (loaded.inserted, loaded.rejects) == (5, 2)
         with pytest.raises(WarehouseLoadError, match=r"'europe'.*step 'read staged files'"):
             session.load_region(broken)
         with session.session():  # nested: the same connection
@@ -214,8 +240,10 @@ def test_late_data_updates_only_newer_versions(wh: DuckDBWarehouse, loader: Load
                 updated_at=t0 + dt.timedelta(hours=1),
                 price="12.00",
             ),
-            # same version of 9, 10 (a re-extract): unchanged
-            accepted_table("us_east", DAY, [9, 10], batch_id=B2, updated_at=t0, price="99.00"),
+            # same version of 1..4, 9 (a re-extract of the whole day): unchanged
+            accepted_table("us_east", DAY, [1, 2, 3, 4, 9], batch_id=B2, updated_at=t0),
+            # a correction of 10 that kept its updated_at: the content differs, so it lands
+            accepted_table("us_east", DAY, [10], batch_id=B2, updated_at=t0, price="99.00"),
             # an OLDER version of 5 must not overwrite the stored one
             accepted_table(
                 "us_east",
@@ -231,16 +259,17 @@ def test_late_data_updates_only_newer_versions(wh: DuckDBWarehouse, loader: Load
     )
     result = wh.load_region(loader.stage(late, "us_east", B2))
 
-    assert (result.inserted, result.updated, result.unchanged) == (5, 3, 3)
+    assert (result.inserted, result.updated, result.unchanged, result.deleted) == (5, 4, 6, 0)
     rows = {r["sale_id"]: r for r in fact(wh)}
     assert sorted(rows) == list(range(1, 16))  # no duplicate keys, nothing lost
+    assert str(rows[10]["unit_price"]) == "99.00" and rows[10]["batch_id"] == B2
     for sid in (6, 7, 8):
         assert str(rows[sid]["unit_price"]) == "12.00"
         assert rows[sid]["batch_id"] == B2
         assert rows[sid]["updated_at"] == t0 + dt.timedelta(hours=1)
         assert rows[sid]["loaded_at"] == first[sid]["loaded_at"]
         assert rows[sid]["updated_in_warehouse_at"] > first[sid]["updated_in_warehouse_at"]
-    for sid in (1, 2, 3, 4, 5, 9, 10):
+    for sid in (1, 2, 3, 4, 5, 9):
         assert rows[sid] == first[sid]
     assert all(rows[sid]["batch_id"] == B2 for sid in range(11, 16))
     checks = wh.verify(B2, DAY, [result])
@@ -454,10 +483,11 @@ def test_verify_passes_on_good_loads_and_fails_on_planted_rows(
         "merge_reconciles",
         "batch_duplicate_keys",
         "staged_equals_accepted",
-        "extracted_equals_accepted_plus_rejected",
+        "extracted_equals_accepted_rejected_retracted",
         "fact_unique_keys",
         "loaded_rows_in_batch_dates",
         "ledger_recorded",
+        "retracted_keys_absent",
     }
 
     with duckdb.connect(str(wh.path)) as con:  # plant duplicate keys and a wrong date
@@ -493,7 +523,7 @@ def test_verify_passes_on_good_loads_and_fails_on_planted_rows(
     assert set(bad) == {
         ("fact_unique_keys", "*"),
         ("loaded_rows_in_batch_dates", "*"),
-        ("extracted_equals_accepted_plus_rejected", "us_east"),
+        ("extracted_equals_accepted_rejected_retracted", "us_east"),
     }
     assert bad[("fact_unique_keys", "*")].measured == 2
     assert bad[("loaded_rows_in_batch_dates", "*")].measured == 1
@@ -502,18 +532,17 @@ def test_verify_passes_on_good_loads_and_fails_on_planted_rows(
 
 
 def test_rejects_and_dq_results_are_replaced_on_rerun(wh: DuckDBWarehouse, loader: Loader) -> None:
-    east = loader.stage(
-        reject_table("us_east", DAY, [1, None, 3], batch_id=B1), "us_east", B1, table_name="rejects"
-    )
-    europe = loader.stage(
-        reject_table("europe", DAY, [9], batch_id=B1), "europe", B1, table_name="rejects"
-    )
-    assert wh.load_rejects("us_east", DAY, B1, east.files) == 3
-    assert wh.load_rejects("europe", DAY, B1, europe.files) == 1
-    rerun = loader.stage(
-        reject_table("us_east", DAY, [3], batch_id=B2), "us_east", B2, table_name="rejects"
-    )
-    assert wh.load_rejects("us_east", DAY, B2, rerun.files) == 1
+    def day(region: str, batch: str, rejected: list[int | None]) -> RegionLoad:
+        return loader.stage_day(
+            accepted_table(region, DAY, [20, 21], batch_id=batch),
+            region,
+            batch,
+            rejects=reject_table(region, DAY, rejected, batch_id=batch),
+        )
+
+    assert wh.load_region(day("us_east", B1, [1, None, 3])).rejects == 3
+    assert wh.load_region(day("europe", B1, [9])).rejects == 1
+    assert wh.load_region(day("us_east", B2, [3])).rejects == 1
     rows = wh.query("SELECT region, sale_id, batch_id FROM sales_rejects ORDER BY region")
     assert rows == [("europe", 9, B1), ("us_east", 3, B2)]
 
@@ -664,3 +693,143 @@ def test_fingerprints_in_the_ledger_and_fact_day_stats(wh: DuckDBWarehouse, load
     table = accepted_table("us_east", DAY, range(1, 6), batch_id=B1)
     amount = sum(table.column("total_amount").to_pylist())
     check_fingerprints_and_day_stats(wh, loader.stage(table, "us_east", B1), amount)
+
+
+# --------------------------------------------------------------------------- retractions
+
+
+def _day_with_changes(loader: Loader, batch_id: str) -> RegionLoad:
+    """The source's day after a first load of 1..10: 1..6 unchanged, 7 refunded, 8 deleted,
+    9 hard-deleted (absent), 10 now rejected (its stored version stays)."""
+    return loader.stage_day(
+        accepted_table("us_east", DAY, range(1, 7), batch_id=batch_id),
+        "us_east",
+        batch_id,
+        rejects=reject_table("us_east", DAY, [10], batch_id=batch_id),
+        retractions=pa.concat_tables(
+            [
+                retraction_table("us_east", DAY, [7], batch_id=batch_id),
+                retraction_table("us_east", DAY, [8], reason="deleted", batch_id=batch_id),
+            ]
+        ),
+    )
+
+
+def test_retractions_leave_the_fact_are_kept_and_a_rerun_changes_nothing(
+    wh: DuckDBWarehouse, loader: Loader
+) -> None:
+    first = wh.load_region(
+        loader.stage_day(accepted_table("us_east", DAY, range(1, 11), batch_id=B1), "us_east", B1)
+    )
+    europe = wh.load_region(
+        loader.stage_day(accepted_table("europe", DAY, [7, 8, 9], batch_id=B1), "europe", B1)
+    )
+    stored = {r["sale_id"]: r for r in fact(wh, "us_east")}
+
+    result = wh.load_region(_day_with_changes(loader, B2))
+
+    assert (result.inserted, result.updated, result.unchanged, result.deleted) == (0, 0, 6, 3)
+    assert sorted(r["sale_id"] for r in fact(wh, "us_east")) == [1, 2, 3, 4, 5, 6, 10]
+    assert len(fact(wh, "europe")) == 3  # the same sale ids in another region stay
+    retracted = {r["sale_id"]: r for r in wh.retractions("us_east")}
+    assert {k: r["reason"] for k, r in retracted.items()} == {
+        7: "status_refunded",
+        8: "deleted",
+        9: "missing_from_source",
+    }
+    for sale_id, row in retracted.items():
+        as_was = json.loads(row["row_values"])
+        assert as_was["sale_id"] == sale_id and as_was["batch_id"] == B1
+        assert as_was["unit_price"] == float(stored[sale_id]["unit_price"])
+        assert (row["batch_id"], row["sale_date"], row["region"]) == (B2, DAY, "us_east")
+    assert json.loads(retracted[7]["source_values"])["status"] == "refunded"
+    assert retracted[9]["source_values"] is None
+    (entry,) = [e for e in wh.ledger() if e["batch_id"] == B2]
+    assert (entry["rows_extracted"], entry["rows_accepted"]) == (9, 6)
+    assert (entry["rows_rejected"], entry["rows_retracted"], entry["rows_deleted"]) == (1, 2, 3)
+    counts = {"us_east": TransformCounts(9, 6, 1, 2)}
+    checks = wh.verify(B2, DAY, [result], transform_counts=counts)
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+    assert first.deleted == europe.deleted == 0
+
+    before = (fact(wh), wh.retractions())
+    for batch_id in (B2, "20240115_00000000000c"):  # the same batch again, then a new one
+        again = wh.load_region(_day_with_changes(loader, batch_id))
+        assert (again.inserted, again.updated, again.unchanged, again.deleted) == (0, 0, 6, 0)
+        assert (fact(wh), wh.retractions()) == before
+        checks = wh.verify(batch_id, DAY, [again], transform_counts=counts)
+        assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+
+
+def test_a_key_retracted_on_its_first_load_never_reaches_the_fact(
+    wh: DuckDBWarehouse, loader: Loader
+) -> None:
+    result = wh.load_region(
+        loader.stage_day(
+            accepted_table("us_east", DAY, [1], batch_id=B1),
+            "us_east",
+            B1,
+            retractions=retraction_table("us_east", DAY, [42], batch_id=B1),
+        )
+    )
+    assert (result.inserted, result.deleted) == (1, 0)
+    assert [r["sale_id"] for r in fact(wh)] == [1]
+    assert wh.retractions() == []  # nothing left the fact
+    assert wh.ledger()[0]["rows_retracted"] == 1
+
+
+def test_a_retracted_key_stored_under_another_date_is_removed(
+    wh: DuckDBWarehouse, loader: Loader
+) -> None:
+    """A sale that moved to this day in the source and was then refunded: its key is
+    retracted wherever it is stored."""
+    other = DAY - dt.timedelta(days=1)
+    wh.load_region(
+        loader.stage_day(accepted_table("us_east", other, [5, 6], batch_id=B1), "us_east", B1)
+    )
+    result = wh.load_region(
+        loader.stage_day(
+            accepted_table("us_east", DAY, [1], batch_id=B2),
+            "us_east",
+            B2,
+            retractions=retraction_table("us_east", DAY, [5], batch_id=B2),
+        )
+    )
+    assert result.deleted == 1
+    assert sorted((r["sale_id"], r["sale_date"]) for r in fact(wh)) == [(1, DAY), (6, other)]
+    ((sale_date, reason),) = [(r["sale_date"], r["reason"]) for r in wh.retractions()]
+    assert (sale_date, reason) == (other, "status_refunded")
+
+
+def test_a_failure_after_the_merge_rolls_back_retractions_and_rejects(
+    wh: DuckDBWarehouse, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wh.load_region(
+        loader.stage_day(
+            accepted_table("us_east", DAY, range(1, 11), batch_id=B1),
+            "us_east",
+            B1,
+            rejects=reject_table("us_east", DAY, [11], batch_id=B1),
+        )
+    )
+    before = (fact(wh), wh.query("SELECT sale_id, batch_id FROM sales_rejects"), wh.ledger())
+
+    # the rejects file of the rerun is unreadable: the MERGE already ran, so it must be undone
+    broken = _day_with_changes(loader, B2)
+    path = wh.store.local_path(broken.reject_files[0].key)
+    assert path is not None
+    path.write_bytes(b"not parquet")
+    with pytest.raises(WarehouseLoadError, match="step 'stage rejects and retractions'"):
+        wh.load_region(broken)
+    # the ledger row cannot be written after the retractions ran: all of it is undone
+    monkeypatch.setattr(
+        sql, "insert_ledger_sql", lambda t: 'INSERT INTO "no_such_ledger" VALUES (?)'
+    )
+    with pytest.raises(WarehouseLoadError, match="step 'ledger'"):
+        wh.load_region(_day_with_changes(loader, B2))
+    monkeypatch.undo()
+
+    after = (fact(wh), wh.query("SELECT sale_id, batch_id FROM sales_rejects"), wh.ledger())
+    assert after == before and wh.retractions() == []
+    assert wh.load_region(_day_with_changes(loader, B2)).deleted == 3  # the rerun lands once
+    assert wh.query("SELECT sale_id, batch_id FROM sales_rejects") == [(10, B2)]

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from retail_etl import extract
-from retail_etl.contract import contract_arrow_schema
+from retail_etl.contract import extract_arrow_schema
 from retail_etl.extract import ExtractionError, extract_region
 from retail_etl.schema import SchemaContractError
 from tests.sources import create_sales, execute, sale
@@ -25,7 +25,7 @@ def _read(result) -> pa.Table:  # type: ignore[no-untyped-def]
     return pa.concat_tables(pq.read_table(f) for f in result.files)
 
 
-def test_only_completed_not_deleted_rows_of_the_date(make_database, tmp_path):
+def test_every_row_of_the_date_whatever_its_status(make_database, tmp_path):
     url = make_database("src")
     cest = timezone(timedelta(hours=2))
     rows = [
@@ -43,16 +43,24 @@ def test_only_completed_not_deleted_rows_of_the_date(make_database, tmp_path):
             total_amount=Decimal("9999999999.99"),
         ),
         sale(8, is_deleted=None),  # unknown deletion flag: kept, never silently dropped
+        sale(9, status=" Refunded"),
     ]
     create_sales(url, rows)
 
     result = extract_region(url, "us_east", DAY, tmp_path)
 
     table = _read(result)
-    assert table.schema == contract_arrow_schema()
-    assert sorted(table.column("sale_id").to_pylist()) == [1, 7, 8]
-    assert result.rows == 3
+    assert table.schema == extract_arrow_schema()
+    # the transform decides what the status means (retractions): the extract reads them all
+    assert sorted(table.column("sale_id").to_pylist()) == [1, 2, 3, 4, 7, 8, 9]
+    assert result.rows == 7
     by_id = {r["sale_id"]: r for r in table.to_pylist()}
+    assert (by_id[2]["status"], by_id[4]["is_deleted"], by_id[9]["status"]) == (
+        "pending",
+        True,
+        " Refunded",
+    )
+    assert by_id[8]["is_deleted"] is None
     assert by_id[7]["unit_price"] == Decimal("12345678.99")
     assert by_id[7]["total_amount"] == Decimal("9999999999.99")
     assert by_id[7]["discount"] is None and by_id[7]["tax"] is None
@@ -105,7 +113,7 @@ def test_empty_day_yields_an_empty_typed_file(make_database, tmp_path):
     create_sales(url, [sale(1)])
     result = extract_region(url, "us_west", date(2024, 2, 1), tmp_path)
     assert result.rows == 0
-    assert _read(result).schema == contract_arrow_schema()
+    assert _read(result).schema == extract_arrow_schema()
 
 
 def test_missing_table_names_region_date_and_table(make_database, tmp_path):
@@ -155,6 +163,41 @@ def test_drifted_column_type_arrives_as_text_for_the_transform(make_database, tm
     assert table.schema.field("quantity").type == pa.string()
     assert sorted(table.column("quantity").to_pylist()) == ["2", "two"]
     assert result.cast_columns == ["quantity"]
+
+
+def test_nan_money_is_named_and_null_is_kept_apart_from_text(make_database, tmp_path):
+    """NUMERIC 'NaN' cannot travel in a decimal column: it arrives as NULL and is named in
+    nan_columns. SQL NULL and the texts 'NA', 'N/A', 'nan', 'NaN', 'null', '' stay apart."""
+    url = make_database("src")
+    texts = ["NA", "N/A", "nan", "NaN", "null", "", "\\N"]
+    create_sales(
+        url,
+        [sale(1, discount=Decimal("NaN"), tax=Decimal("NaN")), sale(2, discount=None)]
+        + [sale(10 + i) for i in range(len(texts) + 1)],
+    )
+    execute(url, "ALTER TABLE sales ADD COLUMN note text, ALTER COLUMN status TYPE varchar(20)")
+    execute(url, "ALTER TABLE sales ALTER COLUMN customer_id TYPE text")
+    for i, text in enumerate(texts):
+        execute(
+            url,
+            "UPDATE sales SET customer_id = %s, note = %s WHERE sale_id = %s",
+            (text, text, 10 + i),
+        )
+    execute(url, "UPDATE sales SET customer_id = NULL WHERE sale_id = %s", (10 + len(texts),))
+
+    result = extract_region(url, "us_east", DAY, tmp_path)
+
+    rows = {r["sale_id"]: r for r in _read(result).to_pylist()}
+    assert (rows[1]["discount"], rows[1]["tax"], rows[1]["nan_columns"]) == (
+        None,
+        None,
+        ",discount,tax,",
+    )
+    assert (rows[2]["discount"], rows[2]["nan_columns"]) == (None, None)  # a real NULL
+    for i, text in enumerate(texts):
+        assert rows[10 + i]["customer_id"] == text
+        assert json.loads(rows[10 + i]["extras"]) == {"note": text}
+    assert rows[10 + len(texts)]["customer_id"] is None
 
 
 def test_missing_required_column_fails_naming_it(make_database, tmp_path):

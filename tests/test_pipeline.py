@@ -38,20 +38,20 @@ def test_seeded_day_loads_exactly_the_expected_rows_and_reconciles(env):
         expected = env.expected_accepted(region, DAY)
         assert env.fact(region, DAY) == expected, region
         outcome = summary.regions[region]
-        extractable = env.source(
-            region,
-            "SELECT count(*) FROM sales WHERE sale_date = %s AND status = 'completed' "
-            "AND is_deleted IS NOT TRUE",
-            (DAY,),
-        )[0][0]
-        assert outcome.rows_extracted == extractable
-        assert outcome.rows_extracted == outcome.rows_accepted + outcome.rows_rejected
+        # every row of the day is read; each one is accepted, rejected or retracted
+        assert outcome.rows_extracted == ROWS
+        assert outcome.rows_extracted == (
+            outcome.rows_accepted + outcome.rows_rejected + outcome.rows_retracted
+        )
         assert outcome.rows_accepted == len(expected) == outcome.rows_inserted
-        # The reject reasons add up to the dirt the generator planted.
+        # The reject reasons add up to the dirt the generator planted, and the retractions
+        # to its non-completed and soft-deleted rows.
         planted = planted_dirt(env.source_url(region), DAY)
         assert {k: outcome.reject_reasons.get(k, 0) for k in REJECT_KINDS} == {
             k: planted[k] for k in REJECT_KINDS
         }
+        assert outcome.rows_retracted == planted["not_completed"] + planted["deleted"] > 0
+        assert outcome.rows_deleted == 0  # nothing stored yet, nothing to remove
         rejects = env.warehouse(
             "SELECT count(*) FROM sales_rejects WHERE region = ? AND sale_date = ?", [region, DAY]
         )[0][0]
@@ -75,10 +75,11 @@ def test_seeded_day_loads_exactly_the_expected_rows_and_reconciles(env):
         assert isinstance(fact_total, Decimal)
         assert fact_total + rejected_total == source_total
     ledger = env.warehouse(
-        "SELECT region, status, rows_extracted, rows_accepted, rows_rejected, rows_inserted "
+        "SELECT region, status, rows_extracted, rows_accepted, rows_rejected, rows_retracted "
         "FROM etl_load_ledger ORDER BY region"
     )
     assert [(r[0], r[1]) for r in ledger] == [(r, "loaded") for r in sorted(REGIONS)]
+    assert all(r[2] == r[3] + r[4] + r[5] for r in ledger)
     checks = env.warehouse("SELECT count(*), count(*) FILTER (status = 'fail') FROM dq_results")[0]
     assert checks[0] > 0 and checks[1] == 0
 

@@ -118,6 +118,7 @@ def test_clean_batch_passes(tmp_path: Path) -> None:
         "min_rows_batch",
         "reject_rate",
         "history_volume",
+        "missing_from_source_share",
         "no_duplicate_keys",
         "no_rule_violations",
         "sale_date_is_business_date",

@@ -86,6 +86,8 @@ def test_splits_partition_the_day_and_transform_identically(seeded_region: str, 
     )
     assert _rows(one.accepted_files) == _rows(three.accepted_files)
     assert _rows(one.reject_files) == _rows(three.reject_files)
+    assert one.rows_retracted == three.rows_retracted > 0  # the seed's refunds, deletes, ...
+    assert _rows(one.retraction_files) == _rows(three.retraction_files)
 
 
 def test_splits_of_a_drifted_text_sale_id_use_a_hash(seeded_region: str, tmp_path: Path):

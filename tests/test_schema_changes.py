@@ -31,7 +31,9 @@ def _loaded_as_expected(env: PipelineEnv, summary: RunSummary, regions: list[str
         assert outcome.status == "loaded", (region, outcome.error)
         expected = env.expected_accepted(region, DAY)
         assert env.fact(region, DAY) == expected, region
-        assert outcome.rows_extracted == outcome.rows_accepted + outcome.rows_rejected
+        assert outcome.rows_extracted == (
+            outcome.rows_accepted + outcome.rows_rejected + outcome.rows_retracted
+        )
 
 
 def _history(env: PipelineEnv) -> list[tuple[str, str, str, str]]:
@@ -146,7 +148,9 @@ def test_quantity_turned_text_rejects_only_the_rows_that_cannot_be_cast(env):
     assert {(sale_id, value) for sale_id, _, value in invalid} == set(bad.items())
     outcome = summary.regions[region]
     assert outcome.reject_reasons["invalid_quantity"] == len(invalid)
-    assert outcome.rows_extracted == outcome.rows_accepted + outcome.rows_rejected
+    assert outcome.rows_extracted == (
+        outcome.rows_accepted + outcome.rows_rejected + outcome.rows_retracted
+    )
     assert outcome.rows_accepted == len(before) - len(bad) == outcome.rows_inserted
     assert env.warehouse(
         "SELECT count(*) FROM sales_rejects WHERE region = ? AND sale_date = ?", [region, DAY]

@@ -8,6 +8,7 @@ raises, so the dedup guard is tested on the exact MERGE source query.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -28,7 +29,7 @@ from retail_etl.warehouse.base import (
     WarehouseLoadError,
 )
 from retail_etl.warehouse.snowflake_warehouse import SnowflakeWarehouse
-from tests.test_staging import accepted_table, reject_table, write_parquet
+from tests.test_staging import accepted_table, reject_table, retraction_table, write_parquet
 from tests.warehouse_checks import check_fingerprints_and_day_stats
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
@@ -92,6 +93,28 @@ def stage(
     )
 
 
+def stage_day(
+    tmp_path: Path,
+    store: LocalStagingStore,
+    sales: pa.Table,
+    batch_id: str,
+    *,
+    rejects: pa.Table | None = None,
+    retractions: pa.Table | None = None,
+    region: str = "us_east",
+) -> RegionLoad:
+    """A region's whole day as the load subflow passes it (accepted, rejects, retractions)."""
+    batch = stage(tmp_path, store, sales, region, batch_id)
+    extra: dict[str, Any] = {}
+    for name, table in (("rejects", rejects), ("retractions", retractions)):
+        if table is not None:
+            files = stage(tmp_path, store, table, region, batch_id, table_name=name).files
+            extra["reject_files" if name == "rejects" else "retraction_files"] = files
+    return dataclasses.replace(
+        batch, rows_retracted=0 if retractions is None else retractions.num_rows, **extra
+    )
+
+
 def accepted_view(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in rows:
@@ -151,6 +174,7 @@ def test_ensure_schema_creates_objects_and_adds_missing_columns(
     assert tables == {
         "sales_fact",
         "sales_rejects",
+        "sales_retractions",
         "dq_results",
         "etl_load_ledger",
         "source_schema_history",
@@ -276,7 +300,10 @@ def test_late_data_merge_counts(
                 updated_at=t0 + dt.timedelta(hours=1),
                 price="12.00",
             ),
-            accepted_table("us_east", DAY, [9, 10], batch_id=B2, updated_at=t0),
+            # the same versions of 1..4, 9 (a re-extract of the whole day)
+            accepted_table("us_east", DAY, [1, 2, 3, 4, 9], batch_id=B2, updated_at=t0),
+            # a correction of 10 that kept its updated_at: lands (content differs)
+            accepted_table("us_east", DAY, [10], batch_id=B2, updated_at=t0, price="99.00"),
             accepted_table(
                 "us_east",
                 DAY,
@@ -290,13 +317,14 @@ def test_late_data_merge_counts(
     )
     result = wh.load_region(stage(tmp_path, store, late, "us_east", B2))
 
-    assert (result.inserted, result.updated, result.unchanged) == (5, 3, 3)
+    assert (result.inserted, result.updated, result.unchanged, result.deleted) == (5, 4, 6, 0)
     rows = {r["sale_id"]: r for r in wh.fact_rows(region="us_east")}
     assert sorted(rows) == list(range(1, 16))
-    assert {sid: str(rows[sid]["unit_price"]) for sid in (5, 6, 9, 11)} == {
+    assert {sid: str(rows[sid]["unit_price"]) for sid in (5, 6, 9, 10, 11)} == {
         5: "10.00",
         6: "12.00",
         9: "10.00",
+        10: "99.00",
         11: "10.00",
     }
     assert wh.fact_rows(region="europe") == europe_before
@@ -450,24 +478,17 @@ def test_missing_staged_file_fails_the_load_cleanly(
 def test_rejects_dq_results_history(
     wh: SnowflakeWarehouse, store: LocalStagingStore, tmp_path: Path
 ) -> None:
-    east = stage(
-        tmp_path,
-        store,
-        reject_table("us_east", DAY, [1, None], batch_id=B1),
-        "us_east",
-        B1,
-        table_name="rejects",
-    )
-    assert wh.load_rejects("us_east", DAY, B1, east.files) == 2
-    rerun = stage(
-        tmp_path,
-        store,
-        reject_table("us_east", DAY, [7], batch_id=B2),
-        "us_east",
-        B2,
-        table_name="rejects",
-    )
-    assert wh.load_rejects("us_east", DAY, B2, rerun.files) == 1
+    def day(batch_id: str, rejected: list[int | None]) -> RegionLoad:
+        return stage_day(
+            tmp_path,
+            store,
+            accepted_table("us_east", DAY, [20], batch_id=batch_id),
+            batch_id,
+            rejects=reject_table("us_east", DAY, rejected, batch_id=batch_id),
+        )
+
+    assert wh.load_region(day(B1, [1, None])).rejects == 2
+    assert wh.load_region(day(B2, [7])).rejects == 1
     assert [
         (r[0], int(r[1]))
         for r in wh.query('SELECT "BATCH_ID", "SALE_ID" FROM retail_db.retail.sales_rejects')
@@ -693,3 +714,88 @@ def test_fingerprints_in_the_ledger_and_fact_day_stats(
     table = accepted_table("us_east", DAY, range(1, 6), batch_id=B1)
     amount = sum(table.column("total_amount").to_pylist())
     check_fingerprints_and_day_stats(wh, stage(tmp_path, store, table, "us_east", B1), amount)
+
+
+def _changed_day(tmp_path: Path, store: LocalStagingStore, batch_id: str) -> RegionLoad:
+    """After a first load of 1..6: 1..3 unchanged, 4 refunded, 5 deleted, 6 gone."""
+    return stage_day(
+        tmp_path,
+        store,
+        accepted_table("us_east", DAY, [1, 2, 3], batch_id=batch_id),
+        batch_id,
+        retractions=pa.concat_tables(
+            [
+                retraction_table("us_east", DAY, [4], batch_id=batch_id),
+                retraction_table("us_east", DAY, [5], reason="deleted", batch_id=batch_id),
+            ]
+        ),
+    )
+
+
+def test_retractions_in_the_load_transaction_and_idempotent_reruns(
+    wh: SnowflakeWarehouse, store: LocalStagingStore, tmp_path: Path
+) -> None:
+    wh.load_region(
+        stage_day(tmp_path, store, accepted_table("us_east", DAY, range(1, 7), batch_id=B1), B1)
+    )
+    wh.load_region(
+        stage_day(
+            tmp_path,
+            store,
+            accepted_table("europe", DAY, [4, 5, 6], batch_id=B1),
+            B1,
+            region="europe",
+        )
+    )
+    result = wh.load_region(_changed_day(tmp_path, store, B2))
+
+    assert (result.inserted, result.updated, result.unchanged, result.deleted) == (0, 0, 3, 3)
+    assert [r["sale_id"] for r in wh.fact_rows(region="us_east")] == [1, 2, 3]
+    assert len(wh.fact_rows(region="europe")) == 3
+    retracted = {r["sale_id"]: r for r in wh.retractions()}
+    assert {k: r["reason"] for k, r in retracted.items()} == {
+        4: "status_refunded",
+        5: "deleted",
+        6: "missing_from_source",
+    }
+    as_was = json.loads(retracted[4]["row_values"])
+    assert (as_was["sale_id"], as_was["batch_id"], as_was["region"]) == (4, B1, "us_east")
+    assert json.loads(retracted[4]["source_values"])["status"] == "refunded"
+    assert retracted[6]["source_values"] is None
+    (entry,) = [e for e in wh.ledger() if e["batch_id"] == B2]
+    assert (entry["rows_retracted"], entry["rows_deleted"]) == (2, 3)
+    assert all(c.passed for c in wh.verify(B2, DAY, [result]))
+
+    before = (wh.fact_rows(), wh.retractions())
+    again = wh.load_region(_changed_day(tmp_path, store, "20240115_00000000000c"))
+    assert (again.updated, again.unchanged, again.deleted) == (0, 3, 0)
+    assert (wh.fact_rows(), wh.retractions()) == before
+    assert stage_tables(wh) == []
+
+
+def test_a_failure_after_the_retractions_rolls_back_the_whole_load(
+    wh: SnowflakeWarehouse,
+    store: LocalStagingStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wh.load_region(
+        stage_day(
+            tmp_path,
+            store,
+            accepted_table("us_east", DAY, range(1, 7), batch_id=B1),
+            B1,
+            rejects=reject_table("us_east", DAY, [9], batch_id=B1),
+        )
+    )
+    before = (wh.fact_rows(), wh.query('SELECT "SALE_ID" FROM retail_db.retail.sales_rejects'))
+    monkeypatch.setattr(
+        sql, "insert_ledger_sql", lambda t: 'INSERT INTO "NO_SUCH_LEDGER" VALUES (%s)'
+    )
+    with pytest.raises(WarehouseLoadError, match="step 'ledger'"):
+        wh.load_region(_changed_day(tmp_path, store, B2))
+    monkeypatch.undo()
+    after = (wh.fact_rows(), wh.query('SELECT "SALE_ID" FROM retail_db.retail.sales_rejects'))
+    assert after == before
+    assert wh.retractions() == [] and stage_tables(wh) == []
+    assert [e["batch_id"] for e in wh.ledger()] == [B1]

@@ -91,6 +91,30 @@ def reject_table(
     )
 
 
+def retraction_table(
+    region: str,
+    business_date: dt.date,
+    sale_ids: Sequence[int],
+    *,
+    reason: str = "status_refunded",
+    batch_id: str = BATCH,
+) -> pa.Table:
+    """The transform's retractions: the source's latest version of each key is not a sale."""
+    n = len(sale_ids)
+    return pa.table(
+        {
+            "region": [region] * n,
+            "sale_id": list(sale_ids),
+            "sale_date": [business_date] * n,
+            "reason": [reason] * n,
+            "raw_values": [f'{{"sale_id": "{i}", "status": "refunded"}}' for i in sale_ids],
+            "batch_id": [batch_id] * n,
+            "flow_run_id": ["flow-1"] * n,
+        },
+        schema=contract.retraction_arrow_schema(),
+    )
+
+
 def write_parquet(path: Path, table: pa.Table) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)

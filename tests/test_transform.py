@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from retail_etl.transform import (
     ReconciliationError,
     TransformInputError,
     all_reasons,
+    classify_frame,
     transform_frame,
     transform_region,
 )
@@ -266,10 +268,101 @@ def test_latest_updated_at_wins_and_losers_are_duplicates() -> None:
     assert {r["reasons"] for r in rejects} == {"duplicate"}
 
 
-def test_equal_updated_at_goes_to_the_row_extracted_last() -> None:
-    accepted, rejects = run([row(sale_id=5, customer_id=1), row(sale_id=5, customer_id=2)])
-    assert [a["customer_id"] for a in accepted] == [2]
-    assert [r["reasons"] for r in rejects] == ["duplicate"]
+def test_equal_updated_at_tie_does_not_depend_on_row_order() -> None:
+    versions = [row(sale_id=5, customer_id=1), row(sale_id=5, customer_id=2)]
+    first, first_rejects = run(versions)
+    second, second_rejects = run(list(reversed(versions)))
+    assert len(first) == 1 and first == second
+    assert [r["reasons"] for r in first_rejects] == ["duplicate"]
+    assert first_rejects == second_rejects
+
+
+def test_equal_updated_at_tie_goes_to_the_latest_created_at() -> None:
+    earlier = T0 - timedelta(hours=1)
+    versions = [row(sale_id=5, customer_id=1), row(sale_id=5, customer_id=2, created_at=earlier)]
+    for rows in (versions, list(reversed(versions))):
+        accepted, _ = run(rows)
+        assert [a["customer_id"] for a in accepted] == [1]
+
+
+def classify(rows: Sequence[dict[str, Any]], **types: pa.DataType) -> tuple[list, list, list]:
+    out = classify_frame(frame(rows, **types), region="us_east", business_date=D)
+    return out.accepted.to_pylist(), out.rejects.to_pylist(), out.retractions.to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("status", "deleted", "reason"),
+    [
+        ("refunded", False, "status_refunded"),
+        (" Cancelled", False, "status_cancelled"),
+        ("PENDING ", False, "status_pending"),
+        ("completed", True, "deleted"),
+        ("refunded", True, "deleted"),
+        ("on hold!", False, "status_other"),
+        (None, False, "status_null"),
+    ],
+)
+def test_latest_version_not_completed_is_a_retraction(
+    status: str | None, deleted: bool, reason: str
+) -> None:
+    accepted, rejects, retractions = classify(
+        [row(sale_id=7, status=status, is_deleted=deleted), row(sale_id=8)]
+    )
+    assert [a["sale_id"] for a in accepted] == [8]
+    assert rejects == []
+    assert [(r["sale_id"], r["reason"], r["sale_date"]) for r in retractions] == [(7, reason, D)]
+    assert json.loads(retractions[0]["raw_values"])["sale_id"] == "7"
+
+
+def test_latest_version_refunded_retracts_the_older_completed_one() -> None:
+    later = T0 + timedelta(hours=2)
+    accepted, rejects, retractions = classify(
+        [row(sale_id=42), row(sale_id=42, status="refunded", updated_at=later)]
+    )
+    assert accepted == []
+    assert [r["reasons"] for r in rejects] == ["duplicate"]  # the completed older version
+    assert [r["reason"] for r in retractions] == ["status_refunded"]
+
+
+def test_status_compared_trimmed_and_case_insensitively() -> None:
+    accepted, _, retractions = classify([row(sale_id=1, status=" Completed "), row(sale_id=2)])
+    assert sorted(a["sale_id"] for a in accepted) == [1, 2]
+    assert retractions == []
+
+
+def test_retraction_of_an_invalid_row_is_still_a_retraction() -> None:
+    """A deleted row whose values are bad retracts its key: it is not a reject."""
+    _, rejects, retractions = classify([row(sale_id=3, customer_id=None, is_deleted=True)])
+    assert rejects == [] and [r["reason"] for r in retractions] == ["deleted"]
+
+
+def test_nan_money_values_are_rejected_with_the_raw_text() -> None:
+    """The extract sends NUMERIC 'NaN' as NULL and names the column in nan_columns."""
+    rows = [
+        {**row(sale_id=1, discount=None), "nan_columns": ",discount,"},
+        {**row(sale_id=2, tax=None, total_amount=None), "nan_columns": ",tax,total_amount,"},
+        {**row(sale_id=3, discount=None), "nan_columns": None},  # a real NULL: 0.00
+    ]
+    schema = contract.contract_arrow_schema().append(pa.field("nan_columns", pa.string()))
+    out = classify_frame(
+        pa.Table.from_pylist(rows, schema=schema), region="us_east", business_date=D
+    )
+    accepted, rejects = out.accepted.to_pylist(), out.rejects.to_pylist()
+    assert [(a["sale_id"], a["discount"]) for a in accepted] == [(3, Decimal("0.00"))]
+    by_id = {r["sale_id"]: r for r in rejects}
+    assert by_id[1]["reasons"] == "invalid_discount"
+    assert by_id[2]["reasons"] == "invalid_tax;invalid_total_amount"  # not null_total_amount
+    assert json.loads(by_id[1]["raw_values"])["discount"] == "NaN"
+    raw = json.loads(by_id[2]["raw_values"])
+    assert (raw["tax"], raw["total_amount"]) == ("NaN", "NaN")
+
+
+def test_nan_text_in_a_drifted_money_column_is_invalid() -> None:
+    rows = [row(sale_id=1, discount="NaN"), row(sale_id=2, discount="nan"), row(sale_id=3)]
+    reasons = reasons_of(
+        [{**r, "discount": str(r["discount"])} for r in rows], discount=pa.string()
+    )
+    assert reasons == ["invalid_discount", "invalid_discount"]
 
 
 def test_invalid_latest_version_is_not_replaced_by_an_older_one() -> None:
@@ -490,15 +583,7 @@ def test_reconciliation_mismatch_raises_and_keeps_previous_output(
 
     def lossy(*args: Any) -> Any:
         stats = real(*args)
-        return transform._Stats(
-            stats.extracted,
-            stats.accepted - 1,
-            stats.rejected,
-            stats.total_extracted,
-            stats.total_accepted,
-            stats.total_rejected,
-            stats.reasons,
-        )
+        return dataclasses.replace(stats, accepted=stats.accepted - 1)
 
     monkeypatch.setattr(transform, "_stats", lossy)
     with pytest.raises(ReconciliationError, match=r"us_east.*extracted 6 != accepted 2"):

@@ -6,14 +6,21 @@ Tables (same names and columns in DuckDB and Snowflake):
   ``loaded_at`` and ``updated_in_warehouse_at``; key ``(region, sale_id)``.
 - ``sales_rejects``: :func:`retail_etl.contract.reject_arrow_schema` columns plus ``rejected_at``.
 - ``dq_results``: one row per quality check of a batch (``region = '*'`` for batch-level checks).
+- ``sales_retractions``: every row removed from ``sales_fact`` (the row as it was, as JSON),
+  with its reason and the source version that retracted it (NULL for ``missing_from_source``).
 - ``etl_load_ledger``: one row per (batch, region) outcome; the ``loaded`` row is written in the
-  transaction of its MERGE.
+  transaction of its MERGE, retractions and rejects.
 - ``source_schema_history``: one row each time a region's source schema fingerprint changes
   (region, fingerprint, columns as JSON, differences from the contract, first batch that saw it).
 
 Merge semantics (both engines): ``ON t.region = s.region AND t.sale_id = s.sale_id``; a matched
-row is updated only when the incoming ``updated_at`` is newer (or the stored one is NULL and the
-incoming one is not); an unmatched row is inserted. ``unchanged`` = matched but not newer.
+row is updated when the incoming ``updated_at`` is newer (or the stored one is NULL and the
+incoming one is not), or when both ``updated_at`` are equal and any content column differs (a
+correction that kept its timestamp); an older version never overwrites a newer one; an unmatched
+row is inserted. ``unchanged`` = matched and neither newer nor different. In the same
+transaction, the keys the source retracts (and the day's stored keys the source no longer has)
+move from ``sales_fact`` to ``sales_retractions``, and the day's rejects of the region are
+replaced.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ if TYPE_CHECKING:
 
 SALES_FACT = "sales_fact"
 SALES_REJECTS = "sales_rejects"
+SALES_RETRACTIONS = "sales_retractions"
 DQ_RESULTS = "dq_results"
 LEDGER = "etl_load_ledger"
 SCHEMA_HISTORY = "source_schema_history"
@@ -152,6 +160,22 @@ SALES_REJECTS_COLUMNS: tuple[WarehouseColumn, ...] = (
     *REJECTS_STAGE_COLUMNS,
     _timestamp("rejected_at"),
 )
+#: The transform's retractions as staged (source version of each retracted key).
+RETRACTIONS_STAGE_COLUMNS: tuple[WarehouseColumn, ...] = tuple(
+    WarehouseColumn(f.name, *_arrow_sql_types(f.type)) for f in contract.retraction_arrow_schema()
+)
+#: One row per row removed from ``sales_fact``.
+SALES_RETRACTIONS_COLUMNS: tuple[WarehouseColumn, ...] = (
+    _varchar("region"),
+    _int("sale_id"),
+    WarehouseColumn("sale_date", "DATE", "DATE"),  # of the removed row
+    _varchar("reason"),  # deleted, status_<status>, missing_from_source
+    _varchar("row_values"),  # JSON: the sales_fact row as it was
+    _varchar("source_values"),  # JSON: the source version that retracted it (raw text)
+    _varchar("batch_id"),
+    _varchar("flow_run_id"),
+    _timestamp("retracted_at"),
+)
 DQ_RESULTS_COLUMNS: tuple[WarehouseColumn, ...] = (
     _varchar("batch_id"),
     WarehouseColumn("business_date", "DATE", "DATE"),
@@ -184,6 +208,8 @@ LEDGER_COLUMNS: tuple[WarehouseColumn, ...] = (
     _timestamp("finished_at"),
     # Appended columns (ensure_schema adds them, NULL in older rows):
     _varchar("source_fingerprint"),  # the source's fingerprint of the day, read before extract
+    _int("rows_retracted"),  # rows of the extract whose latest version retracts the sale
+    _int("rows_deleted"),  # rows this load removed from sales_fact (kept in sales_retractions)
 )
 #: One row per (region, source schema fingerprint) change: the first batch that saw it.
 SCHEMA_HISTORY_COLUMNS: tuple[WarehouseColumn, ...] = (
@@ -200,6 +226,7 @@ SCHEMA_HISTORY_COLUMNS: tuple[WarehouseColumn, ...] = (
 TABLES: dict[str, tuple[WarehouseColumn, ...]] = {
     SALES_FACT: SALES_FACT_COLUMNS,
     SALES_REJECTS: SALES_REJECTS_COLUMNS,
+    SALES_RETRACTIONS: SALES_RETRACTIONS_COLUMNS,
     DQ_RESULTS: DQ_RESULTS_COLUMNS,
     LEDGER: LEDGER_COLUMNS,
     SCHEMA_HISTORY: SCHEMA_HISTORY_COLUMNS,
@@ -254,6 +281,8 @@ class LedgerEntry:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     source_fingerprint: str | None = None
+    rows_retracted: int | None = None
+    rows_deleted: int | None = None
 
     def validated(self) -> LedgerEntry:
         """Check status and identifiers; fill ``finished_at`` with now if missing."""
@@ -275,7 +304,8 @@ class LedgerEntry:
 
 @dataclass(frozen=True)
 class RegionLoad:
-    """One region's accepted batch, staged and ready to merge, with the counts for its ledger row."""
+    """One region's batch, staged and ready to load: accepted rows (``files``), rejects and
+    retractions, with the counts for its ledger row."""
 
     region: str
     business_date: date
@@ -290,6 +320,9 @@ class RegionLoad:
     started_at: datetime | None = None
     #: the source's fingerprint of (region, business_date), read before the extract
     source_fingerprint: str | None = None
+    reject_files: tuple[StagedFile, ...] = ()
+    retraction_files: tuple[StagedFile, ...] = ()
+    rows_retracted: int | None = None
 
     @property
     def staged_rows(self) -> int:
@@ -311,6 +344,10 @@ class MergeResult:
     duplicate_rows: int
     seconds: float
     rows_accepted: int | None = None
+    #: rows removed from sales_fact (and recorded in sales_retractions)
+    deleted: int = 0
+    #: rejects that replaced the day's rejects of the region
+    rejects: int = 0
 
 
 @dataclass(frozen=True)
@@ -349,6 +386,7 @@ class TransformCounts:
     rows_extracted: int
     rows_accepted: int
     rows_rejected: int
+    rows_retracted: int = 0
 
 
 def merge_checks(
@@ -361,7 +399,7 @@ def merge_checks(
       inside the batch make this fail: they were dropped, not merged);
     - ``batch_duplicate_keys``: 0 duplicate (region, sale_id) inside the staged batch;
     - ``staged_equals_accepted``: staged rows == the transform's accepted rows (when known);
-    - ``extracted_equals_accepted_plus_rejected`` (when ``transform_counts`` is given).
+    - ``extracted_equals_accepted_rejected_retracted`` (when ``transform_counts`` is given).
     """
     checks: list[CheckResult] = []
     for r in merge_results:
@@ -405,16 +443,16 @@ def merge_checks(
                 )
             )
     for region, counts in sorted((transform_counts or {}).items()):
-        total = counts.rows_accepted + counts.rows_rejected
+        total = counts.rows_accepted + counts.rows_rejected + counts.rows_retracted
         checks.append(
             CheckResult(
-                "extracted_equals_accepted_plus_rejected",
+                "extracted_equals_accepted_rejected_retracted",
                 region,
                 counts.rows_extracted,
                 total,
                 counts.rows_extracted == total,
                 f"extracted {counts.rows_extracted}, accepted {counts.rows_accepted} + "
-                f"rejected {counts.rows_rejected} = {total}",
+                f"rejected {counts.rows_rejected} + retracted {counts.rows_retracted} = {total}",
             )
         )
     return checks
@@ -451,6 +489,9 @@ def merge_result(
     unchanged: int,
     duplicates: int,
     started: float,
+    *,
+    deleted: int = 0,
+    rejects: int = 0,
 ) -> MergeResult:
     """The :class:`MergeResult` of a committed region load (both engines), logged."""
     result = MergeResult(
@@ -464,15 +505,20 @@ def merge_result(
         duplicate_rows=duplicates,
         seconds=time.perf_counter() - started,
         rows_accepted=batch.rows_accepted,
+        deleted=deleted,
+        rejects=rejects,
     )
     logging.getLogger("retail_etl.warehouse").info(
-        "loaded %s %s: %d staged, %d inserted, %d updated, %d unchanged in %.2f s",
+        "loaded %s %s: %d staged, %d inserted, %d updated, %d unchanged, %d retracted from "
+        "sales_fact, %d rejects in %.2f s",
         batch.region,
         batch.business_date,
         staged,
         inserted,
         updated,
         unchanged,
+        deleted,
+        rejects,
         result.seconds,
     )
     return result
@@ -485,6 +531,7 @@ def loaded_ledger_entry(
     unchanged: int,
     seconds: float,
     started_at: datetime,
+    deleted: int = 0,
 ) -> LedgerEntry:
     """The 'loaded' ledger row of a region load (written in the MERGE's transaction)."""
     return LedgerEntry(
@@ -505,6 +552,8 @@ def loaded_ledger_entry(
         started_at=started_at,
         finished_at=utc_now(),
         source_fingerprint=batch.source_fingerprint,
+        rows_retracted=batch.rows_retracted,
+        rows_deleted=deleted,
     )
 
 
@@ -554,7 +603,8 @@ def describe_error(e: BaseException) -> str:
 def load_error(batch: RegionLoad, step: str, e: BaseException) -> WarehouseLoadError:
     return WarehouseLoadError(
         f"loading region {batch.region!r} for {batch.business_date} (batch {batch.batch_id}) "
-        f"into sales_fact failed at step '{step}'; rolled back, nothing merged: {describe_error(e)}",
+        f"into sales_fact failed at step '{step}'; rolled back, nothing merged, retracted or "
+        f"replaced: {describe_error(e)}",
         region=batch.region,
         business_date=batch.business_date,
         batch_id=batch.batch_id,
@@ -583,14 +633,13 @@ class Warehouse(Protocol):
         ...
 
     def load_region(self, batch: RegionLoad) -> MergeResult:
-        """Stage table, dedup guard, MERGE and the 'loaded' ledger row in one transaction.
-        Raises :class:`WarehouseLoadError` (rolled back) on any failure."""
+        """Stage tables, dedup guard, MERGE, retractions (removed rows kept in
+        ``sales_retractions``), the day's rejects replaced and the 'loaded' ledger row, in one
+        transaction. Raises :class:`WarehouseLoadError` (rolled back) on any failure."""
         ...
 
-    def load_rejects(
-        self, region: str, business_date: date, batch_id: str, files: Sequence[StagedFile]
-    ) -> int:
-        """Replace the rejects of (region, business_date) with the staged ones; returns rows."""
+    def day_keys(self, region: str, business_date: date) -> int:
+        """Rows (keys) ``sales_fact`` holds for (region, business_date)."""
         ...
 
     def load_dq_results(self, records: Sequence[Mapping[str, Any]]) -> int:

@@ -18,7 +18,11 @@ A region load is one transaction::
     (duplicates: the stage is deduplicated, latest updated_at wins)
     classify (inserted / updated / unchanged) by a join, then MERGE; the MERGE's row count
         must equal inserted + updated
-    INSERT the 'loaded' ledger row
+    stage the region's rejects and retractions (temp tables, same checks)
+    INSERT INTO sales_retractions the stored rows the source retracts or no longer has;
+        DELETE them from sales_fact (the two counts must agree)
+    replace the day's rejects of the region
+    INSERT the 'loaded' ledger row (with rows_retracted and rows_deleted)
     DROP the stage tables (a session's connection outlives the load)
     COMMIT                                             -- or ROLLBACK and WarehouseLoadError
 """
@@ -32,9 +36,8 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 
@@ -43,6 +46,7 @@ from retail_etl.staging import StagedFile, StagingStore, validate_batch_id
 from retail_etl.warehouse import sql
 from retail_etl.warehouse.base import (
     REJECTS_STAGE_COLUMNS,
+    RETRACTIONS_STAGE_COLUMNS,
     SALES_STAGE_COLUMNS,
     TABLES,
     LedgerEntry,
@@ -263,8 +267,30 @@ class DuckDBWarehouse(sql.QueryMixin):
         finally:
             con.unregister(view)
 
+    def _stage_side_table(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        kind: Literal["rejects", "retractions"],
+        batch: RegionLoad,
+    ) -> tuple[str, int]:
+        """Stage a region's rejects or retractions in a temp table; (table, rows)."""
+        columns = REJECTS_STAGE_COLUMNS if kind == "rejects" else RETRACTIONS_STAGE_COLUMNS
+        files = batch.reject_files if kind == "rejects" else batch.retraction_files
+        stage = sql.stage_table_name(kind, batch.batch_id, batch.region)
+        con.execute(sql.create_table_sql(self._t, stage, columns, temporary=True))
+        self._fill_stage(con, stage, [c.name for c in columns], files)
+        row = con.execute(sql.stage_stats_sql(self._t, stage), [batch.region]).fetchone()
+        staged, foreign, _ = (int(v) for v in row or (0, 0, 0))
+        if foreign:
+            raise WarehouseError(f"{foreign} {kind} row(s) are not of region {batch.region!r}")
+        expected = sum(f.rows for f in files)
+        if staged != expected:
+            raise WarehouseError(f"read {staged} {kind} row(s), staged files have {expected}")
+        return stage, staged
+
     def load_region(self, batch: RegionLoad) -> MergeResult:
-        """Merge one region's staged batch and write its 'loaded' ledger row, atomically."""
+        """Merge one region's staged batch, retract, replace its rejects and write its
+        'loaded' ledger row, atomically."""
         region = validate_identifier(batch.region, "region")
         validate_batch_id(batch.batch_id)
         t = self._t
@@ -305,6 +331,9 @@ class DuckDBWarehouse(sql.QueryMixin):
                     )
                     source = sql.plain_source_sql(t, dedup)
                 step.start("classify")
+                ((stored_before,),) = con.execute(
+                    sql.day_keys_sql(t), [region, batch.business_date]
+                ).fetchall()
                 counts = con.execute(sql.classify_sql(t, source)).fetchone()
                 inserted, updated, unchanged = (int(v) for v in counts or (0, 0, 0))
                 step.start("merge")
@@ -315,57 +344,65 @@ class DuckDBWarehouse(sql.QueryMixin):
                         f"MERGE changed {affected} row(s), expected {inserted} inserted + "
                         f"{updated} updated"
                     )
+                step.start("stage rejects and retractions")
+                rejects_stage, rejects = self._stage_side_table(con, "rejects", batch)
+                retractions_stage, retracted = self._stage_side_table(con, "retractions", batch)
+                step.start("retract")
+                statements: list[tuple[str, list[Any]]] = []
+                if retracted:
+                    statements.append(
+                        (sql.retract_listed_sql(t, retractions_stage), list(_lineage(batch)))
+                    )
+                if stored_before:  # nothing stored for the day before: nothing can be missing
+                    statements.append(
+                        (
+                            sql.retract_missing_sql(t, stage, rejects_stage, retractions_stage),
+                            [*_lineage(batch), region, batch.business_date],
+                        )
+                    )
+                recorded = deleted = 0
+                for text, params in statements:
+                    row = con.execute(text, params).fetchone()
+                    recorded += int(row[0]) if row else 0
+                if recorded:
+                    removed = con.execute(
+                        sql.delete_retracted_sql(t), [region, batch.batch_id, region]
+                    ).fetchone()
+                    deleted = int(removed[0]) if removed else 0
+                if deleted != int(recorded):
+                    raise WarehouseError(
+                        f"removed {deleted} row(s) from sales_fact but recorded {recorded} in "
+                        "sales_retractions"
+                    )
+                step.start("replace rejects")
+                con.execute(sql.delete_rejects_sql(t), [region, batch.business_date])
+                con.execute(sql.insert_rejects_sql(t, rejects_stage))
                 step.start("ledger")
                 seconds = time.perf_counter() - started
                 entry = loaded_ledger_entry(
-                    batch, inserted, updated, unchanged, seconds, started_at
+                    batch, inserted, updated, unchanged, seconds, started_at, deleted
                 )
                 con.execute(sql.insert_ledger_sql(t), list(entry.validated().row()))
                 step.start("commit")
-                _drop_temp(con, t, stage, f"{stage}_dedup")  # a session's connection outlives them
+                # a session's connection outlives the stage tables
+                _drop_temp(con, t, stage, f"{stage}_dedup", rejects_stage, retractions_stage)
                 con.execute("COMMIT")
             except Exception as e:
                 _rollback(con)
                 raise load_error(batch, step.current, e) from e
         step.start("done")
         log.debug("load of %s %s, seconds per step: %s", region, batch.business_date, step.seconds)
-        return merge_result(batch, staged, inserted, updated, unchanged, duplicates, started)
-
-    def load_rejects(
-        self, region: str, business_date: date, batch_id: str, files: Sequence[StagedFile]
-    ) -> int:
-        """Replace the rejects of (region, business_date) by the staged ones, atomically."""
-        validate_identifier(region, "region")
-        validate_batch_id(batch_id)
-        t = self._t
-        stage = sql.stage_table_name("rejects", batch_id, region)
-        cols = [c.name for c in REJECTS_STAGE_COLUMNS]
-        with self._connect() as con:
-            try:
-                con.execute("BEGIN TRANSACTION")
-                con.execute(sql.create_table_sql(t, stage, REJECTS_STAGE_COLUMNS, temporary=True))
-                self._fill_stage(con, stage, cols, files)
-                ((staged, foreign, _),) = con.execute(
-                    sql.stage_stats_sql(t, stage), [region]
-                ).fetchall()
-                if foreign:
-                    raise WarehouseError(f"{foreign} reject row(s) are not of region {region!r}")
-                expected = sum(f.rows for f in files)
-                if staged != expected:
-                    raise WarehouseError(
-                        f"read {staged} reject row(s), staged files have {expected}"
-                    )
-                con.execute(sql.delete_rejects_sql(t), [region, business_date])
-                con.execute(sql.insert_rejects_sql(t, stage))
-                _drop_temp(con, t, stage)
-                con.execute("COMMIT")
-            except Exception as e:
-                _rollback(con)
-                raise WarehouseError(
-                    f"loading rejects of region {region!r} for {business_date} "
-                    f"(batch {batch_id}) into sales_rejects failed: {describe_error(e)}"
-                ) from e
-        return int(staged)
+        return merge_result(
+            batch,
+            staged,
+            inserted,
+            updated,
+            unchanged,
+            duplicates,
+            started,
+            deleted=deleted,
+            rejects=rejects,
+        )
 
     def load_dq_results(self, records: Sequence[Mapping[str, Any]]) -> int:
         """Replace the quality results of the records' batch ids (a rerun of a batch replaces
@@ -429,6 +466,10 @@ class DuckDBWarehouse(sql.QueryMixin):
                     f"(batch {batch_id}) in source_schema_history failed: {describe_error(e)}"
                 ) from e
         return new
+
+
+def _lineage(batch: RegionLoad) -> tuple[str, str | None]:
+    return batch.batch_id, batch.flow_run_id
 
 
 def _drop_temp(con: duckdb.DuckDBPyConnection, t: sql.SqlTarget, *tables: str) -> None:

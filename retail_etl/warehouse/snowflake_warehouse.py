@@ -9,9 +9,13 @@ A region load::
     CREATE OR REPLACE TRANSIENT TABLE stg_sales_<batch>_<region>     -- DDL: auto-commits, so
                                                                     --   it runs before the txn
     COPY INTO it FROM @stage FILES = (<explicit keys>) ... MATCH_BY_COLUMN_NAME, FORCE; commit
+    the same for stg_rejects_... and stg_retractions_...
     checks: rows loaded == staged file rows, every row of this region, duplicate keys counted
     classify by a join, MERGE (source: the stage deduplicated with QUALIFY ROW_NUMBER() = 1),
         MERGE's (inserted, updated) must equal the classification
+    INSERT INTO sales_retractions the stored rows the source retracts or no longer has;
+        DELETE them from sales_fact (the counts must agree)
+    DELETE + INSERT the day's rejects of the region
     INSERT the 'loaded' ledger row
     COMMIT                                  -- any error: ROLLBACK, WarehouseLoadError
     DROP TABLE stg_...                      -- always
@@ -30,14 +34,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from retail_etl.settings import validate_identifier
 from retail_etl.staging import S3StagingStore, StagedFile, StagingStore, validate_batch_id
 from retail_etl.warehouse import sql
 from retail_etl.warehouse.base import (
     REJECTS_STAGE_COLUMNS,
+    RETRACTIONS_STAGE_COLUMNS,
     SALES_FACT,
     SALES_STAGE_COLUMNS,
     TABLES,
@@ -64,6 +69,12 @@ COPY_MAX_FILES = 1000  # Snowflake's limit for FILES = (...)
 CLUSTER_BY = ("sale_date", "region")
 
 Connection = Any  # a DB-API connection of snowflake-connector-python (or fakesnow)
+
+
+def _result_row(cur: Any) -> dict[str, Any]:
+    """The one-row result of a DML statement (MERGE, DELETE) by lower-cased column name."""
+    names = [d[0].lower() for d in cur.description or []]
+    return dict(zip(names, cur.fetchone() or (), strict=False))
 
 
 def stage_url(store: StagingStore) -> str:
@@ -294,12 +305,47 @@ class SnowflakeWarehouse(sql.QueryMixin):
                 loaded += int(record.get("rows_loaded") or 0)
         return loaded
 
+    def _stage_side_table(
+        self, cur: Any, kind: Literal["rejects", "retractions"], stage: str, batch: RegionLoad
+    ) -> int:
+        """Create (DDL: auto-commits) and COPY a region's rejects or retractions stage; returns
+        the rows loaded. The caller drops the table."""
+        columns = REJECTS_STAGE_COLUMNS if kind == "rejects" else RETRACTIONS_STAGE_COLUMNS
+        files = batch.reject_files if kind == "rejects" else batch.retraction_files
+        cur.execute(sql.create_table_sql(self._t, stage, columns, replace=True, transient=True))
+        return self._copy(cur, stage, files)
+
+    def _check_side_table(
+        self,
+        cur: Any,
+        kind: Literal["rejects", "retractions"],
+        stage: str,
+        loaded: int,
+        batch: RegionLoad,
+    ) -> int:
+        files = batch.reject_files if kind == "rejects" else batch.retraction_files
+        staged, foreign, _ = (
+            int(v) for v in self._one(cur, sql.stage_stats_sql(self._t, stage), [batch.region])
+        )
+        if foreign:
+            raise WarehouseError(f"{foreign} {kind} row(s) are not of region {batch.region!r}")
+        expected = sum(f.rows for f in files)
+        if not staged == loaded == expected:
+            raise WarehouseError(
+                f"COPY loaded {loaded} {kind} row(s), stage holds {staged}, staged files "
+                f"have {expected}"
+            )
+        return staged
+
     def load_region(self, batch: RegionLoad) -> MergeResult:
-        """COPY, dedup guard, MERGE and the 'loaded' ledger row (one transaction)."""
+        """COPY the three stages, then in one transaction: MERGE, retractions, the day's
+        rejects replaced and the 'loaded' ledger row."""
         region = validate_identifier(batch.region, "region")
         validate_batch_id(batch.batch_id)
         t = self._t
         stage = sql.stage_table_name("sales", batch.batch_id, region)
+        rejects_stage = sql.stage_table_name("rejects", batch.batch_id, region)
+        retractions_stage = sql.stage_table_name("retractions", batch.batch_id, region)
         started = time.perf_counter()
         started_at = batch.started_at or utc_now()
         step = StepTimer()
@@ -314,6 +360,11 @@ class SnowflakeWarehouse(sql.QueryMixin):
                 )
                 step.start("copy")
                 loaded = self._copy(cur, stage, batch.files)
+                step.start("copy rejects and retractions")
+                rejects_copied = self._stage_side_table(cur, "rejects", rejects_stage, batch)
+                retractions_copied = self._stage_side_table(
+                    cur, "retractions", retractions_stage, batch
+                )
                 conn.commit()
                 step.start("check stage")
                 staged, foreign, duplicates = (
@@ -326,6 +377,12 @@ class SnowflakeWarehouse(sql.QueryMixin):
                     )
                 if foreign:
                     raise WarehouseError(f"{foreign} staged row(s) are not of region {region!r}")
+                rejects = self._check_side_table(
+                    cur, "rejects", rejects_stage, rejects_copied, batch
+                )
+                self._check_side_table(
+                    cur, "retractions", retractions_stage, retractions_copied, batch
+                )
                 if duplicates:
                     log.warning(
                         "region %s %s batch %s: %d staged row(s) repeat a key; keeping the "
@@ -337,13 +394,15 @@ class SnowflakeWarehouse(sql.QueryMixin):
                     )
                 source = sql.dedup_source_sql(t, stage)
                 step.start("classify")
+                (stored_before,) = self._one(
+                    cur, sql.day_keys_sql(t), [region, batch.business_date]
+                )
                 inserted, updated, unchanged = (
                     int(v) for v in self._one(cur, sql.classify_sql(t, source))
                 )
                 step.start("merge")
                 cur.execute(sql.merge_sql(t, source))
-                names = [d[0].lower() for d in cur.description or []]
-                merged = dict(zip(names, cur.fetchone() or (), strict=False))
+                merged = _result_row(cur)
                 m_inserted = int(merged.get("number of rows inserted") or 0)
                 m_updated = int(merged.get("number of rows updated") or 0)
                 if (m_inserted, m_updated) != (inserted, updated):
@@ -351,10 +410,37 @@ class SnowflakeWarehouse(sql.QueryMixin):
                         f"MERGE reported {m_inserted} inserted / {m_updated} updated, expected "
                         f"{inserted} / {updated}"
                     )
+                step.start("retract")
+                lineage = [batch.batch_id, batch.flow_run_id]
+                statements: list[tuple[str, list[Any]]] = []
+                if retractions_copied:
+                    statements.append((sql.retract_listed_sql(t, retractions_stage), lineage))
+                if int(stored_before):  # nothing stored for the day before: nothing missing
+                    statements.append(
+                        (
+                            sql.retract_missing_sql(t, stage, rejects_stage, retractions_stage),
+                            [*lineage, region, batch.business_date],
+                        )
+                    )
+                recorded = deleted = 0
+                for text, params in statements:
+                    cur.execute(text, params)
+                    recorded += int(_result_row(cur).get("number of rows inserted") or 0)
+                if recorded:
+                    cur.execute(sql.delete_retracted_sql(t), [region, batch.batch_id, region])
+                    deleted = int(_result_row(cur).get("number of rows deleted") or 0)
+                if deleted != int(recorded):
+                    raise WarehouseError(
+                        f"removed {deleted} row(s) from sales_fact but recorded {recorded} in "
+                        "sales_retractions"
+                    )
+                step.start("replace rejects")
+                cur.execute(sql.delete_rejects_sql(t), [region, batch.business_date])
+                cur.execute(sql.insert_rejects_sql(t, rejects_stage))
                 step.start("ledger")
                 seconds = time.perf_counter() - started
                 entry = loaded_ledger_entry(
-                    batch, inserted, updated, unchanged, seconds, started_at
+                    batch, inserted, updated, unchanged, seconds, started_at, deleted
                 )
                 cur.execute(sql.insert_ledger_sql(t), list(entry.validated().row()))
                 step.start("commit")
@@ -364,59 +450,27 @@ class SnowflakeWarehouse(sql.QueryMixin):
                     conn.rollback()
                 raise load_error(batch, step.current, e) from e
             finally:
-                self._drop(cur, stage)
+                for table in (stage, rejects_stage, retractions_stage):
+                    self._drop(cur, table)
         step.start("done")
         log.debug("load of %s %s, seconds per step: %s", region, batch.business_date, step.seconds)
-        return merge_result(batch, staged, inserted, updated, unchanged, duplicates, started)
+        return merge_result(
+            batch,
+            staged,
+            inserted,
+            updated,
+            unchanged,
+            duplicates,
+            started,
+            deleted=deleted,
+            rejects=rejects,
+        )
 
     def _drop(self, cur: Any, table: str) -> None:
         try:
             cur.execute(sql.drop_table_sql(self._t, table))
         except Exception:
             log.warning("could not drop stage table %s", table, exc_info=True)
-
-    def load_rejects(
-        self, region: str, business_date: date, batch_id: str, files: Sequence[StagedFile]
-    ) -> int:
-        """Replace the rejects of (region, business_date) by the staged ones (one transaction)."""
-        validate_identifier(region, "region")
-        validate_batch_id(batch_id)
-        t = self._t
-        stage = sql.stage_table_name("rejects", batch_id, region)
-        with self._connection() as conn:
-            cur = conn.cursor()
-            try:
-                cur.execute(
-                    sql.create_table_sql(
-                        t, stage, REJECTS_STAGE_COLUMNS, replace=True, transient=True
-                    )
-                )
-                loaded = self._copy(cur, stage, files)
-                conn.commit()
-                staged, foreign, _ = (
-                    int(v) for v in self._one(cur, sql.stage_stats_sql(t, stage), [region])
-                )
-                if foreign:
-                    raise WarehouseError(f"{foreign} reject row(s) are not of region {region!r}")
-                expected = sum(f.rows for f in files)
-                if not staged == loaded == expected:
-                    raise WarehouseError(
-                        f"COPY loaded {loaded} reject row(s), stage holds {staged}, staged files "
-                        f"have {expected}"
-                    )
-                cur.execute(sql.delete_rejects_sql(t), [region, business_date])
-                cur.execute(sql.insert_rejects_sql(t, stage))
-                conn.commit()
-            except Exception as e:
-                with suppress(Exception):
-                    conn.rollback()
-                raise WarehouseError(
-                    f"loading rejects of region {region!r} for {business_date} "
-                    f"(batch {batch_id}) into sales_rejects failed: {describe_error(e)}"
-                ) from e
-            finally:
-                self._drop(cur, stage)
-        return staged
 
     def load_dq_results(self, records: Sequence[Mapping[str, Any]]) -> int:
         """Replace the quality results of the records' batch ids (one transaction)."""

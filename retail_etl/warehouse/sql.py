@@ -34,6 +34,8 @@ from retail_etl.warehouse.base import (
     SALES_FACT_COLUMNS,
     SALES_REJECTS,
     SALES_REJECTS_COLUMNS,
+    SALES_RETRACTIONS,
+    SALES_RETRACTIONS_COLUMNS,
     SCHEMA_HISTORY,
     SCHEMA_HISTORY_COLUMNS,
     CheckResult,
@@ -50,6 +52,15 @@ ACCEPTED: tuple[str, ...] = contract.ACCEPTED_COLUMNS
 WAREHOUSE_TIMESTAMPS = ("loaded_at", "updated_in_warehouse_at")
 #: Tie-break of the dedup window after updated_at (the transform deduplicates the same way).
 DEDUP_ORDER = ("updated_at", "created_at")
+#: What a correction can change: every accepted column except the key, the lineage and the
+#: derived metrics (which follow from these). Compared column by column, exactly, when a row
+#: arrives with the stored ``updated_at``.
+CONTENT_COLUMNS: tuple[str, ...] = tuple(
+    n
+    for n in ACCEPTED
+    if n not in KEY_COLUMNS
+    and n not in {c.name for c in (*contract.DERIVED_COLUMNS, *contract.LINEAGE_COLUMNS)}
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,9 @@ class SqlTarget:
         return ", ".join(f"{prefix}{self.ident(n)}" for n in names)
 
 
-def stage_table_name(kind: Literal["sales", "rejects"], batch_id: str, region: str) -> str:
+def stage_table_name(
+    kind: Literal["sales", "rejects", "retractions"], batch_id: str, region: str
+) -> str:
     """Per-batch, per-region stage table: two runs (other dates = other batch ids) never share one."""
     validate_identifier(region, "region")
     return validate_identifier(f"stg_{kind}_{batch_id}_{region}", "stage table")
@@ -250,13 +263,21 @@ def dedup_source_sql(t: SqlTarget, stage: str) -> str:
     )
 
 
-def newer_predicate(t: SqlTarget, s: str = "s", tgt: str = "t") -> str:
-    """Incoming row ``s`` is newer than stored row ``t`` (a stored NULL loses to a value).
+def changed_predicate(t: SqlTarget, s: str = "s", tgt: str = "t") -> str:
+    """Incoming row ``s`` replaces stored row ``t``: its ``updated_at`` is newer (a stored NULL
+    loses to a value), or both are equal (or both NULL) and a content column differs
+    (:data:`CONTENT_COLUMNS`, NULL-safe). An older version never replaces a newer one.
 
-    Never NULL (so ``NOT newer`` counts the unchanged rows exactly, NULLs included).
+    Never NULL (so ``NOT changed`` counts the unchanged rows exactly, NULLs included).
     """
     u = t.ident("updated_at")
-    return f"(COALESCE({s}.{u} > {tgt}.{u}, FALSE) OR ({tgt}.{u} IS NULL AND {s}.{u} IS NOT NULL))"
+    differs = " OR ".join(
+        f"{s}.{t.ident(c)} IS DISTINCT FROM {tgt}.{t.ident(c)}" for c in CONTENT_COLUMNS
+    )
+    return (
+        f"(COALESCE({s}.{u} > {tgt}.{u}, FALSE) OR ({tgt}.{u} IS NULL AND {s}.{u} IS NOT NULL) "
+        f"OR ({s}.{u} IS NOT DISTINCT FROM {tgt}.{u} AND ({differs})))"
+    )
 
 
 def _key_join(t: SqlTarget, s: str = "s", tgt: str = "t") -> str:
@@ -269,7 +290,7 @@ def classify_sql(t: SqlTarget, source_sql: str) -> str:
     Run in the MERGE's transaction; the MERGE's own counts must agree.
     """
     probe = t.ident("sale_id")  # NULL after the LEFT JOIN <=> no stored row with this key
-    newer = newer_predicate(t)
+    newer = changed_predicate(t)
     return (
         "SELECT "
         f"COALESCE(SUM(CASE WHEN t.{probe} IS NULL THEN 1 ELSE 0 END), 0), "
@@ -280,14 +301,15 @@ def classify_sql(t: SqlTarget, source_sql: str) -> str:
 
 
 def merge_sql(t: SqlTarget, source_sql: str) -> str:
-    """MERGE the (deduplicated) source into ``sales_fact``: update if newer, insert if new."""
+    """MERGE the (deduplicated) source into ``sales_fact``: update if newer or corrected
+    (:func:`changed_predicate`), insert if new."""
     updates = ", ".join(f"{t.ident(n)} = s.{t.ident(n)}" for n in ACCEPTED if n not in KEY_COLUMNS)
     now = t.now()
     insert_cols = t.cols([*ACCEPTED, *WAREHOUSE_TIMESTAMPS])
     insert_vals = ", ".join([*(f"s.{t.ident(n)}" for n in ACCEPTED), now, now])
     return (
         f"MERGE INTO {t.table(SALES_FACT)} t USING ({source_sql}) s ON {_key_join(t)} "
-        f"WHEN MATCHED AND {newer_predicate(t)} THEN UPDATE SET {updates}, "
+        f"WHEN MATCHED AND {changed_predicate(t)} THEN UPDATE SET {updates}, "
         f"{t.ident('updated_in_warehouse_at')} = {now} "
         f"WHEN NOT MATCHED THEN INSERT ({insert_cols}) VALUES ({insert_vals})"
     )
@@ -332,6 +354,95 @@ def insert_rejects_sql(t: SqlTarget, stage: str) -> str:
         f"INSERT INTO {t.table(SALES_REJECTS)} ({t.cols([*cols, 'rejected_at'])}) "
         f"SELECT {t.cols(cols)}, {t.now()} FROM {t.table(stage)}"
     )
+
+
+# --------------------------------------------------------------------------- retractions
+
+
+def _row_json(t: SqlTarget, alias: str) -> str:
+    """The ``sales_fact`` row ``alias`` as JSON text (NULLs kept)."""
+    pairs = ", ".join(f"'{c.name}', {alias}.{t.ident(c.name)}" for c in SALES_FACT_COLUMNS)
+    if t.dialect == "duckdb":
+        return f"CAST(json_object({pairs}) AS VARCHAR)"
+    return f"TO_JSON(OBJECT_CONSTRUCT_KEEP_NULL({pairs}))"
+
+
+def _retraction_insert(t: SqlTarget) -> str:
+    return f"INSERT INTO {t.table(SALES_RETRACTIONS)} ({t.cols([c.name for c in SALES_RETRACTIONS_COLUMNS])}) "
+
+
+def retract_listed_sql(t: SqlTarget, retractions_stage: str) -> str:
+    """Record in ``sales_retractions`` the stored rows whose key the source retracts
+    (``retractions_stage``: deleted, ``status_<status>``), on whatever date they are stored.
+    Params: (batch_id, flow_run_id). Run in the load's transaction, before
+    :func:`delete_retracted_sql`; a rerun finds nothing left to retract."""
+    region, sale_id, sale_date = t.ident("region"), t.ident("sale_id"), t.ident("sale_date")
+    return (
+        f"{_retraction_insert(t)}"
+        f"SELECT f.{region}, f.{sale_id}, f.{sale_date}, r.{t.ident('reason')}, "
+        f"{_row_json(t, 'f')}, r.{t.ident('raw_values')}, {t.param}, {t.param}, {t.now()} "
+        f"FROM {t.table(retractions_stage)} r JOIN {t.table(SALES_FACT)} f "
+        f"ON f.{region} = r.{region} AND f.{sale_id} = r.{sale_id}"
+    )
+
+
+def retract_missing_sql(
+    t: SqlTarget, sales_stage: str, rejects_stage: str, retractions_stage: str
+) -> str:
+    """Record in ``sales_retractions`` (reason ``missing_from_source``) the stored rows of
+    (region, business date) whose key the source's day no longer has at all: not accepted,
+    rejected or retracted. Params: (batch_id, flow_run_id, region, business_date). The stages
+    hold only this region's rows (checked before). Needed only when ``sales_fact`` held rows of
+    the day before the load."""
+    region, sale_id, sale_date = t.ident("region"), t.ident("sale_id"), t.ident("sale_date")
+
+    def absent(stage: str) -> str:
+        return f"NOT EXISTS (SELECT 1 FROM {t.table(stage)} x WHERE x.{sale_id} = f.{sale_id})"
+
+    return (
+        f"{_retraction_insert(t)}"
+        f"SELECT f.{region}, f.{sale_id}, f.{sale_date}, 'missing_from_source', "
+        f"{_row_json(t, 'f')}, NULL, {t.param}, {t.param}, {t.now()} "
+        f"FROM {t.table(SALES_FACT)} f WHERE f.{region} = {t.param} AND f.{sale_date} = {t.param} "
+        f"AND {absent(sales_stage)} AND {absent(rejects_stage)} AND {absent(retractions_stage)}"
+    )
+
+
+def delete_retracted_sql(t: SqlTarget) -> str:
+    """Remove from ``sales_fact`` the rows a load recorded in ``sales_retractions``.
+    Params: (region, batch_id, region)."""
+    region, sale_id = t.ident("region"), t.ident("sale_id")
+    return (
+        f"DELETE FROM {t.table(SALES_FACT)} WHERE {region} = {t.param} AND {sale_id} IN "
+        f"(SELECT {sale_id} FROM {t.table(SALES_RETRACTIONS)} "
+        f"WHERE {t.ident('batch_id')} = {t.param} AND {region} = {t.param})"
+    )
+
+
+def retracted_still_stored_sql(t: SqlTarget) -> str:
+    """Params: (region, batch_id, region) -> ``sales_fact`` rows whose key that batch recorded
+    in ``sales_retractions`` (0 after its load)."""
+    region, sale_id = t.ident("region"), t.ident("sale_id")
+    return (
+        f"SELECT COUNT(*) FROM {t.table(SALES_FACT)} WHERE {region} = {t.param} AND {sale_id} IN "
+        f"(SELECT {sale_id} FROM {t.table(SALES_RETRACTIONS)} "
+        f"WHERE {t.ident('batch_id')} = {t.param} AND {region} = {t.param})"
+    )
+
+
+def day_keys_sql(t: SqlTarget) -> str:
+    """Params: (region, business_date) -> rows ``sales_fact`` holds for them."""
+    return (
+        f"SELECT COUNT(*) FROM {t.table(SALES_FACT)} "
+        f"WHERE {t.ident('region')} = {t.param} AND {t.ident('sale_date')} = {t.param}"
+    )
+
+
+def retractions_sql(t: SqlTarget, *, by_region: bool) -> str:
+    cols = t.cols([c.name for c in SALES_RETRACTIONS_COLUMNS])
+    where = f" WHERE {t.ident('region')} = {t.param}" if by_region else ""
+    order = t.cols(["region", "sale_id", "retracted_at"])
+    return f"SELECT {cols} FROM {t.table(SALES_RETRACTIONS)}{where} ORDER BY {order}"
 
 
 # --------------------------------------------------------------------------- schema history
@@ -426,7 +537,7 @@ def ledger_sql(t: SqlTarget, *, by_date: bool) -> str:
 
 def ledger_for_batch_sql(t: SqlTarget) -> str:
     """Params: (batch_id, region): that batch's ledger rows, latest first."""
-    cols = t.cols(["status", "rows_inserted", "rows_updated", "rows_unchanged"])
+    cols = t.cols(["status", "rows_inserted", "rows_updated", "rows_unchanged", "rows_deleted"])
     return (
         f"SELECT {cols} FROM {t.table(LEDGER)} "
         f"WHERE {t.ident('batch_id')} = {t.param} AND {t.ident('region')} = {t.param} "
@@ -562,6 +673,19 @@ class QueryMixin:
             for region, d, n, total in rows
         }
 
+    def day_keys(self, region: str, business_date: date) -> int:
+        """Rows (keys) ``sales_fact`` holds for (region, business_date)."""
+        rows = self._fetch(
+            day_keys_sql(self._t), [validate_identifier(region, "region"), business_date]
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def retractions(self, region: str | None = None) -> list[dict[str, Any]]:
+        """``sales_retractions`` rows (of one region), by key then time."""
+        params = [] if region is None else [validate_identifier(region, "region")]
+        rows = self._fetch(retractions_sql(self._t, by_region=region is not None), params)
+        return [_normalize(SALES_RETRACTIONS_COLUMNS, r) for r in rows]
+
     def latest_schema(self, region: str) -> str | None:
         """The region's most recently recorded source schema fingerprint, if any."""
         rows = self._fetch(latest_schema_sql(self._t), [validate_identifier(region, "region")])
@@ -588,7 +712,9 @@ class QueryMixin:
         - ``loaded_rows_in_batch_dates``: every row this batch wrote (``batch_id`` lineage) has
           ``sale_date`` = the business date;
         - ``ledger_recorded`` (per region): the batch's latest ledger row is 'loaded' with the
-          MERGE's counts.
+          MERGE's counts;
+        - ``retracted_keys_absent`` (per region): no key the batch recorded in
+          ``sales_retractions`` is still in ``sales_fact``.
         """
         checks = merge_checks(merge_results, transform_counts)
         regions = sorted({r.region for r in merge_results})
@@ -632,7 +758,7 @@ class QueryMixin:
                 latest is not None
                 and latest[0] == "loaded"
                 and [None if v is None else int(v) for v in latest[1:]]
-                == [r.inserted, r.updated, r.unchanged]
+                == [r.inserted, r.updated, r.unchanged, r.deleted]
             )
             checks.append(
                 CheckResult(
@@ -644,6 +770,20 @@ class QueryMixin:
                     "latest ledger row is 'loaded' with the MERGE counts"
                     if ok
                     else f"latest ledger row of batch {batch_id}: {latest!r}",
+                )
+            )
+            ((left,),) = self._fetch(
+                retracted_still_stored_sql(self._t), [r.region, batch_id, r.region]
+            )
+            checks.append(
+                CheckResult(
+                    "retracted_keys_absent",
+                    r.region,
+                    int(left),
+                    0,
+                    int(left) == 0,
+                    f"{r.deleted} row(s) removed from {SALES_FACT} into {SALES_RETRACTIONS}; "
+                    f"{int(left)} key(s) batch {batch_id} retracted are still stored",
                 )
             )
         return checks
