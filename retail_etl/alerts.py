@@ -332,6 +332,7 @@ def _render(
             f"{f.bullet}{f.bold('Loaded')}: "
             + ", ".join(
                 f"{o.region} ({o.rows_inserted:,} new, {o.rows_updated:,} updated"
+                + (f", {o.rows_deleted:,} retracted" if o.rows_deleted else "")
                 + (", verification failed" if o.status == "verify_failed" else "")
                 + ")"
                 for o in loaded

@@ -528,3 +528,20 @@ def test_a_deferred_region_is_no_failure_and_a_failed_lookback_pair_is_alerted()
     assert "2024-01-14 apac" not in alert.text  # loaded: nothing to report
     assert "`retail-etl backfill --start 2024-01-13 --end 2024-01-13 --changed-only`" in alert.text
     assert "Rerun" not in alert.text  # us_west is not due yet: nothing of today to rerun
+
+
+def test_retracted_rows_are_counted_in_the_alert():
+    summary = _summary(
+        us_east={"rows_extracted": 1050, "rows_retracted": 50, "rows_deleted": 3},
+        europe={"status": "load_failed", "error": "WarehouseLoadError: rolled back"},
+    )
+    message = build_alert_message(summary, flow_run_url=None)
+    loaded = next(line for line in message.text.splitlines() if "*Loaded*" in line)
+    assert "us_east (980 new, 10 updated, 3 retracted)" in loaded
+    assert "us_west (980 new, 10 updated)" in loaded
+    header = next(line for line in message.text.splitlines() if line.startswith("region "))
+    assert header.split() == [
+        "region", "status", "extracted", "accepted", "rejected", "retracted", "loaded", "removed"
+    ]  # fmt: skip
+    row = next(line for line in message.text.splitlines() if line.startswith("us_east "))
+    assert row.split() == ["us_east", "loaded", "1,050", "990", "10", "50", "990", "3"]

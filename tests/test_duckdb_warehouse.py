@@ -833,3 +833,12 @@ def test_a_failure_after_the_merge_rolls_back_retractions_and_rejects(
     assert after == before and wh.retractions() == []
     assert wh.load_region(_day_with_changes(loader, B2)).deleted == 3  # the rerun lands once
     assert wh.query("SELECT sale_id, batch_id FROM sales_rejects") == [(10, B2)]
+
+
+@pytest.mark.parametrize("kind", ["sales", "rejects", "retractions"])
+def test_stage_table_names_fit_for_the_longest_allowed_region(kind: str) -> None:
+    from retail_etl.settings import MAX_REGION_LENGTH
+
+    region = "r" * MAX_REGION_LENGTH
+    name = sql.stage_table_name(kind, "20240115_0123456789ab", region)  # type: ignore[arg-type]
+    assert len(name) <= 63 and name.endswith(region)

@@ -9,7 +9,7 @@ A region load::
     CREATE OR REPLACE TRANSIENT TABLE stg_sales_<batch>_<region>     -- DDL: auto-commits, so
                                                                     --   it runs before the txn
     COPY INTO it FROM @stage FILES = (<explicit keys>) ... MATCH_BY_COLUMN_NAME, FORCE; commit
-    the same for stg_rejects_... and stg_retractions_...
+    the same for stg_rejects_... and stg_retract_...
     checks: rows loaded == staged file rows, every row of this region, duplicate keys counted
     classify by a join, MERGE (source: the stage deduplicated with QUALIFY ROW_NUMBER() = 1),
         MERGE's (inserted, updated) must equal the classification

@@ -104,9 +104,13 @@ class SqlTarget:
 def stage_table_name(
     kind: Literal["sales", "rejects", "retractions"], batch_id: str, region: str
 ) -> str:
-    """Per-batch, per-region stage table: two runs (other dates = other batch ids) never share one."""
+    """Per-batch, per-region stage table: two runs (other dates = other batch ids) never share one.
+
+    Retractions stage as ``stg_retract_...``: no longer than ``stg_rejects_...``, the longest
+    name the region-length limit of the settings is computed for."""
     validate_identifier(region, "region")
-    return validate_identifier(f"stg_{kind}_{batch_id}_{region}", "stage table")
+    label = "retract" if kind == "retractions" else kind
+    return validate_identifier(f"stg_{label}_{batch_id}_{region}", "stage table")
 
 
 # --------------------------------------------------------------------------- DDL
