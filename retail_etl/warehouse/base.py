@@ -381,7 +381,7 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class TransformCounts:
-    """Per-region counts from the transform, for ``extracted = accepted + rejected``."""
+    """Per-region counts from the transform, for ``extracted = accepted + rejected + retracted``."""
 
     rows_extracted: int
     rows_accepted: int
