@@ -718,8 +718,6 @@ def main(argv: list[str] | None = None) -> int:
                 "RETAIL_ETL_STAGING_DIR": str(run_dir / "staging"),
                 "RETAIL_ETL_DUCKDB_PATH": str(run_dir / "warehouse.duckdb"),
                 "RETAIL_ETL_RETRY_BASE_SECONDS": "0",
-                # the seeded sources have no blocks on the bench's fresh server
-                "RETAIL_ETL_CREDENTIALS": "env",
             }
             extra = ["--profile", args.profile] if args.profile and i == 0 else []
             m = run_child(["ours", *common, *extra], env)
