@@ -700,7 +700,7 @@ def test_fingerprints_in_the_ledger_and_fact_day_stats(wh: DuckDBWarehouse, load
 
 def _day_with_changes(loader: Loader, batch_id: str) -> RegionLoad:
     """The source's day after a first load of 1..10: 1..6 unchanged, 7 refunded, 8 deleted,
-    9 hard-deleted (absent), 10 now rejected (its stored version stays)."""
+    9 hard-deleted (absent), 10 now rejected (its stored version leaves the fact too)."""
     return loader.stage_day(
         accepted_table("us_east", DAY, range(1, 7), batch_id=batch_id),
         "us_east",
@@ -728,14 +728,15 @@ def test_retractions_leave_the_fact_are_kept_and_a_rerun_changes_nothing(
 
     result = wh.load_region(_day_with_changes(loader, B2))
 
-    assert (result.inserted, result.updated, result.unchanged, result.deleted) == (0, 0, 6, 3)
-    assert sorted(r["sale_id"] for r in fact(wh, "us_east")) == [1, 2, 3, 4, 5, 6, 10]
+    assert (result.inserted, result.updated, result.unchanged, result.deleted) == (0, 0, 6, 4)
+    assert sorted(r["sale_id"] for r in fact(wh, "us_east")) == [1, 2, 3, 4, 5, 6]
     assert len(fact(wh, "europe")) == 3  # the same sale ids in another region stay
     retracted = {r["sale_id"]: r for r in wh.retractions("us_east")}
     assert {k: r["reason"] for k, r in retracted.items()} == {
         7: "status_refunded",
         8: "deleted",
         9: "missing_from_source",
+        10: "latest_version_rejected",
     }
     for sale_id, row in retracted.items():
         as_was = json.loads(row["row_values"])
@@ -744,9 +745,10 @@ def test_retractions_leave_the_fact_are_kept_and_a_rerun_changes_nothing(
         assert (row["batch_id"], row["sale_date"], row["region"]) == (B2, DAY, "us_east")
     assert json.loads(retracted[7]["source_values"])["status"] == "refunded"
     assert retracted[9]["source_values"] is None
+    assert json.loads(retracted[10]["source_values"]) == {"customer_id": None}  # its reject
     (entry,) = [e for e in wh.ledger() if e["batch_id"] == B2]
     assert (entry["rows_extracted"], entry["rows_accepted"]) == (9, 6)
-    assert (entry["rows_rejected"], entry["rows_retracted"], entry["rows_deleted"]) == (1, 2, 3)
+    assert (entry["rows_rejected"], entry["rows_retracted"], entry["rows_deleted"]) == (1, 2, 4)
     counts = {"us_east": TransformCounts(9, 6, 1, 2)}
     checks = wh.verify(B2, DAY, [result], transform_counts=counts)
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
@@ -831,7 +833,7 @@ def test_a_failure_after_the_merge_rolls_back_retractions_and_rejects(
 
     after = (fact(wh), wh.query("SELECT sale_id, batch_id FROM sales_rejects"), wh.ledger())
     assert after == before and wh.retractions() == []
-    assert wh.load_region(_day_with_changes(loader, B2)).deleted == 3  # the rerun lands once
+    assert wh.load_region(_day_with_changes(loader, B2)).deleted == 4  # the rerun lands once
     assert wh.query("SELECT sale_id, batch_id FROM sales_rejects") == [(10, B2)]
 
 

@@ -63,7 +63,9 @@ def test_source_changes_after_a_load_converge_and_reruns_change_nothing(env):
     state, _ = run_day(DAY)
     assert state.is_completed(), state.message
 
-    refunded, cancelled, soft_deleted, hard_deleted, corrected = _loaded_ids(env, "us_east", 5)
+    refunded, cancelled, soft_deleted, hard_deleted, corrected, broken = _loaded_ids(
+        env, "us_east", 6
+    )
     change = "UPDATE sales SET {} , updated_at = %s::timestamptz WHERE sale_id = %s"
     env.source("us_east", change.format("status = 'refunded'"), (LATER, refunded))
     env.source("us_east", change.format("status = ' Cancelled'"), (LATER, cancelled))
@@ -71,6 +73,8 @@ def test_source_changes_after_a_load_converge_and_reruns_change_nothing(env):
     env.source("us_east", "DELETE FROM sales WHERE sale_id = %s", (hard_deleted,))
     # a correction that keeps its updated_at: another store, same timestamp
     env.source("us_east", "UPDATE sales SET store_id = 999 WHERE sale_id = %s", (corrected,))
+    # a newer version that breaks the rules: the stored version must not stand in for it
+    env.source("us_east", change.format("customer_id = NULL"), (LATER, broken))
     # europe: two new sales with NUMERIC 'NaN' money
     for sale_id, discount, tax in ((9_000_001, "NaN", "0.50"), (9_000_002, "0.00", "NaN")):
         env.source(
@@ -98,7 +102,7 @@ def test_source_changes_after_a_load_converge_and_reruns_change_nothing(env):
     for region in REGIONS:  # sales_fact holds exactly the accepted latest versions
         assert env.fact(region, DAY) == env.expected_accepted(region, DAY), region
     east = summary.regions["us_east"]
-    assert (east.rows_inserted, east.rows_updated, east.rows_deleted) == (0, 1, 4)
+    assert (east.rows_inserted, east.rows_updated, east.rows_deleted) == (0, 1, 5)
     assert east.rows_extracted == before["us_east"][3] - 1  # the hard-deleted row is gone
     retracted = env.warehouse(
         "SELECT sale_id, reason, json_extract_string(row_values, '$.sale_id'), source_values, "
@@ -109,6 +113,7 @@ def test_source_changes_after_a_load_converge_and_reruns_change_nothing(env):
         cancelled: "status_cancelled",
         soft_deleted: "deleted",
         hard_deleted: "missing_from_source",
+        broken: "latest_version_rejected",
     }
     assert all(int(r[2]) == r[0] and r[4] == summary.batch_id for r in retracted)
     by_id = {r[0]: r for r in retracted}

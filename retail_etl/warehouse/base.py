@@ -169,7 +169,7 @@ SALES_RETRACTIONS_COLUMNS: tuple[WarehouseColumn, ...] = (
     _varchar("region"),
     _int("sale_id"),
     WarehouseColumn("sale_date", "DATE", "DATE"),  # of the removed row
-    _varchar("reason"),  # deleted, status_<status>, missing_from_source
+    _varchar("reason"),  # deleted, status_<status>, missing_from_source, latest_version_rejected
     _varchar("row_values"),  # JSON: the sales_fact row as it was
     _varchar("source_values"),  # JSON: the source version that retracted it (raw text)
     _varchar("batch_id"),

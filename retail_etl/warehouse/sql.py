@@ -393,22 +393,32 @@ def retract_listed_sql(t: SqlTarget, retractions_stage: str) -> str:
 def retract_missing_sql(
     t: SqlTarget, sales_stage: str, rejects_stage: str, retractions_stage: str
 ) -> str:
-    """Record in ``sales_retractions`` (reason ``missing_from_source``) the stored rows of
-    (region, business date) whose key the source's day no longer has at all: not accepted,
-    rejected or retracted. Params: (batch_id, flow_run_id, region, business_date). The stages
-    hold only this region's rows (checked before). Needed only when ``sales_fact`` held rows of
-    the day before the load."""
+    """Record in ``sales_retractions`` the stored rows of (region, business date) whose key the
+    source's day no longer offers as an accepted or retracted version: ``missing_from_source``
+    when the key is gone altogether, ``latest_version_rejected`` when its latest version is
+    rejected (the fact holds the accepted latest versions only; the reject says why, and the
+    key comes back when the source fixes it). Params: (batch_id, flow_run_id, region,
+    business_date). The stages hold only this region's rows (checked before). Needed only when
+    ``sales_fact`` held rows of the day before the load."""
     region, sale_id, sale_date = t.ident("region"), t.ident("sale_id"), t.ident("sale_date")
 
     def absent(stage: str) -> str:
         return f"NOT EXISTS (SELECT 1 FROM {t.table(stage)} x WHERE x.{sale_id} = f.{sale_id})"
 
+    # A rejected latest version is its key's one reject that is not an older version: those
+    # carry 'duplicate', which sorts first among the reasons (joined sorted by ';').
+    latest_reject = (
+        f"(SELECT max(x.{t.ident('raw_values')}) FROM {t.table(rejects_stage)} x "
+        f"WHERE x.{sale_id} = f.{sale_id} AND left(x.{t.ident('reasons')}, 9) <> 'duplicate')"
+    )
     return (
         f"{_retraction_insert(t)}"
-        f"SELECT f.{region}, f.{sale_id}, f.{sale_date}, 'missing_from_source', "
-        f"{_row_json(t, 'f')}, NULL, {t.param}, {t.param}, {t.now()} "
+        f"SELECT f.{region}, f.{sale_id}, f.{sale_date}, "
+        f"CASE WHEN {latest_reject} IS NULL THEN 'missing_from_source' "
+        f"ELSE 'latest_version_rejected' END, "
+        f"{_row_json(t, 'f')}, {latest_reject}, {t.param}, {t.param}, {t.now()} "
         f"FROM {t.table(SALES_FACT)} f WHERE f.{region} = {t.param} AND f.{sale_date} = {t.param} "
-        f"AND {absent(sales_stage)} AND {absent(rejects_stage)} AND {absent(retractions_stage)}"
+        f"AND {absent(sales_stage)} AND {absent(retractions_stage)}"
     )
 
 
