@@ -27,7 +27,7 @@ def flow_run_ui_url(flow_run_id: str) -> str | None:
         return None
 
 
-@flow(name="alert", validate_parameters=False)
+@flow(name="alert", flow_run_name="alert {summary.run_date}", validate_parameters=False)
 def alert(summary: RunSummary, report: QualityReport | None = None) -> bool:
     """Alert about one run (``report`` is the ``QualityReport`` if the gate ran)."""
     logger = get_run_logger()

@@ -1,25 +1,38 @@
 """Backfill flow ``retail-sales-backfill``: the daily pipeline over a date range, in date
-order, optionally only for the (region, date) pairs the load ledger does not show as loaded."""
+order, optionally only for the (region, date) pairs the load ledger does not show as loaded.
+
+Each day is a ``backfill-day`` task running ``retail-sales-etl`` as a subflow with its own
+alert turned off; a day that did not load every region ends Failed (task and subflow), and
+the backfill sends one summary alert for the whole range.
+"""
 
 from __future__ import annotations
 
 from datetime import date
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from blocks.notifications import send_alert
 from blocks.targets import open_targets
+from flows.alert import flow_run_ui_url
 from flows.etl import run_planned_day
+from retail_etl.alerts import alert_note, build_backfill_alert
 from retail_etl.backfill import (
     BackfillDay,
+    BackfillDayFailed,
     BackfillFailed,
     BackfillResult,
     LedgerState,
+    backfill_outcome,
+    day_result,
     note_skipped_states,
     plan_backfill,
     plan_changed,
+    range_label,
     summary_rows,
 )
 from retail_etl.settings import get_settings
@@ -35,13 +48,43 @@ def loaded_pairs_task(start: date, end: date) -> set[tuple[str, date]]:
 
 
 @task(name="backfill-day", task_run_name="backfill-{day.run_date}")
-def run_day_task(day: BackfillDay) -> BackfillResult:
-    """One date of the backfill: the daily flow as a subflow for the regions still to do."""
-    return run_planned_day(day)
+def run_day_task(day: BackfillDay) -> State:
+    """One date of the backfill: the daily flow as a subflow for the regions still to do,
+    without its own alert. Failed (carrying the day's result) when a region was not loaded."""
+    result = run_planned_day(day, send_alerts=False)
+    if result.failed:
+        return Failed(message=result.message, data=BackfillDayFailed(result.message, result))
+    return Completed(message=result.message, data=result)
+
+
+@task(name="backfill-alert")
+def send_backfill_alert_task(
+    start: date, end: date, results: list[BackfillResult], flow_run_id: str | None
+) -> bool:
+    """The backfill's one alert: an artifact and one Slack message (never raises)."""
+    message = build_backfill_alert(
+        start, end, results, flow_run_url=flow_run_ui_url(flow_run_id) if flow_run_id else None
+    )
+    create_markdown_artifact(
+        key=f"alert-backfill-{start.isoformat()}-{end.isoformat()}",
+        markdown=message.markdown,
+        description=message.title,
+    )
+    return send_alert(message, get_settings(fresh=True), logger=get_run_logger())
+
+
+def backfill_run_name() -> str:
+    """``backfill 2024-01-01..01-31``."""
+    params = flow_run.parameters
+    start, end = params["start_date"], params["end_date"]
+    if isinstance(start, str):
+        start, end = date.fromisoformat(start), date.fromisoformat(end)
+    return f"backfill {range_label(start, end)}"
 
 
 @flow(
     name="retail-sales-backfill",
+    flow_run_name=backfill_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
     validate_parameters=True,
 )
@@ -80,9 +123,8 @@ def retail_sales_backfill(
     else:
         plan = plan_backfill(start, end, chosen, missing_only=missing_only, loaded=loaded)
     logger.info(
-        "Backfill %s..%s: %d date(s), %d (region, date) pair(s) to run",
-        start,
-        end,
+        "Backfill %s: %d date(s), %d (region, date) pair(s) to run",
+        range_label(start, end),
         len(plan),
         sum(len(d.regions) for d in plan),
     )
@@ -90,7 +132,9 @@ def retail_sales_backfill(
     window = max(1, max_concurrent_days)
     for offset in range(0, len(plan), window):
         futures = [run_day_task.submit(day) for day in plan[offset : offset + window]]
-        results.extend(f.result() for f in futures)
+        for future in futures:
+            future.wait()
+            results.append(day_result(future.state.result(raise_on_failure=False)))
 
     if changed_only:  # pairs skipped as unchanged may be in any state
         note_skipped_states(results, ledger)
@@ -99,19 +143,12 @@ def retail_sales_backfill(
         table=summary_rows(results),
         description=f"Backfill {start}..{end} ({_mode(missing_only, changed_only)})",
     )
-    failed = [
-        f"{r.run_date} {region}: {status}"
-        for r in results
-        for region, status in r.statuses.items()
-        if status != "loaded"
-    ]
-    ran = sum(len(r.regions) for r in results)
-    if failed:
-        message = f"backfill {start}..{end}: {len(failed)} of {ran} failed: " + "; ".join(failed)
-        return Failed(message=message, data=BackfillFailed(message, results))
-    return Completed(
-        message=f"backfill {start}..{end}: {ran} (region, date) pair(s) loaded", data=results
-    )
+    ok, message = backfill_outcome(start, end, results)
+    if ok:
+        return Completed(message=message, data=results)
+    sent = send_backfill_alert_task(start, end, results, flow_run.get_id())
+    message += alert_note(sent=sent)
+    return Failed(message=message, data=BackfillFailed(message, results))
 
 
 def _mode(missing_only: bool, changed_only: bool) -> str:

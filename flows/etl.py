@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import date
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
@@ -17,7 +18,8 @@ from flows.alert import alert
 from flows.load import load_batch
 from flows.transform import transform_batch
 from flows.validate import validate_batch
-from retail_etl import closing
+from retail_etl import closing, progress
+from retail_etl.alerts import alert_note
 from retail_etl.backfill import BackfillDay, BackfillResult, plan_changed
 from retail_etl.closing import lookback_window, split_closed
 from retail_etl.housekeeping import RunDirClaim, claim_run_dir
@@ -47,8 +49,24 @@ from tasks.warehouse import (
 )
 
 
+def etl_run_name() -> str:
+    """``retail-sales-etl 2024-01-15``: the business date (the default resolved as the run
+    itself resolves it, from the scheduled start time)."""
+    day = flow_run.parameters.get("run_date")
+    if not day:
+        try:
+            day = closing.business_date_for(
+                flow_run.scheduled_start_time or closing.now_utc(),
+                get_settings(fresh=True).timezone,
+            )
+        except ValueError:  # invalid settings: the run itself reports them
+            day = "(default date)"
+    return f"retail-sales-etl {day}"
+
+
 @flow(
     name="retail-sales-etl",
+    flow_run_name=etl_run_name,
     task_runner=ConfiguredTaskRunner(max_workers=8),  # threads or Dask: RETAIL_ETL_TASK_RUNNER
     validate_parameters=True,
 )
@@ -56,12 +74,15 @@ def retail_sales_etl(
     run_date: date | None = None,
     regions: list[str] | None = None,
     lookback_days: int | None = None,
+    send_alerts: bool = True,
 ) -> State:
     """Consolidate one business day of sales from every region into the warehouse.
 
     ``run_date`` defaults to the day before the run's scheduled start time; regions whose day
     is not closed yet are deferred. Then the ``lookback_days`` days before (default
     ``RETAIL_ETL_LOOKBACK_DAYS``) are re-checked and their drifted pairs reprocessed.
+    ``send_alerts=False`` (the backfill) leaves alerting to the caller, which sends one
+    summary for every day.
     """
     logger = get_run_logger()
     settings = get_settings(fresh=True)
@@ -79,7 +100,9 @@ def retail_sales_etl(
     if not prepared.is_completed():
         error = f"the warehouse could not be prepared: {prepared.message}"
         summary.fail_regions(ctx.regions, "load_failed", error)
-        return _finish(summary, None, settings, run_dir, ledger_for=ctx.regions)
+        return _finish(
+            summary, None, settings, run_dir, ledger_for=ctx.regions, send_alerts=send_alerts
+        )
     # Threads or Dask, resolved here in the flow process before any extraction. A runner
     # that cannot run tasks (Dask: no Prefect API the workers reach, no scheduler, no
     # workers, a local cluster that cannot start) fails every region with its cause.
@@ -88,7 +111,7 @@ def retail_sales_etl(
     summary.stage_seconds["task_runner"] = time.perf_counter() - started
     if runner_error is not None:
         summary.fail_regions(ctx.regions, "extract_failed", runner_error)
-        return _finish(summary, None, settings, run_dir)
+        return _finish(summary, None, settings, run_dir, send_alerts=send_alerts)
 
     # The right day, closed: a region whose business day has not ended (+ grace) waits.
     closed, deferrals = split_closed(ctx.regions, ctx.run_date, settings, closing.now_utc())
@@ -122,7 +145,7 @@ def retail_sales_etl(
             summary.record_lookback(results, {f"{d} {r}": why for (r, d), why in reasons.items()})
         else:
             summary.ledger_errors.append(f"reading the ledger for the lookback: {ledger.message}")
-    return _finish(summary, report, settings, run_dir, ledger_for=crashed)
+    return _finish(summary, report, settings, run_dir, ledger_for=crashed, send_alerts=send_alerts)
 
 
 def _run_closed_regions(
@@ -226,8 +249,10 @@ def _finish(
     run_dir: RunDirClaim,
     *,
     ledger_for: Sequence[str] = (),
+    send_alerts: bool = True,
 ) -> State:
-    """Ledger rows the load did not write, the alert, the run's folder, the final state."""
+    """Ledger rows the load did not write, the alert, the summary artifact, the run's folder,
+    the final state (its message says whether the problem was alerted)."""
     logger = get_run_logger()
     # Regions that never reached a MERGE still get a ledger row, so backfills find them.
     unloaded = ledger_entries(summary, also=ledger_for)
@@ -235,10 +260,21 @@ def _finish(
         ledger_state = record_ledger_task(unloaded, settings, return_state=True)
         if not ledger_state.is_completed():
             summary.ledger_errors.append(ledger_state.message or "recording the ledger failed")
-    if summary.needs_alert:
-        alert(summary, report, return_state=True)
+    alerted = summary.needs_alert and send_alerts
+    sent = False
+    if alerted:
+        alert_state = alert(summary, report, return_state=True)
+        sent = bool(alert_state.is_completed() and alert_state.result())
 
     ok, message = summary.outcome()
+    if not ok:
+        message += alert_note(sent=sent, by_backfill=not send_alerts)
+    progress.finished(summary)
+    create_markdown_artifact(
+        key=f"summary-{summary.run_date.isoformat()}",
+        markdown=summary.to_markdown(alerted=alerted, state_message=message),
+        description=summary.headline(),
+    )
     logger.info("%s", summary.render_text())
     # Everything a rerun or a resume needs is staged, not in here.
     run_dir.release(remove=not settings.keep_run_dir)
@@ -247,18 +283,23 @@ def _finish(
     return Failed(message=message, data=PipelineRunFailed(message, summary))
 
 
-def run_planned_day(day: BackfillDay) -> BackfillResult:
+def run_planned_day(day: BackfillDay, *, send_alerts: bool = True) -> BackfillResult:
     """One date of a plan (backfill or lookback): this flow as a subflow for the regions still
-    to do, without a lookback of its own."""
+    to do, without a lookback of its own (``send_alerts=False``: the caller alerts once)."""
     result = BackfillResult(day.run_date, day.regions, day.skipped)
     if not day.regions:
         result.message = "nothing to do"
         return result
     state = retail_sales_etl(
-        run_date=day.run_date, regions=list(day.regions), lookback_days=0, return_state=True
+        run_date=day.run_date,
+        regions=list(day.regions),
+        lookback_days=0,
+        send_alerts=send_alerts,
+        return_state=True,
     )
     summary = summary_from_result(state.result(raise_on_failure=False))
     result.message = state.message or state.name or ""
+    result.summary = summary
     if summary is None:
         result.statuses = dict.fromkeys(day.regions, "failed")
     else:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 
+from retail_etl import humanize, progress
 from retail_etl.contract import BATCH_REGION
 from retail_etl.quality import QualityReport
 from retail_etl.redact import scrub_secrets
@@ -73,7 +74,11 @@ def _record(outcome: LoadOutcome, entries: list[LedgerEntry], settings: Settings
         outcome.ledger_errors.append(state.message or "recording the ledger failed")
 
 
-@flow(name="load-batch", task_runner=ConfiguredTaskRunner(max_workers=4))
+@flow(
+    name="load-batch",
+    flow_run_name="load {ctx.run_date}",
+    task_runner=ConfiguredTaskRunner(max_workers=4),
+)
 def load_batch(
     results: dict[str, RegionTransformResult],
     report: QualityReport,
@@ -85,6 +90,8 @@ def load_batch(
     outcome = LoadOutcome()
     started = time.perf_counter()
     regions = list(results)
+    for region in regions:
+        progress.report(region, "loading")
     # Staging is independent per region; the warehouse takes one MERGE at a time.
     staged_futures = stage_region_task.map(
         [results[r] for r in regions], ctx=unmapped(ctx), settings=unmapped(settings)
@@ -170,13 +177,13 @@ def load_batch(
         table=[
             {
                 "region": m.region,
-                "staged": m.staged_rows,
-                "inserted": m.inserted,
-                "updated": m.updated,
-                "unchanged": m.unchanged,
-                "retracted": m.deleted,
-                "rejects": m.rejects,
-                "seconds": round(m.seconds, 3),
+                "staged": humanize.count(m.staged_rows),
+                "inserted": humanize.count(m.inserted),
+                "updated": humanize.count(m.updated),
+                "unchanged": humanize.count(m.unchanged),
+                "retracted": humanize.count(m.deleted),
+                "rejects": humanize.count(m.rejects),
+                "seconds": humanize.seconds(m.seconds),
             }
             for m in outcome.merges.values()
         ]

@@ -19,6 +19,7 @@ from tasks.transform import ExtractFeed, RegionTransforms
 
 @flow(
     name="transform-batch",
+    flow_run_name="transform {ctx.run_date}",
     task_runner=ConfiguredTaskRunner(max_workers=4),
     validate_parameters=False,  # the feed is a live in-process object
 )

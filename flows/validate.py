@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from retail_etl import progress
 from retail_etl.quality import QualityReport, QualityThresholds, evaluate_batch
 from retail_etl.run import RunContext
 from retail_etl.settings import Settings
@@ -12,11 +13,13 @@ from retail_etl.transform import RegionTransformResult
 from tasks.warehouse import read_history_task, read_stored_keys_task
 
 
-@flow(name="validate-batch")
+@flow(name="validate-batch", flow_run_name="validate {ctx.run_date}")
 def validate_batch(
     results: dict[str, RegionTransformResult], ctx: RunContext, settings: Settings
 ) -> QualityReport:
     logger = get_run_logger()
+    for region in results:
+        progress.report(region, "validating")
     thresholds = QualityThresholds.from_settings(settings)
     history = read_history_task(list(results), ctx.run_date, settings)
     stored_keys = read_stored_keys_task(list(results), ctx.run_date, settings)

@@ -13,12 +13,21 @@ results, ids and error texts, and error texts are scrubbed of URL credentials
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING, Protocol
 
+from retail_etl import humanize
+from retail_etl.backfill import (
+    BackfillResult,
+    backfill_outcome,
+    date_spans,
+    group_problems,
+    pair_problem,
+    range_label,
+)
 from retail_etl.contract import BATCH_REGION
-from retail_etl.quality import format_measure
 from retail_etl.redact import scrub_secrets
 from retail_etl.run import RegionOutcome, RunSummary
 
@@ -26,10 +35,30 @@ if TYPE_CHECKING:
     from retail_etl.quality import QualityReport
 
 __all__ = [
+    "ALERTED_MARK",
     "AlertMessage",
+    "alert_note",
     "build_alert_message",
+    "build_backfill_alert",
     "rerun_commands",
 ]
+
+#: In the final state message of a failed run whose problem a person has already been told
+#: about (its own alert, or the summary alert of the backfill it belongs to). The failure
+#: automation (``retail_etl.automations``) does not fire for state messages holding it, so
+#: every problem gives one Slack message; a run that could not alert (crashed, killed,
+#: invalid parameters, Slack down) lacks it and the automation speaks for it.
+ALERTED_MARK = "; alerted "
+
+
+def alert_note(*, sent: bool, by_backfill: bool = False) -> str:
+    """The end of a failed run's state message: whether (and where) it was reported."""
+    if by_backfill:
+        return ALERTED_MARK + "in the backfill's summary"
+    if sent:
+        return ALERTED_MARK + "on Slack"
+    return "; the alert could not be sent (see the run's logs)"
+
 
 FLOW_NAME = "retail-sales-etl"
 DAILY_DEPLOYMENT = f"{FLOW_NAME}/daily"
@@ -73,6 +102,10 @@ class _Check(Protocol):
     def threshold(self) -> float | None: ...
     @property
     def detail(self) -> str: ...
+    @property
+    def measured_text(self) -> str: ...
+    @property
+    def threshold_text(self) -> str: ...
 
 
 def rerun_commands(summary: RunSummary) -> list[str]:
@@ -206,8 +239,8 @@ def _clean_error(error: str | None) -> str:
 def _check_line(check: _Check, f: _Format) -> str:
     where = "batch" if check.region == BATCH_REGION else check.region
     line = (
-        f"{f.code(check.name)} ({f.escape(where)}): measured {format_measure(check.name, check.measured)}"
-        f" vs threshold {format_measure(check.name, check.threshold)}"
+        f"{f.code(check.name)} ({f.escape(where)}): measured {check.measured_text}"
+        f" vs threshold {check.threshold_text}"
     )
     if check.detail:
         line += f" ({f.escape(_clean_error(check.detail))})"
@@ -372,3 +405,105 @@ def _rows_table(outcomes: Iterable[RegionOutcome]) -> list[str]:
             f"{o.rows_rejected:>9,} {o.rows_retracted:>9,} {loaded:>10,} {o.rows_deleted:>8,}"
         )
     return rows
+
+
+# --- a backfill: one message for the whole range -----------------------------------------------
+
+BACKFILL_DEPLOYMENT = "retail-sales-backfill/backfill"
+
+
+def build_backfill_alert(
+    start: date,
+    end: date,
+    results: Sequence[BackfillResult],
+    *,
+    flow_run_url: str | None = None,
+) -> AlertMessage:
+    """One message for a backfill: the pairs not loaded grouped by problem (an empty source
+    day named as such), each with its regions and date ranges, and the one command that
+    reruns exactly what is missing."""
+    ok, _ = backfill_outcome(start, end, results)
+    label = range_label(start, end)
+    ran = sum(len(r.regions) for r in results)
+    failed = sum(1 for r in results for s in r.statuses.values() if s != "loaded")
+    title = (
+        f"retail-sales-backfill {label}: OK, {ran:,} (region, date) pair(s) loaded"
+        if ok
+        else f"retail-sales-backfill {label} FAILED: {failed:,} of {ran:,} (region, date) "
+        "pair(s) not loaded"
+    )
+    return AlertMessage(
+        title=title,
+        text=_render_backfill(start, end, results, flow_run_url, _SLACK),
+        markdown=f"# {_MARKDOWN.escape(title)}\n\n"
+        + _render_backfill(start, end, results, flow_run_url, _MARKDOWN),
+    )
+
+
+def _render_backfill(
+    start: date,
+    end: date,
+    results: Sequence[BackfillResult],
+    flow_run_url: str | None,
+    f: _Format,
+) -> str:
+    run_ref = f.link(flow_run_url, "flow run") if flow_run_url else "flow run"
+    days = len(results)
+    lines = [f"Business dates {f.bold(range_label(start, end))} ({days:,} day(s)) · {run_ref}", ""]
+    groups = group_problems(results)
+    if groups:
+        lines.append(f.bold("Not loaded"))
+        for problem, by_region in groups.items():
+            pairs = sum(len(d) for d in by_region.values())
+            lines.append(f"{f.bullet}{f.bold(f.escape(problem))} ({pairs:,} pair(s)):")
+            # regions with the same dates on one line
+            by_dates: dict[str, list[str]] = {}
+            for region, region_days in by_region.items():
+                by_dates.setdefault(date_spans(region_days), []).append(region)
+            for spans, regions in by_dates.items():
+                lines.append(f"{f.sub}{', '.join(f.code(r) for r in regions)}: {spans}")
+            example = _example_error(results, problem)
+            if example:
+                lines.append(f"{f.sub}e.g. {f.escape(_clean_error(example))}")
+        lines.append("")
+    loaded = sum(1 for r in results for s in r.statuses.values() if s == "loaded")
+    skipped = sum(len(r.skipped) for r in results)
+    rows = sum(
+        o.rows_accepted
+        for r in results
+        if r.summary is not None
+        for o in r.summary.regions.values()
+        if o.status == "loaded"
+    )
+    lines.append(
+        f"{f.bullet}{f.bold('Loaded')}: {loaded:,} pair(s), {humanize.count(rows)} accepted rows"
+        + (f"; {skipped:,} already loaded, skipped" if skipped else "")
+    )
+    if groups:
+        lines += [
+            "",
+            f"{f.bold('Rerun what is missing')} after fixing the cause (loads are idempotent):",
+            f"{f.bullet}"
+            + f.code(
+                f"retail-etl backfill --start {start.isoformat()} --end {end.isoformat()} "
+                "--missing-only"
+            ),
+            f"{f.bullet}"
+            + f.code(
+                f"prefect deployment run '{BACKFILL_DEPLOYMENT}' -p start_date={start.isoformat()}"
+                f" -p end_date={end.isoformat()} -p missing_only=true"
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def _example_error(results: Sequence[BackfillResult], problem: str) -> str | None:
+    """The first region error behind ``problem`` (errors differ per pair; one shows the kind)."""
+    for result in results:
+        if result.summary is None:
+            continue
+        for region in result.regions:
+            outcome = result.summary.regions.get(region)
+            if outcome is not None and outcome.error and pair_problem(result, region) == problem:
+                return f"{result.run_date} {region}: {outcome.error}"
+    return None

@@ -4,10 +4,13 @@
 was killed: it can neither finish nor alert) is marked Crashed by the server once no heartbeat
 came for ``zombie_after_seconds``; deployments send one every 60 s (prefect.yaml).
 
-:data:`FAILURE_AUTOMATION`: when a flow run of ``retail-sales-etl`` or
-``retail-sales-backfill`` enters Failed or Crashed, the Prefect server sends a notification
-through the Slack block (``settings.slack_block``). It fires even when the flow process dies
-and cannot send its own alert (Crashed), which the ``alert`` subflow cannot cover.
+The other, :data:`FAILURE_AUTOMATION`: when a flow run of ``retail-sales-etl`` or
+``retail-sales-backfill`` enters Failed or Crashed **without having alerted** (its state
+message lacks :data:`~retail_etl.alerts.ALERTED_MARK`), the Prefect server sends a
+notification through the Slack block (``settings.slack_block``). That covers what the flow's
+own ``alert`` cannot: a process that died or was killed (Crashed; zombie runs the server marks
+Crashed), invalid parameters, a failure before the alert, Slack down at alert time. A run that
+alerted, and each day of a backfill (the backfill sends one summary), gets no second message.
 
 Installing is idempotent: an automation of the same name is updated in place (duplicates of
 that name are deleted), so running the command after a change replaces the old definition.
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from retail_etl.alerts import ALERTED_MARK
 from retail_etl.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,10 +33,12 @@ FAILURE_AUTOMATION = "retail-etl-flow-run-failed"
 WATCHED_FLOWS: tuple[str, ...] = ("retail-sales-etl", "retail-sales-backfill")
 FAILURE_STATES: tuple[str, ...] = ("Failed", "Crashed")
 
-# Jinja, rendered by the server with the flow run, its flow and deployment. Parameters are
-# dates and region names only; the state message is the run's own (already clean) summary.
+# Jinja, rendered by the server with the flow run, its flow and deployment. It only speaks for
+# runs that could not alert themselves (the trigger skips ALERTED_MARK): crashed or killed runs
+# (a rerun is suggested: nothing was decided), and runs that failed before their own alert,
+# e.g. on invalid parameters (no rerun suggested: the same parameters would fail again).
 FAILURE_SUBJECT = (
-    "*{{ flow.name }} flow run `{{ flow_run.name }}` entered {{ flow_run.state.name }}* "
+    "*{{ flow_run.name }} {{ flow_run.state.name }}*: the run could not send its own alert "
     "(Prefect automation)"
 )
 FAILURE_BODY = """\
@@ -40,10 +46,16 @@ Flow run: {{ flow_run.id }}{% if flow_run|ui_url %} <{{ flow_run|ui_url }}|open 
 Deployment: {{ deployment.name if deployment else 'none (run outside a deployment)' }}
 Parameters: `{{ flow_run.parameters | tojson }}`
 State message: {{ flow_run.state.message or '(none)' }}
-{% if flow.name == 'retail-sales-etl' and flow_run.parameters.get('run_date') %}\
-Rerun: `prefect deployment run 'retail-sales-etl/daily' -p \
-run_date={{ flow_run.parameters.get('run_date') }}` \
-or `retail-etl run --date {{ flow_run.parameters.get('run_date') }}`
+{% if flow_run.state.type.value == 'CRASHED' %}\
+The process stopped before the run finished (crashed or killed): what was merged before is \
+committed per region, the rest was not loaded. After checking the worker, run the same \
+deployment again with the same parameters{% if flow.name == 'retail-sales-etl' %} \
+(`retail-etl run` with the date in the run name){% endif %}; loads are idempotent.
+{% elif 'flow parameters failed' in (flow_run.state.message or '') or 'unknown region' in (flow_run.state.message or '') %}\
+The run was given invalid parameters and did nothing: correct them before running again.
+{% else %}\
+The run ended without its own alert reaching Slack (it failed before alerting, or Slack was \
+unreachable then): see its state message and logs.
 {% endif %}\
 """
 
@@ -112,12 +124,17 @@ def failure_automation(block_document_id: Any, name: str = FAILURE_AUTOMATION) -
             + " or ".join(WATCHED_FLOWS)
             + " flow run enters "
             + " or ".join(FAILURE_STATES)
-            + " (installed by `retail-etl automations install`)."
+            + " without having sent its own alert (installed by `retail-etl automations "
+            "install`)."
         ),
         enabled=True,
         trigger=EventTrigger(
             expect={f"prefect.flow-run.{state}" for state in FAILURE_STATES},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
+            # Every label must match; "!" negates: only runs that did not alert themselves.
+            match={
+                "prefect.resource.id": "prefect.flow-run.*",
+                "prefect.state-message": f"!*{ALERTED_MARK}*",
+            },
             match_related={
                 "prefect.resource.role": "flow",
                 "prefect.resource.name": list(WATCHED_FLOWS),

@@ -73,6 +73,12 @@ class BackfillResult:
     #: region -> latest ledger status of a skipped pair, when not 'loaded' ("never run": none)
     skipped_status: dict[str, str] = field(default_factory=dict)
     message: str = ""
+    #: the day's :class:`~retail_etl.run.RunSummary` (None if the day's run had none)
+    summary: Any = None
+
+    @property
+    def failed(self) -> bool:
+        return any(status != "loaded" for status in self.statuses.values())
 
 
 class BackfillFailed(Exception):
@@ -84,6 +90,101 @@ class BackfillFailed(Exception):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (BackfillFailed, (str(self), self.results))
+
+
+class BackfillDayFailed(Exception):
+    """The data of a Failed ``backfill-day`` task: the day's message, its result attached."""
+
+    def __init__(self, message: str, result: BackfillResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (BackfillDayFailed, (str(self), self.result))
+
+
+def day_result(outcome: object) -> BackfillResult:
+    """The :class:`BackfillResult` of a finished ``backfill-day`` task (Completed or Failed)."""
+    if isinstance(outcome, BackfillResult):
+        return outcome
+    if isinstance(outcome, BackfillDayFailed):
+        return outcome.result
+    raise TypeError(f"a backfill day ended without its result: {outcome!r}")
+
+
+def range_label(start: date, end: date) -> str:
+    """``2024-01-01..01-31`` (the end shortened when it shares the start's year)."""
+    if start == end:
+        return start.isoformat()
+    tail = f"{end:%m-%d}" if end.year == start.year else end.isoformat()
+    return f"{start.isoformat()}..{tail}"
+
+
+def date_spans(days: Sequence[date], limit: int = 6) -> str:
+    """Consecutive dates as ranges: ``2024-01-02..01-05, 2024-01-09`` (at most ``limit``
+    ranges, then how many more)."""
+    ordered = sorted(set(days))
+    spans: list[tuple[date, date]] = []
+    for day in ordered:
+        if spans and day == spans[-1][1] + timedelta(days=1):
+            spans[-1] = (spans[-1][0], day)
+        else:
+            spans.append((day, day))
+    shown = ", ".join(range_label(a, b) for a, b in spans[:limit])
+    return shown + (f" and {len(spans) - limit} more range(s)" if len(spans) > limit else "")
+
+
+def pair_problem(result: BackfillResult, region: str) -> str | None:
+    """Why a (date, region) pair of a backfill is not loaded, in words shared by many pairs
+    (the alert groups by it); None if it is loaded."""
+    status = result.statuses.get(region, "unknown")
+    if status == "loaded":
+        return None
+    outcome = result.summary.regions.get(region) if result.summary is not None else None
+    if outcome is not None and status == "gate_failed" and outcome.rows_extracted == 0:
+        return "the source holds 0 rows"
+    if status == "gate_failed":
+        return "quality gate failed"
+    labels = {
+        "extract_failed": "extraction failed",
+        "transform_failed": "transform failed",
+        "load_failed": "load failed",
+        "verify_failed": "verification failed",
+        "deferred": "deferred (the region's day had not closed)",
+    }
+    return labels.get(status, f"run ended {status}")
+
+
+def group_problems(results: Sequence[BackfillResult]) -> dict[str, dict[str, list[date]]]:
+    """problem -> region -> dates, for every pair that is not loaded."""
+    groups: dict[str, dict[str, list[date]]] = {}
+    for result in results:
+        for region in result.regions:
+            problem = pair_problem(result, region)
+            if problem is not None:
+                groups.setdefault(problem, {}).setdefault(region, []).append(result.run_date)
+    return groups
+
+
+def backfill_outcome(start: date, end: date, results: Sequence[BackfillResult]) -> tuple[bool, str]:
+    """(every pair loaded, the one-line state message of the backfill run)."""
+    ran = sum(len(r.regions) for r in results)
+    skipped = sum(len(r.skipped) for r in results)
+    failed_days = [r.run_date for r in results if r.failed]
+    failed = sum(1 for r in results for s in r.statuses.values() if s != "loaded")
+    label = f"backfill {range_label(start, end)}"
+    skip = f", {skipped:,} already loaded (skipped)" if skipped else ""
+    if not failed:
+        return True, f"{label}: {ran:,} (region, date) pair(s) loaded{skip}"
+    problems = "; ".join(
+        f"{problem}: {sum(len(days) for days in by_region.values()):,}"
+        for problem, by_region in group_problems(results).items()
+    )
+    return False, (
+        f"{label}: {failed:,} of {ran:,} (region, date) pair(s) not loaded on "
+        f"{len(failed_days):,} day(s) ({date_spans(failed_days)}); {problems}; "
+        f"{ran - failed:,} loaded{skip}"
+    )
 
 
 def date_range(start: date, end: date) -> list[date]:

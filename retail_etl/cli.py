@@ -1,4 +1,9 @@
-"""``retail-etl``: the command line (seed, blocks, run, demo, backfill, audit, automations)."""
+"""``retail-etl``: the command line (seed, blocks, run, demo, backfill, audit, automations, cleanup,
+query).
+
+Arguments are checked before any flow starts (unknown regions, a reversed range, settings
+that do not parse): a usage error exits 2 with a one-line message and creates no flow run.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,79 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import date
+from pathlib import Path
 
 DEMO_DATE = date(2024, 1, 15)
+DESCRIPTION = (
+    "retail-etl: seed demo sources, register Prefect blocks and automations, and run the "
+    "retail-sales-etl pipeline for a day or a range of days."
+)
+
+
+class UsageError(ValueError):
+    """Arguments or settings a command cannot run with (exit 2, no flow run)."""
+
+
+def load_env_file(path: str) -> list[str]:
+    """``KEY=VALUE`` lines (``#`` comments, optional ``export``, optional quotes) into the
+    environment; variables already set win. Returns the names it set (never values)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read env file {path}: {exc.strerror}") from exc
+    names = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].strip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "").isalnum():
+            raise UsageError(f"env file {path}, line {number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if key not in os.environ:
+            os.environ[key] = value
+            names.append(key)
+    return names
+
+
+def check_settings(regions: Sequence[str] | None = None) -> list[str]:
+    """Load and check every setting a run reads, and ``regions`` against the configured ones;
+    the regions to run. ``UsageError`` naming the problem."""
+    from retail_etl.quality import QualityThresholds
+    from retail_etl.settings import get_settings
+
+    try:
+        settings = get_settings(fresh=True)
+        configured = settings.regions
+        for region in configured:
+            settings.column_aliases_for(region)
+            settings.extract_splits_for(region)
+        QualityThresholds.from_settings(settings)
+    except ValueError as exc:  # SettingsError and the checks of derived settings
+        raise UsageError(f"RETAIL_ETL_* settings: {exc}") from exc
+    chosen = list(regions) if regions else configured
+    unknown = [r for r in chosen if r not in configured]
+    if unknown:
+        raise UsageError(
+            f"unknown region(s) {', '.join(unknown)}; configured regions are "
+            f"{', '.join(configured)} (RETAIL_ETL_REGIONS)"
+        )
+    return chosen
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from exc
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def _regions(value: str | None) -> list[str] | None:
@@ -111,13 +187,16 @@ def _check_task_runner() -> None:
 def run_pipeline(
     run_date: date | None, regions: list[str] | None, lookback_days: int | None = None
 ) -> tuple[bool, str]:
-    """Run the flow in this process; (every requested region loaded, summary text)."""
+    """Run the flow in this process, showing live progress; (every requested region loaded,
+    summary text)."""
     _quiet_offline_prefect()
     _check_task_runner()
     from flows.etl import retail_sales_etl
+    from retail_etl.progress import ProgressDisplay
     from retail_etl.run import summary_from_result
 
-    with _without_heartbeat():
+    display = ProgressDisplay(sys.stdout)
+    with _without_heartbeat(), display.running():
         state = retail_sales_etl(
             run_date=run_date, regions=regions, lookback_days=lookback_days, return_state=True
         )
@@ -127,10 +206,30 @@ def run_pipeline(
     return bool(state.is_completed() and summary.succeeded), summary.render_text()
 
 
+def check_run(args: argparse.Namespace) -> None:
+    check_settings(_regions(args.regions))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    ok, text = run_pipeline(args.date, _regions(args.regions), args.lookback_days)
+    day = args.date or _default_date()
+    print(f"running retail-sales-etl for {day} ...", flush=True)
+    ok, text = run_pipeline(day, _regions(args.regions), args.lookback_days)
     print(text)
     return 0 if ok else 1
+
+
+def _default_date() -> date:
+    """The run's own default: the day before now in RETAIL_ETL_TIMEZONE."""
+    from retail_etl.closing import business_date_for, now_utc
+    from retail_etl.settings import get_settings
+
+    return business_date_for(now_utc(), get_settings(fresh=True).timezone)
+
+
+def check_backfill(args: argparse.Namespace) -> None:
+    if args.end < args.start:
+        raise UsageError(f"--end {args.end} is before --start {args.start}")
+    check_settings(_regions(args.regions))
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -157,7 +256,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return 1
     for row in summary_rows(results):
         print(f"{row['date']}  {row['region']:<10} {row['action']:<26} {row['status']}")
-    print(state.message or state.name)
+    print(("OK   " if state.is_completed() else "FAIL ") + (state.message or state.name or ""))
     return 0 if state.is_completed() else 1
 
 
@@ -271,14 +370,20 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="retail-etl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="retail-etl", description=DESCRIPTION)
+    parser.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="read KEY=VALUE settings (RETAIL_ETL_*, PREFECT_*) from this file first; "
+        "variables already set in the environment win",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     seed = sub.add_parser("seed", help="create and fill synthetic regional source databases")
     seed.add_argument("--start-date", type=_date, default=DEMO_DATE)
-    seed.add_argument("--days", type=int, default=7)
+    seed.add_argument("--days", type=_positive, default=7)
     seed.add_argument(
-        "--rows-per-region", type=int, default=500_000, help="rows per region per day"
+        "--rows-per-region", type=_positive, default=500_000, help="rows per region per day"
     )
     seed.add_argument("--regions", help="comma-separated (default: configured regions)")
     seed.add_argument(
@@ -315,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="days before --date re-checked for late changes (default RETAIL_ETL_LOOKBACK_DAYS)",
     )
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(usage=run.format_usage, func=cmd_run, check=check_run)
 
     backfill = sub.add_parser("backfill", help="run the pipeline for every date of a range")
     backfill.add_argument("--start", type=_date, required=True)
@@ -333,9 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
         "deferred or failed (with --missing-only: either)",
     )
     backfill.add_argument(
-        "--max-concurrent-days", type=int, default=1, help="dates run at once (1 for DuckDB)"
+        "--max-concurrent-days", type=_positive, default=1, help="dates run at once (1 for DuckDB)"
     )
-    backfill.set_defaults(func=cmd_backfill)
+    backfill.set_defaults(usage=backfill.format_usage, func=cmd_backfill, check=check_backfill)
 
     audit = sub.add_parser(
         "audit", help="source vs warehouse per region and day (counts, sums, ledger, drift)"
@@ -347,9 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="seed (if needed) and run one day end to end locally")
     demo.add_argument("--date", type=_date, default=DEMO_DATE)
-    demo.add_argument("--rows-per-region", type=int, default=500_000)
+    demo.add_argument("--rows-per-region", type=_positive, default=500_000)
     demo.add_argument("--reseed", action="store_true", help="re-create the source databases")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(usage=demo.format_usage, func=cmd_demo, check=lambda args: check_settings())
 
     cleanup = sub.add_parser(
         "cleanup",
@@ -373,6 +478,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        if args.env_file:
+            load_env_file(args.env_file)
+        check = getattr(args, "check", None)
+        if check is not None:
+            check(args)
+    except UsageError as exc:
+        print(getattr(args, "usage", parser.format_usage)().rstrip(), file=sys.stderr)
+        print(f"retail-etl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

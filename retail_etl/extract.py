@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -274,13 +274,15 @@ def extract_region(
     table: str = SOURCE_TABLE,
     split: int = 0,
     splits: int = 1,
+    on_rows: Callable[[int], None] | None = None,
 ) -> RegionExtract:
     """Stream every row of the region's ``business_date`` (any status) to parquet.
 
     Files go to ``out_dir/region=<region>/part-NNNNN.parquet`` (the folder is emptied
     first, so a retry never mixes attempts). With ``splits`` > 1 only the rows of split
     ``split`` are read (:func:`split_predicate`), into ``out_dir/region=<region>/split=<k>/``;
-    :func:`combine_splits` makes the region's extract of all of them. Raises
+    :func:`combine_splits` makes the region's extract of all of them. ``on_rows(n)`` is
+    called with the rows written so far after each block (live progress). Raises
     :class:`ExtractionError` naming the region, date and table, chained to the driver's error.
     """
     started = time.perf_counter()
@@ -340,6 +342,8 @@ def extract_region(
                 if rows_in_file >= chunk_rows:
                     writer.close()
                     writer = None
+            if on_rows is not None:
+                on_rows(rows)
     finally:
         if writer is not None:
             writer.close()

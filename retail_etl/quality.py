@@ -30,7 +30,7 @@ Checks (thresholds from :class:`retail_etl.settings.Settings`, defaults in brack
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import date, timedelta
 from pathlib import Path
 from statistics import fmean
@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import duckdb
 
-from retail_etl import contract
+from retail_etl import contract, humanize
 from retail_etl.settings import Settings, validate_identifier
 from retail_etl.transform import REJECT_RULES, RegionTransformResult, null_reason
 
@@ -107,12 +107,42 @@ class CheckResult:
     status: Status
     detail: str
 
+    @property
+    def is_ratio(self) -> bool:
+        """Whether measured and threshold are ratios. A skipped ``history_volume`` has no
+        deviation: it measures the region's accepted rows (and has no threshold)."""
+        if self.name == "history_volume" and self.threshold is None:
+            return False
+        return self.name.startswith(_RATIO_CHECKS)
+
+    @property
+    def measured_text(self) -> str:
+        return format_measure(self.name, self.measured, ratio=self.is_ratio)
+
+    @property
+    def threshold_text(self) -> str:
+        return format_measure(self.name, self.threshold, ratio=self.is_ratio)
+
+
+#: Columns of the report's region x check matrix: label -> check names (a group shows its
+#: worst status).
+_MATRIX_COLUMNS: dict[str, tuple[str, ...]] = {
+    "min rows": ("min_rows_region",),
+    "NULL shares": tuple(f"null_share_{c}" for c in contract.CRITICAL_COLUMNS),
+    "reject rate": ("reject_rate",),
+    "history volume": ("history_volume",),
+    "invariants": ("no_duplicate_keys", "no_rule_violations", "sale_date_is_business_date"),
+}
+_CELL_MARK = {"pass": "ok", "warn": "WARN", "fail": "FAIL", "skipped": "skipped"}
+
 
 @dataclass
 class QualityReport:
     business_date: date
     batch_id: str
     checks: list[CheckResult]
+    #: markdown of the volume chart (``retail_etl.charts``), shown after the matrix
+    volume_chart: str = ""
 
     @property
     def verdict(self) -> Literal["pass", "fail"]:
@@ -132,25 +162,73 @@ class QualityReport:
         return sorted(self.checks, key=lambda c: _STATUS_ORDER[c.status])
 
     def to_markdown(self) -> str:
-        """A table a person grasps at a glance: verdict first, failing checks first."""
+        """What a person reads at a glance: the verdict, then every failing and warning check
+        with its value vs threshold, then a region x check matrix; passes are one line."""
         counts = {s: sum(c.status == s for c in self.checks) for s in _STATUS_ORDER}
         lines = [
             f"## Quality gate: {self.verdict.upper()}",
             "",
-            f"Batch `{self.batch_id}`, business date {self.business_date.isoformat()}: "
-            f"{counts['fail']} failed, {counts['warn']} warned, {counts['pass']} passed, "
+            f"Business date {self.business_date.isoformat()}, batch `{self.batch_id}`: "
+            f"{counts['fail']} failing, {counts['warn']} warning, {counts['pass']} passed, "
             f"{counts['skipped']} skipped of {len(self.checks)} checks.",
             "",
-            "| status | check | region | measured | threshold | detail |",
-            "| --- | --- | --- | ---: | ---: | --- |",
         ]
-        for c in self.sorted_checks():
-            status = c.status.upper() if c.status in ("fail", "warn") else c.status
-            lines.append(
-                f"| {status} | {c.name} | {c.region} | {format_measure(c.name, c.measured)} | "
-                f"{format_measure(c.name, c.threshold)} | {_md_escape(c.detail)} |"
-            )
+        for title, status in (("Failing checks", "fail"), ("Warnings", "warn")):
+            chosen = [c for c in self.checks if c.status == status]
+            if not chosen:
+                continue
+            # a list, not a table: the details wrap instead of running off the screen
+            lines += [f"### {title}", ""]
+            lines += [
+                f"- **{c.name}** ({_where(c.region)}): {c.measured_text} vs threshold "
+                f"{c.threshold_text}: {_md_escape(c.detail)}"
+                for c in chosen
+            ]
+            lines.append("")
+        lines += self._matrix_lines()
+        if self.volume_chart:
+            lines += ["", "### Accepted rows vs history", "", self.volume_chart]
+        skipped = [c for c in self.checks if c.status == "skipped"]
+        if skipped:
+            # the same reason for several regions is one line
+            reasons: dict[tuple[str, str], list[str]] = {}
+            for c in skipped:
+                reasons.setdefault((c.name, c.detail), []).append(_where(c.region))
+            lines += ["", "Skipped:"]
+            lines += [
+                f"- {name} ({', '.join(regions)}): {_md_escape(detail)}"
+                for (name, detail), regions in reasons.items()
+            ]
+        lines += [
+            "",
+            f"Passed: {counts['pass']} of {len(self.checks)} checks (shown as `ok` above; every "
+            "check's value is in `dq_results`).",
+        ]
         return "\n".join(lines) + "\n"
+
+    def _matrix_lines(self) -> list[str]:
+        by_key = {(c.region, c.name): c for c in self.checks}
+        regions = [
+            r for r in dict.fromkeys(c.region for c in self.checks) if r != contract.BATCH_REGION
+        ]
+        lines = [
+            "### By region",
+            "",
+            "| region | " + " | ".join(_MATRIX_COLUMNS) + " |",
+            "| --- |" + " --- |" * len(_MATRIX_COLUMNS),
+        ]
+        for region in regions:
+            cells = []
+            for names in _MATRIX_COLUMNS.values():
+                found = [by_key[(region, n)] for n in names if (region, n) in by_key]
+                cells.append(_matrix_cell(found))
+            lines.append(f"| {region} | " + " | ".join(cells) + " |")
+        batch = [c for c in self.checks if c.region == contract.BATCH_REGION]
+        lines += [
+            f"| batch | {_matrix_cell([c])} (`{c.name}`) |" + " |" * (len(_MATRIX_COLUMNS) - 1)
+            for c in batch
+        ]
+        return lines
 
     def to_records(self) -> list[dict[str, Any]]:
         """Rows for ``dq_results`` (the caller adds ``flow_run_id`` and ``checked_at``)."""
@@ -169,14 +247,15 @@ class QualityReport:
         ]
 
 
-def format_measure(name: str, value: float | None) -> str:
-    """A check's measured value or threshold as people read it (ratios as percentages)."""
+def format_measure(name: str, value: float | None, *, ratio: bool | None = None) -> str:
+    """A check's measured value or threshold as people read it: ratios as percentages, counts
+    with separators. ``ratio`` overrides what the name says (:attr:`CheckResult.is_ratio`)."""
     if value is None:
         return "-"
-    if name.startswith(_RATIO_CHECKS):
-        return f"{value:.2%}"
+    if name.startswith(_RATIO_CHECKS) if ratio is None else ratio:
+        return humanize.share(value)
     if float(value).is_integer():
-        return f"{int(value):,}"
+        return humanize.count(value)
     return f"{value:,.4g}"
 
 
@@ -184,19 +263,46 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _where(region: str) -> str:
+    return "batch" if region == contract.BATCH_REGION else region
+
+
+def _matrix_cell(checks: Sequence[CheckResult]) -> str:
+    """The worst status of ``checks``; a single check also shows its value."""
+    if not checks:
+        return "-"
+    worst = min(checks, key=lambda c: _STATUS_ORDER[c.status])
+    mark = _CELL_MARK[worst.status]
+    if len(checks) == 1:
+        return mark if worst.status == "skipped" else f"{mark} {worst.measured_text}"
+    if worst.status == "pass":
+        return mark
+    bad = sum(c.status == worst.status for c in checks)
+    return f"{mark} ({bad} of {len(checks)})"
+
+
 # --- per-region checks from the transform statistics --------------------------------------------
 
 
-def _min_rows(name: str, region: str, rows: int, minimum: int) -> CheckResult:
+def _min_rows(
+    name: str,
+    region: str,
+    rows: int,
+    minimum: int,
+    *,
+    extracted: int | None = None,
+    business_date: date | None = None,
+) -> CheckResult:
+    """``extracted`` 0 (an empty source day) is named as such rather than as "too few rows"."""
     ok = rows >= minimum
-    return CheckResult(
-        name,
-        region,
-        float(rows),
-        float(minimum),
-        "pass" if ok else "fail",
-        f"{rows:,} accepted rows" + ("" if ok else f", fewer than the minimum {minimum:,}"),
-    )
+    if not ok and extracted == 0 and business_date is not None:
+        detail = (
+            f"the source holds 0 rows for {business_date.isoformat()} in {region} "
+            f"(completed, not deleted); the minimum is {minimum:,}"
+        )
+    else:
+        detail = f"{rows:,} accepted rows" + ("" if ok else f", fewer than the minimum {minimum:,}")
+    return CheckResult(name, region, float(rows), float(minimum), "pass" if ok else "fail", detail)
 
 
 def _null_share_checks(result: RegionTransformResult, limit: float) -> list[CheckResult]:
@@ -267,6 +373,22 @@ def missing_from_source_check(
     )
 
 
+def history_baseline(
+    history: Sequence[tuple[date, int]], business_date: date, thresholds: QualityThresholds
+) -> tuple[float, str] | None:
+    """(baseline, how it was computed) of :func:`history_check`, or None without enough
+    points: the mean of the same-weekday points within ``history_days`` before the date if
+    there are ``history_min_points`` of them, else the mean of all points in the window."""
+    start = business_date - timedelta(days=thresholds.history_days)
+    points = [(d, int(n)) for d, n in history if start <= d < business_date]
+    same_day = [n for d, n in points if d.weekday() == business_date.weekday()]
+    if len(same_day) >= thresholds.history_min_points:
+        return fmean(same_day), f"mean of {len(same_day)} same-weekday points"
+    if len(points) >= thresholds.history_min_points:
+        return fmean(n for _, n in points), f"trailing mean of {len(points)} points"
+    return None
+
+
 def history_check(
     region: str,
     accepted_rows: int,
@@ -284,14 +406,10 @@ def history_check(
     warns, above ``history_fail_deviation`` fails (warns if ``history_fail_mode='warn'``).
     """
     name = "history_volume"
-    start = business_date - timedelta(days=thresholds.history_days)
-    points = [(d, int(n)) for d, n in history if start <= d < business_date]
-    same_day = [n for d, n in points if d.weekday() == business_date.weekday()]
-    if len(same_day) >= thresholds.history_min_points:
-        values, method = same_day, f"mean of {len(same_day)} same-weekday points"
-    elif len(points) >= thresholds.history_min_points:
-        values, method = [n for _, n in points], f"trailing mean of {len(points)} points"
-    else:
+    found = history_baseline(history, business_date, thresholds)
+    if found is None:
+        start = business_date - timedelta(days=thresholds.history_days)
+        points = [d for d, _ in history if start <= d < business_date]
         return CheckResult(
             name,
             region,
@@ -301,7 +419,7 @@ def history_check(
             f"no history yet ({len(points)} points < {thresholds.history_min_points}) "
             f"in the last {thresholds.history_days} days",
         )
-    baseline = fmean(values)
+    baseline, method = found
     if baseline <= 0:
         return CheckResult(
             name,
@@ -445,7 +563,12 @@ def evaluate_batch(
     for region, result in results.items():
         checks.append(
             _min_rows(
-                "min_rows_region", region, result.rows_accepted, thresholds.min_rows_per_region
+                "min_rows_region",
+                region,
+                result.rows_accepted,
+                thresholds.min_rows_per_region,
+                extracted=result.rows_extracted,
+                business_date=business_date,
             )
         )
         checks.extend(_null_share_checks(result, thresholds.max_null_share))
@@ -461,10 +584,23 @@ def evaluate_batch(
             )
         )
     total = sum(r.rows_accepted for r in results.values())
-    checks.append(
-        _min_rows("min_rows_batch", contract.BATCH_REGION, total, thresholds.min_rows_per_batch)
-    )
+    empty = [region for region, r in results.items() if r.rows_extracted == 0]
+    batch = _min_rows("min_rows_batch", contract.BATCH_REGION, total, thresholds.min_rows_per_batch)
+    if batch.status == "fail" and empty and len(empty) == len(results):
+        batch = replace(
+            batch,
+            detail=f"the source holds 0 rows for {business_date.isoformat()} in every region "
+            f"({', '.join(empty)}); the minimum is {thresholds.min_rows_per_batch:,}",
+        )
+    checks.append(batch)
     checks.extend(
         invariant_checks({region: r.accepted_files for region, r in results.items()}, business_date)
     )
-    return QualityReport(business_date=business_date, batch_id=batch_id, checks=checks)
+    from retail_etl.charts import volume_chart_markdown
+
+    chart = volume_chart_markdown(
+        history, {r: res.rows_accepted for r, res in results.items()}, business_date, thresholds
+    )
+    return QualityReport(
+        business_date=business_date, batch_id=batch_id, checks=checks, volume_chart=chart
+    )

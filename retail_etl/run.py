@@ -13,6 +13,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from retail_etl import humanize
 from retail_etl.redact import scrub_secrets
 from retail_etl.settings import Settings, validate_identifier
 
@@ -93,6 +94,32 @@ def new_run_context(
         flow_run_id=flow_run_id or "local",
         run_dir=run_dir,
     )
+
+
+#: The counts shown per region (CLI summary, the run's summary artifact): label -> attribute
+#: of :class:`RegionOutcome`. A new count is one line here.
+SUMMARY_COUNTS: dict[str, str] = {
+    "extracted": "rows_extracted",
+    "accepted": "rows_accepted",
+    "rejected": "rows_rejected",
+    "retracted": "rows_retracted",
+    "inserted": "rows_inserted",
+    "updated": "rows_updated",
+    "removed": "rows_deleted",
+}
+
+#: Longest region error quoted in a one-line state message (the alert and the artifacts
+#: carry more).
+STATE_ERROR_CHARS = 600
+
+#: The detail artifacts of a run, in pipeline order: label -> (key prefix, where it is).
+DETAIL_ARTIFACTS: dict[str, tuple[str, str]] = {
+    "extract": ("extract", "this run"),
+    "transform": ("transform", "subflow transform"),
+    "quality": ("quality", "subflow validate"),
+    "load": ("load", "subflow load"),
+    "alert": ("alert", "subflow alert"),
+}
 
 
 RegionStatus = Literal[
@@ -269,18 +296,22 @@ class RunSummary:
         ):
             failed = [o for o in self.regions.values() if o.status == status]
             if failed:
-                parts.append(label + "; ".join(f"{o.region} ({o.error})" for o in failed))
+                parts.append(label + _by_error(failed))
         if self.gate_verdict == "fail":
             parts.append("quality gate failed: " + ", ".join(self.failing_checks))
         load_failed = [o for o in self.regions.values() if o.status == "load_failed"]
         if load_failed:
-            parts.append(
-                "load failed for " + "; ".join(f"{o.region} ({o.error})" for o in load_failed)
-            )
+            parts.append("load failed for " + _by_error(load_failed))
         if self.verification_failures:
-            parts.append("post-load verification failed: " + ", ".join(self.verification_failures))
+            parts.append(
+                "post-load verification failed: "
+                + ", ".join(_short(v) for v in self.verification_failures)
+            )
         if self.ledger_errors:
-            parts.append("the load ledger could not be written: " + "; ".join(self.ledger_errors))
+            parts.append(
+                "the load ledger could not be written: "
+                + "; ".join(_short(e) for e in self.ledger_errors)
+            )
         lookback_failed = [
             f"{k}: {v}" for k, v in self.lookback.items() if v not in ("loaded", "deferred")
         ]
@@ -306,29 +337,33 @@ class RunSummary:
         tail = f"; loaded: {', '.join(loaded)}" if loaded else "; nothing loaded"
         return False, f"{self.run_date}: " + "; ".join(parts) + tail + later + lookback
 
+    def ordered_regions(self) -> list[RegionOutcome]:
+        """Failed regions first (in run order), then the others."""
+        outcomes = list(self.regions.values())
+        return [o for o in outcomes if o.status.endswith("_failed")] + [
+            o for o in outcomes if not o.status.endswith("_failed")
+        ]
+
     def render_text(self) -> str:
-        """A short human summary for the CLI."""
+        """A short human summary for the CLI: outcome, rows per region, what took how long."""
         ok, message = self.outcome()
-        header = (
-            f"{'region':<10} {'status':<14} {'extracted':>10} {'accepted':>10} {'rejected':>9} "
-            f"{'retracted':>9} {'inserted':>9} {'updated':>8} {'removed':>8} {'extract s':>9} "
-            f"{'load s':>7}"
+        header = f"{'region':<10} {'status':<16}" + "".join(
+            f" {label:>10}" for label in SUMMARY_COUNTS
         )
-        lines = [("OK  " if ok else "FAIL ") + message, header]
-        for o in self.regions.values():
+        lines = [("OK   " if ok else "FAIL ") + message, "", header]
+        for o in self.ordered_regions():
             lines.append(
-                f"{o.region:<10} {o.status:<14} {o.rows_extracted:>10,} {o.rows_accepted:>10,} "
-                f"{o.rows_rejected:>9,} {o.rows_retracted:>9,} {o.rows_inserted:>9,} "
-                f"{o.rows_updated:>8,} {o.rows_deleted:>8,} {o.extract_seconds:>9.2f} "
-                f"{o.load_seconds:>7.2f}"
+                f"{o.region:<10} {o.status:<16}"
+                + "".join(
+                    f" {humanize.count(getattr(o, attr)):>10}" for attr in SUMMARY_COUNTS.values()
+                )
             )
-        for o in self.regions.values():
+        for o in self.ordered_regions():
             if o.error:
                 lines.append(f"  {o.region}: {o.error}")
-        if self.stage_seconds:
-            lines.append(
-                "stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_seconds.items())
-            )
+        timings = timing_lines(self.stage_seconds)
+        if timings:
+            lines += ["", "time (wall clock):"] + [f"  {line}" for line in timings]
         lines.extend(f"schema change: {w}" for w in self.schema_warnings)
         for key, status in self.lookback.items():
             lines.append(f"lookback {key}: {status} ({self.lookback_reasons.get(key, '')})")
@@ -338,10 +373,133 @@ class RunSummary:
             lines.append(f"warehouse: {self.warehouse}")
         return "\n".join(lines)
 
+    def detail_artifact_keys(self, *, alerted: bool) -> list[tuple[str, str]]:
+        """(key, where it is) of the detail artifacts this run published, in pipeline order."""
+        day = self.run_date.isoformat()
+        statuses = {o.status for o in self.regions.values()}
+        extracted = "extract" in self.stage_seconds  # the run got as far as extracting
+        published = {
+            "extract": extracted,
+            "transform": extracted and bool(statuses - {"pending", "extract_failed"}),
+            "quality": self.gate_verdict != "not_run",
+            "load": "stage" in self.stage_seconds,  # the load subflow ran to its end
+            "alert": alerted,
+        }
+        return [
+            (f"{prefix}-{day}", where)
+            for label, (prefix, where) in DETAIL_ARTIFACTS.items()
+            if published[label]
+        ]
+
+    def headline(self) -> str:
+        """``retail-sales-etl 2024-01-15: FAILED, 3/4 region(s) loaded`` (artifact titles)."""
+        ok, _ = self.outcome()
+        loaded = sum(o.status == "loaded" for o in self.regions.values())
+        return (
+            f"retail-sales-etl {self.run_date.isoformat()}: {'OK' if ok else 'FAILED'}, "
+            f"{loaded}/{len(self.regions)} region(s) loaded"
+        )
+
+    def to_markdown(self, *, alerted: bool, state_message: str | None = None) -> str:
+        """The parent run's summary artifact: outcome, one row per region (failures first),
+        where the detail artifacts are, what took how long."""
+        _, message = self.outcome()
+        lines = [
+            f"## {self.headline()}",
+            "",
+            _md(state_message or message),
+            "",
+            "| region | status | " + " | ".join(SUMMARY_COUNTS) + " |",
+            "| --- | --- |" + " ---: |" * len(SUMMARY_COUNTS),
+        ]
+        for o in self.ordered_regions():
+            counts = " | ".join(humanize.count(getattr(o, a)) for a in SUMMARY_COUNTS.values())
+            lines.append(f"| {o.region} | {o.status} | {counts} |")
+        total = " | ".join(
+            humanize.count(sum(getattr(o, a) for o in self.regions.values()))
+            for a in SUMMARY_COUNTS.values()
+        )
+        lines.append(f"| **all** | | {total} |")
+        errors = [o for o in self.ordered_regions() if o.error]
+        if errors:
+            lines += ["", "**Errors:**", ""]
+            lines += [f"- {o.region} ({o.status}): {_md(o.error or '')}" for o in errors]
+        if self.failing_checks:
+            lines += ["", "Failing checks: " + _md(", ".join(self.failing_checks))]
+        if self.verification_failures:
+            lines += ["", "Verification: " + _md("; ".join(self.verification_failures))]
+        lines += [
+            "",
+            f"Batch `{self.batch_id}`"
+            + (f", warehouse {_md(self.warehouse)}" if self.warehouse else "")
+            + ".",
+        ]
+        lines += ["", "**Details** (artifact keys, also under Artifacts in the UI):", ""]
+        lines += [
+            f"- `{key}` ({where})" for key, where in self.detail_artifact_keys(alerted=alerted)
+        ]
+        timings = timing_lines(self.stage_seconds)
+        if timings:
+            lines += ["", "**Time** (wall clock):", ""] + [f"- {_md(line)}" for line in timings]
+        if self.schema_warnings:
+            lines += ["", "**Source schema changes:**", ""]
+            lines += [f"- {_md(w)}" for w in self.schema_warnings]
+        return "\n".join(lines) + "\n"
+
+
+def timing_lines(stage_seconds: Mapping[str, float]) -> list[str]:
+    """What took how long, saying what contains what: the load holds stage, merge, verify."""
+    s = stage_seconds
+    lines = []
+    if "extract" in s:
+        lines.append(f"extract {humanize.seconds(s['extract'])}: every region at once")
+    if "transform" in s:
+        lines.append(
+            f"transform {humanize.seconds(s['transform'])}: after the last extract landed "
+            "(earlier regions were transformed during the extract)"
+        )
+    if "validate" in s:
+        lines.append(f"quality gate {humanize.seconds(s['validate'])}")
+    if "load" in s:
+        parts = [
+            f"{label} {humanize.seconds(s[key])}"
+            for key, label in (("stage", "stage"), ("merge", "copy + merge"), ("verify", "verify"))
+            if key in s
+        ]
+        lines.append(
+            f"load {humanize.seconds(s['load'])}"
+            + (" = " + " + ".join(parts) if parts else "")
+            + (" (+ subflow overhead)" if parts else "")
+        )
+    return lines
+
+
+def _by_error(outcomes: Sequence[RegionOutcome]) -> str:
+    """``us_east, europe (error); apac (other error)``: regions sharing an error named once."""
+    groups: dict[str, list[str]] = {}
+    for o in outcomes:
+        groups.setdefault(_short(o.error), []).append(o.region)
+    return "; ".join(f"{', '.join(regions)} ({error})" for error, regions in groups.items())
+
+
+def _short(text: str | None, limit: int = STATE_ERROR_CHARS) -> str:
+    """One line of at most ``limit`` characters; a longer text keeps its start (what failed)
+    and its end (the cause, which errors name last) around an ellipsis."""
+    text = " ".join((text or "").split())
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 5
+    return text[:head] + " … " + text[len(text) - (limit - head - 3) :]
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
 
 def _describe_check(check: Any) -> str:
-    threshold = "" if check.threshold is None else f" vs threshold {check.threshold:g}"
-    return f"{check.region}/{check.name} = {check.measured:g}{threshold}"
+    threshold = "" if check.threshold is None else f" vs threshold {check.threshold_text}"
+    where = "batch" if check.region == "*" else check.region
+    return f"{where}/{check.name} = {check.measured_text}{threshold}"
 
 
 def ledger_entries(summary: RunSummary, also: Sequence[str] = ()) -> list[Any]:

@@ -17,7 +17,7 @@ from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
 from blocks.sources import SourceBlockError, load_source_url
-from retail_etl import pg
+from retail_etl import humanize, pg, progress
 from retail_etl.extract import RegionExtract, combine_splits, extract_region
 from retail_etl.run import RunContext, RunSummary
 from retail_etl.schema import SchemaContractError
@@ -63,6 +63,9 @@ def extract_region_task(
             splits,
             origin,
         )
+        if split == 0:
+            progress.report(region, "source", detail=origin)
+        progress.report(region, "extracting", rows=0, split=split)
         result = extract_region(
             bounded_url,
             region,
@@ -72,19 +75,21 @@ def extract_region_task(
             aliases=settings.column_aliases_for(region),
             split=split,
             splits=splits,
+            on_rows=lambda rows: progress.report(region, "extracting", rows=rows, split=split),
         )
     except Exception as exc:
         # The API records task-run history asynchronously; carry the count on the error.
         exc.attempts = task_run.run_count  # type: ignore[attr-defined]
         raise
     logger.info(
-        "Region %s: %s rows, %s bytes in %.2f s (%s)",
+        "Region %s: %s rows, %s in %.2f s (%s)",
         region,
-        f"{result.rows:,}",
-        f"{result.bytes:,}",
+        humanize.count(result.rows),
+        humanize.size(result.bytes),
         result.seconds,
         result.schema_changes,
     )
+    progress.report(region, "extracting", rows=result.rows, split=split)
     return result
 
 
@@ -146,12 +151,14 @@ def extract_regions(
         done, failed = collect([keys[id(f)] for f in ordered], ordered)
         if failed:
             failures[region] = failed[min(failed)]
+            progress.report(region, "extract_failed", detail=failures[region].error[:120])
             continue
         try:
             extracts[region] = combine_splits([done[key] for key in sorted(done, key=_split_no)])
         except Exception as exc:
             failures[region] = TaskFailure(region, f"{type(exc).__name__}: {exc}", 1)
             continue
+        progress.report(region, "extracted", detail=humanize.seconds(extracts[region].seconds))
         if on_extracted is not None:
             on_extracted(region, extracts[region])
     # regions in the run's order, whatever order they landed in
@@ -206,13 +213,13 @@ def publish_extract_artifact(
             {
                 "region": region,
                 "status": summary.regions[region].status,
-                "rows": result.rows if result else 0,
-                "bytes": result.bytes if result else 0,
-                "seconds": round(result.seconds, 3) if result else None,
-                "source_columns": ", ".join(result.source_columns) if result else "",
-                "schema_fingerprint": result.schema_fingerprint if result else "",
-                "schema_changes": result.schema_changes if result else "",
+                "rows": humanize.count(result.rows) if result else "0",
+                "size": humanize.size(result.bytes) if result else "-",
+                "seconds": humanize.seconds(result.seconds) if result else "-",
                 "error": summary.regions[region].error or "",
+                "schema_changes": result.schema_changes if result else "",
+                "schema_fingerprint": result.schema_fingerprint if result else "",
+                "source_columns": ", ".join(result.source_columns) if result else "",
             }
             for region in ctx.regions
             for result in [extracts.get(region)]

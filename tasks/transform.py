@@ -11,6 +11,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture
 
+from retail_etl import humanize, progress
 from retail_etl.extract import RegionExtract
 from retail_etl.run import RunContext
 from retail_etl.settings import Settings
@@ -22,6 +23,7 @@ from tasks.results import collect
 def transform_region_task(
     extract: RegionExtract, ctx: RunContext, settings: Settings
 ) -> RegionTransformResult:
+    progress.report(extract.region, "transforming")
     result = transform_region(
         extract.files,
         region=extract.region,
@@ -37,13 +39,19 @@ def transform_region_task(
     get_run_logger().info(
         "Region %s: %s extracted, %s accepted, %s rejected %s, %s retracted %s in %.2f s",
         result.region,
-        f"{result.rows_extracted:,}",
-        f"{result.rows_accepted:,}",
-        f"{result.rows_rejected:,}",
+        humanize.count(result.rows_extracted),
+        humanize.count(result.rows_accepted),
+        humanize.count(result.rows_rejected),
         dict(sorted(result.reasons.items())),
         f"{result.rows_retracted:,}",
         dict(sorted(result.retraction_reasons.items())),
         result.seconds,
+    )
+    progress.report(
+        result.region,
+        "transformed",
+        detail=f"{humanize.count(result.rows_accepted)} accepted, "
+        f"{humanize.count(result.rows_rejected)} rejected",
     )
     return result
 
@@ -121,19 +129,21 @@ def publish_transform_artifact(ctx: RunContext, results: dict[str, RegionTransfo
         table=[
             {
                 "region": r.region,
-                "extracted": r.rows_extracted,
-                "accepted": r.rows_accepted,
-                "rejected": r.rows_rejected,
-                "reasons": ", ".join(f"{k}: {v}" for k, v in sorted(r.reasons.items())),
-                "retracted": r.rows_retracted,
-                "retraction_reasons": ", ".join(
-                    f"{k}: {v}" for k, v in sorted(r.retraction_reasons.items())
+                "extracted": humanize.count(r.rows_extracted),
+                "accepted": humanize.count(r.rows_accepted),
+                "rejected": humanize.count(r.rows_rejected),
+                "reasons": ", ".join(
+                    f"{k}: {humanize.count(v)}" for k, v in sorted(r.reasons.items())
                 ),
-                "total_amount_extracted": str(r.total_amount_extracted),
-                "total_amount_accepted": str(r.total_amount_accepted),
-                "total_amount_rejected": str(r.total_amount_rejected),
-                "total_amount_retracted": str(r.total_amount_retracted),
-                "seconds": round(r.seconds, 3),
+                "retracted": humanize.count(r.rows_retracted),
+                "retraction_reasons": ", ".join(
+                    f"{k}: {humanize.count(v)}" for k, v in sorted(r.retraction_reasons.items())
+                ),
+                "total_amount_extracted": f"{r.total_amount_extracted:,.2f}",
+                "total_amount_accepted": f"{r.total_amount_accepted:,.2f}",
+                "total_amount_rejected": f"{r.total_amount_rejected:,.2f}",
+                "total_amount_retracted": f"{r.total_amount_retracted:,.2f}",
+                "seconds": humanize.seconds(r.seconds),
             }
             for r in results.values()
         ],

@@ -545,3 +545,67 @@ def test_retracted_rows_are_counted_in_the_alert():
     ]  # fmt: skip
     row = next(line for line in message.text.splitlines() if line.startswith("us_east "))
     assert row.split() == ["us_east", "loaded", "1,050", "990", "10", "50", "990", "3"]
+
+
+def test_the_automation_skips_runs_that_alerted_and_only_those():
+    from prefect.server.events.schemas.events import Resource
+
+    from retail_etl.alerts import ALERTED_MARK, alert_note
+    from retail_etl.automations import failure_automation
+
+    match = failure_automation(uuid.uuid4()).trigger.match
+    assert match["prefect.state-message"] == [f"!*{ALERTED_MARK}*"]
+
+    def fires(message: str) -> bool:
+        from prefect.server.events.schemas.events import ResourceSpecification
+
+        resource = Resource.model_validate(
+            {"prefect.resource.id": "prefect.flow-run.x", "prefect.state-message": message}
+        )
+        return ResourceSpecification.model_validate(dict(match.items())).matches(resource)
+
+    failed = "2024-01-15: extraction failed for europe (...); loaded: us_east"
+    assert not fires(failed + alert_note(sent=True))
+    assert not fires(failed + alert_note(sent=False, by_backfill=True))
+    assert fires(failed + alert_note(sent=False))  # Slack was down: the automation speaks
+    assert fires("Flow run infrastructure exited with non-zero status code -9.")
+    assert fires("")
+
+
+def test_backfill_problems_are_grouped_with_date_ranges():
+    from retail_etl.alerts import build_backfill_alert
+    from retail_etl.backfill import BackfillResult, backfill_outcome, date_spans
+
+    days = [date(2024, 1, d) for d in (2, 3, 4, 9, 20)]
+    assert date_spans(days) == "2024-01-02..01-04, 2024-01-09, 2024-01-20"
+    assert date_spans(days, limit=1) == "2024-01-02..01-04 and 2 more range(s)"
+
+    def day(d: int, **statuses: str) -> BackfillResult:
+        summary = _summary()
+        summary.run_date = date(2024, 1, d)
+        for region, status in statuses.items():
+            outcome = summary.regions[region]
+            outcome.status = status  # type: ignore[assignment]
+            if status == "gate_failed":
+                outcome.rows_extracted = outcome.rows_accepted = 0
+            else:
+                outcome.error = f"region {region}: connection refused"
+        result = BackfillResult(summary.run_date, tuple(REGIONS), ())
+        result.summary = summary
+        result.statuses = {r: o.status for r, o in summary.regions.items()}
+        return result
+
+    empty = dict.fromkeys(REGIONS, "gate_failed")
+    results = [day(1), day(2, **empty), day(3, **empty), day(4, europe="extract_failed")]
+    ok, message = backfill_outcome(date(2024, 1, 1), date(2024, 1, 4), results)
+    assert not ok
+    assert message == (
+        "backfill 2024-01-01..01-04: 9 of 16 (region, date) pair(s) not loaded on 3 day(s) "
+        "(2024-01-02..01-04); the source holds 0 rows: 8; extraction failed: 1; 7 loaded"
+    )
+    text = build_backfill_alert(date(2024, 1, 1), date(2024, 1, 4), results).slack_text()
+    assert "*the source holds 0 rows* (8 pair(s)):" in text
+    assert "`us_east`, `us_west`, `europe`, `apac`: 2024-01-02..01-03" in text
+    assert "*extraction failed* (1 pair(s)):" in text and "`europe`: 2024-01-04" in text
+    assert "e.g. 2024-01-04 europe: region europe: connection refused" in text
+    assert "*Loaded*: 7 pair(s), 6,930 accepted rows" in text

@@ -273,18 +273,86 @@ def test_region_without_files_measures_zero() -> None:
 # --- report output ------------------------------------------------------------------------------
 
 
-def test_markdown_puts_verdict_and_failing_checks_first() -> None:
+def _section(md: str, title: str) -> list[str]:
+    """The table rows (after header and separator) of the ``### title`` section."""
+    lines = md.splitlines()
+    start = lines.index(f"### {title}")
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("### "):
+            break
+        if line.startswith("| "):
+            rows.append(line)
+    return rows[2:]
+
+
+def _items(md: str, title: str) -> list[str]:
+    """The list items of the ``### title`` section."""
+    lines = md.splitlines()
+    start = lines.index(f"### {title}")
+    items = []
+    for line in lines[start + 1 :]:
+        if line.startswith("### "):
+            break
+        if line.startswith("- "):
+            items.append(line)
+    return items
+
+
+def test_markdown_puts_verdict_then_failing_and_warning_checks_with_thresholds() -> None:
     report = evaluate(
-        {"us_east": stats(null_counts={"customer_id": 100})},
-        history={"us_east": weekly(1500)},
+        {
+            "us_east": stats(null_counts={"customer_id": 100}),
+            "apac": stats("apac"),
+        },
+        history={"us_east": weekly(1500), "apac": weekly(1000)},
     )
     md = report.to_markdown()
     lines = md.splitlines()
     assert lines[0] == "## Quality gate: FAIL"
-    rows = [line for line in lines if line.startswith("| ")][2:]  # after header, separator
-    assert rows[0].startswith("| FAIL | null_share_customer_id | us_east | 10.00% | 5.00% |")
-    assert rows[1].startswith("| WARN | history_volume | us_east | 33.33% | 30.00% |")
-    assert "1 failed, 0 warned" not in md and "1 failed, 1 warned" in md
+    assert "1 failing, 1 warning, " in lines[2]
+    assert _items(md, "Failing checks") == [
+        "- **null_share_customer_id** (us_east): 10.00% vs threshold 5.00%: "
+        "100 of 1,000 extracted rows have NULL customer_id"
+    ]
+    (warning,) = _items(md, "Warnings")
+    assert warning.startswith(
+        "- **history_volume** (us_east): 33.33% vs threshold 30.00%: 1,000 accepted rows"
+    )
+    # The matrix: one row per region, groups show their worst status; passes are not listed.
+    matrix = _section(md, "By region")
+    assert matrix[0] == ("| us_east | ok 1,000 | FAIL (1 of 8) | ok 0.00% | WARN 33.33% | ok |")
+    assert matrix[1] == "| apac | ok 1,000 | ok | ok 0.00% | ok 0.00% | ok |"
+    assert matrix[2].startswith("| batch | ok 2,000 (`min_rows_batch`) |")
+    passed = sum(c.status == "pass" for c in report.checks)
+    assert f"Passed: {passed} of {len(report.checks)} checks" in md
+    assert md.count("| pass |") == 0
+
+
+def test_a_skipped_history_check_shows_rows_not_a_percentage() -> None:
+    report = evaluate({"us_east": stats(extracted=44_933)})
+    skipped = check(report, "history_volume")
+    assert skipped.status == "skipped" and skipped.threshold is None
+    assert (skipped.measured_text, skipped.threshold_text) == ("44,933", "-")
+    md = report.to_markdown()
+    assert "%" not in _section(md, "By region")[0].split("|")[5]
+    assert "4493300.00%" not in md and "- history_volume (us_east): no history yet" in md
+    assert _section(md, "By region")[0].split(" | ")[4] == "skipped"
+    # ratios stay ratios when the check ran
+    ran = check(evaluate({"us_east": stats()}, history={"us_east": weekly(1000)}), "history_volume")
+    assert ran.measured_text == "0.00%" and ran.threshold_text == "50.00%"
+
+
+def test_an_empty_source_day_is_named_as_such() -> None:
+    report = evaluate({"us_east": stats(extracted=0), "apac": stats("apac")})
+    empty = check(report, "min_rows_region")
+    assert empty.status == "fail"
+    assert empty.detail.startswith("the source holds 0 rows for 2024-01-15 in us_east")
+    assert check(report, "min_rows_region", "apac").detail == "1,000 accepted rows"
+    alone = evaluate({"us_east": stats(extracted=0)})
+    assert check(alone, "min_rows_batch", "*").detail.startswith(
+        "the source holds 0 rows for 2024-01-15 in every region (us_east)"
+    )
 
 
 def test_records_for_dq_results() -> None:
@@ -304,3 +372,27 @@ def test_records_for_dq_results() -> None:
     }
     history_row = next(r for r in records if r["check_name"] == "history_volume")
     assert history_row["threshold"] is None and history_row["status"] == "skipped"
+
+
+def test_the_volume_chart_draws_each_region_against_its_history_band() -> None:
+    import base64
+    import re
+
+    from retail_etl.charts import volume_chart_svg
+
+    history = {"us_east": [*weekly(1000), (D - timedelta(days=1), 900)], "apac": []}
+    svg = volume_chart_svg(history, {"us_east": 400, "apac": 50}, D, DEFAULTS)
+
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert ">us_east<" in svg and ">apac<" in svg
+    assert "baseline 1,000" in svg  # the same-weekday mean, as history_volume computes it
+    assert "no baseline yet" in svg  # apac has no history
+    assert svg.count('fill="#facc1540"') == 1 and svg.count('fill="#ef444426"') == 1
+    assert "today 400" in svg and "today 50" in svg
+    # the five history points of us_east: a line through them plus one dot each
+    (line,) = re.findall(r'<polyline points="([^"]+)"', svg)
+    assert len(line.split()) == 5
+    # embedded in the report as an image
+    report = evaluate({"us_east": stats(extracted=400)}, history=history)
+    (encoded,) = re.findall(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", report.to_markdown())
+    assert ">us_east<" in base64.b64decode(encoded).decode()

@@ -13,6 +13,7 @@ import uuid
 from datetime import date
 from pathlib import Path
 
+import httpx
 import pytest
 
 from retail_etl import pg
@@ -208,19 +209,92 @@ def test_failure_automation_posts_to_slack_when_the_flow_fails(prefect_server, s
     assert zombie["actions"][0]["type"] == "change-flow-run-state"
     assert zombie["actions"][0]["state"] == "CRASHED"
 
+    # A run that fails and alerts itself: one message (its own), no automation message.
     started = time.monotonic()
     failed = run_command([retail_etl, "run", "--date", DAY.isoformat()], env, check=False)
     assert failed.returncode == 1, failed.stdout + failed.stderr
+    own = slack_receiver.wait_for(lambda t: "retail-sales-etl 2024-01-15 FAILED" in t, timeout=30)
+    assert own is not None and "Extraction failed" in own, slack_receiver.texts
+    print(f"own alert {time.monotonic() - started:.1f} s after the run started")
 
-    text = slack_receiver.wait_for(lambda t: "(Prefect automation)" in t, timeout=30)
-    print(f"automation message {time.monotonic() - started:.1f} s after the run started")
-    assert text is not None, f"no automation message; received: {slack_receiver.texts}"
-    assert "*retail-sales-etl flow run `" in text and "entered Failed*" in text
-    flow_run_id = re.search(r"Flow run: ([0-9a-f-]{36})", text)
-    assert flow_run_id, text
-    assert f"<{server.api_url[: -len('/api')]}/runs/flow-run/{flow_run_id.group(1)}|" in text
-    assert "extraction failed for europe" in text
-    assert '"run_date": "2024-01-15"' in text
-    assert "prefect deployment run 'retail-sales-etl/daily' -p run_date=2024-01-15" in text
+    # Runs that could not alert themselves: a crashed (killed) one and one refused for its
+    # parameters, reported by the server (state set through the API as the engine would).
+    flow_id = _post_retrying(server, "/flows/", {"name": "retail-sales-etl"}).json()["id"]
+    crashed = _flow_run_ending(
+        server,
+        flow_id,
+        "retail-sales-etl 2024-01-16",
+        {"run_date": "2024-01-16", "regions": None},
+        "CRASHED",
+        "Flow run infrastructure exited with non-zero status code -9.",
+    )
+    invalid = _flow_run_ending(
+        server,
+        flow_id,
+        "retail-sales-etl 2024-13-45",
+        {"run_date": "2024-13-45"},
+        "FAILED",
+        "Validation of flow parameters failed with error: run_date: Input should be a valid date",
+    )
+    crash_text = slack_receiver.wait_for(lambda t: crashed in t, timeout=30)
+    invalid_text = slack_receiver.wait_for(lambda t: invalid in t, timeout=30)
+    assert crash_text is not None and invalid_text is not None, slack_receiver.texts
+
+    automation_texts = [t for t in slack_receiver.texts if "(Prefect automation)" in t]
+    assert len(automation_texts) == 2, automation_texts  # nothing for the run that alerted
+    assert len(slack_receiver.texts) == 3
+
+    assert crash_text.startswith("*retail-sales-etl 2024-01-16 Crashed*: the run could not send")
+    assert f"<{server.api_url[: -len('/api')]}/runs/flow-run/{crashed}|" in crash_text
+    assert "crashed or killed" in crash_text and "run the same deployment again" in crash_text
+    assert '"run_date": "2024-01-16"' in crash_text
+
+    assert invalid_text.startswith("*retail-sales-etl 2024-13-45 Failed*")
+    assert "invalid parameters and did nothing" in invalid_text
+    assert "run the same deployment again" not in invalid_text
+    assert "retail-etl run --date 2024-13-45" not in invalid_text
+    assert "-p run_date=2024-13-45" not in invalid_text
     for body in slack_receiver.texts:
         assert "n0t-a-real-s3cret" not in body and "webhook-secret" not in body
+
+
+def _post_retrying(server: PrefectServer, path: str, body: dict[str, object]) -> httpx.Response:
+    """POST, retrying while the SQLite-backed test server answers 503 (database is locked),
+    as Prefect's own client does."""
+    for _ in range(20):
+        response = httpx.post(f"{server.api_url}{path}", json=body, timeout=10)
+        if response.status_code != 503:
+            break
+        time.sleep(0.5)
+    response.raise_for_status()
+    return response
+
+
+def _flow_run_ending(
+    server: PrefectServer,
+    flow_id: str,
+    name: str,
+    parameters: dict[str, object],
+    state_type: str,
+    message: str,
+) -> str:
+    """A flow run of ``flow_id`` that starts Running and ends in ``state_type``; its id."""
+    run = _post_retrying(
+        server,
+        "/flow_runs/",
+        {
+            "flow_id": flow_id,
+            "name": name,
+            "parameters": parameters,
+            "state": {"type": "RUNNING", "name": "Running"},
+        },
+    ).json()
+    _post_retrying(
+        server,
+        f"/flow_runs/{run['id']}/set_state",
+        {
+            "state": {"type": state_type, "name": state_type.title(), "message": message},
+            "force": True,
+        },
+    )
+    return str(run["id"])
