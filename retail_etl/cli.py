@@ -256,7 +256,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return 1
     for row in summary_rows(results):
         print(f"{row['date']}  {row['region']:<10} {row['action']:<26} {row['status']}")
-    print(("OK   " if state.is_completed() else "FAIL ") + (state.message or state.name or ""))
+    print(("OK  " if state.is_completed() else "FAIL ") + (state.message or state.name or ""))
     return 0 if state.is_completed() else 1
 
 

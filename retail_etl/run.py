@@ -350,7 +350,7 @@ class RunSummary:
         header = f"{'region':<10} {'status':<16}" + "".join(
             f" {label:>10}" for label in SUMMARY_COUNTS
         )
-        lines = [("OK   " if ok else "FAIL ") + message, "", header]
+        lines = [("OK  " if ok else "FAIL ") + message, "", header]
         for o in self.ordered_regions():
             lines.append(
                 f"{o.region:<10} {o.status:<16}"

@@ -306,7 +306,7 @@ def test_live_progress_on_a_terminal(etl_env, monkeypatch):
         "SELECT sum(rows_extracted) FROM etl_load_ledger WHERE region = 'us_east'"
     )[0][0]
     assert f"{extracted:,}" in output and "loaded" in output
-    assert "OK   2024-01-15: loaded 4 region(s)" in output
+    assert "OK  2024-01-15: loaded 4 region(s)" in output
     assert "load " in output and " = stage " in output
 
 
