@@ -73,7 +73,7 @@ def load_source_url(region: str, settings: Settings | None = None) -> tuple[Secr
     settings = settings or get_settings()
     if credentials_mode(settings) == "env":
         variable = settings.source_url_variable(region)
-        if variable in os.environ:
+        if os.environ.get(variable):
             return settings.source_url(region), variable
         return settings.source_url(
             region

@@ -22,7 +22,7 @@ from retail_etl import closing, progress
 from retail_etl.alerts import alert_note
 from retail_etl.backfill import BackfillDay, BackfillResult, plan_changed
 from retail_etl.closing import lookback_window, split_closed
-from retail_etl.housekeeping import RunDirClaim, claim_run_dir
+from retail_etl.housekeeping import RunDirClaim
 from retail_etl.locks import LockTimeoutError, holding
 from retail_etl.quality import QualityReport
 from retail_etl.redact import scrub_secrets
@@ -93,7 +93,7 @@ def retail_sales_etl(
     summary.warehouse = describe_warehouse(settings)
     logger.info("Batch %s: %s for regions %s", ctx.batch_id, ctx.run_date, ", ".join(ctx.regions))
     # This run's scratch folder is ours until the run ends; killed runs' leftovers are swept.
-    run_dir = claim_run_dir(ctx.run_dir)
+    run_dir = RunDirClaim(ctx.run_dir)
     sweep_leftovers_task(settings, return_state=True)
     # Tables and new contract columns, once per run (every later step assumes them).
     prepared = ensure_schema_task(settings, return_state=True)

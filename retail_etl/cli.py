@@ -349,12 +349,8 @@ def cmd_query(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    warehouse = DuckDBWarehouse(
-        settings.duckdb_path,
-        LocalStagingStore(settings.staging_dir / "store"),
-        memory_limit=settings.duckdb_memory_limit,
-        threads=settings.duckdb_threads,
-        lock_timeout_s=settings.warehouse_lock_timeout_seconds,
+    warehouse = DuckDBWarehouse.from_settings(
+        settings, LocalStagingStore(settings.staging_dir / "store")
     )
     columns, rows = warehouse.query_read_only(args.sql)
     cells = [columns] + [["NULL" if v is None else str(v) for v in row] for row in rows]

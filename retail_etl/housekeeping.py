@@ -51,10 +51,6 @@ class RunDirClaim:
         self._lock.release()
 
 
-def claim_run_dir(run_dir: Path) -> RunDirClaim:
-    return RunDirClaim(run_dir)
-
-
 def _remove_tree(path: Path) -> int:
     """Delete ``path`` (best effort); the bytes it held."""
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
@@ -91,10 +87,10 @@ class CleanupReport:
     def describe(self, *, dry_run: bool = False) -> str:
         verb = "would remove" if dry_run else "removed"
         return (
-            f"{verb} {len(self.run_dirs):,} leftover run folder(s), "
-            f"{len(self.scratch_dirs):,} scratch folder(s) "
-            f"({self.bytes_freed / 1e6:,.1f} MB), {len(self.staged_keys):,} staged file(s) past "
-            f"retention, {len(self.stage_tables):,} stale stage table(s)"
+            f"{verb} {len(self.run_dirs):,} leftover run folder(s) and "
+            f"{len(self.scratch_dirs):,} scratch folder(s) ({self.bytes_freed / 1e6:,.1f} MB), "
+            f"{len(self.staged_keys):,} staged file(s) past retention, "
+            f"{len(self.stage_tables):,} stale stage table(s)"
         )
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from retail_etl.housekeeping import (
-    claim_run_dir,
+    RunDirClaim,
     expire_staged,
     sweep_leftovers,
     sweep_run_dirs,
@@ -32,7 +32,7 @@ def _fill(folder: Path, n_bytes: int = 1000) -> None:
 
 def test_a_claimed_run_folder_survives_a_sweep_and_goes_when_released(tmp_path):
     runs = tmp_path / "runs"
-    live = claim_run_dir(runs / "2024-01-15" / "20240115_aaaaaaaaaaaa")
+    live = RunDirClaim(runs / "2024-01-15" / "20240115_aaaaaaaaaaaa")
     _fill(live.run_dir)
     killed = runs / "2024-01-14" / "20240114_bbbbbbbbbbbb"  # its process is gone
     _fill(killed, 2500)
@@ -54,8 +54,8 @@ def test_a_run_folder_claimed_by_another_live_process_is_kept(tmp_path):
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path; "
-            "from retail_etl.housekeeping import claim_run_dir; "
-            "claim_run_dir(Path(sys.argv[1])); print('claimed', flush=True); time.sleep(30)",
+            "from retail_etl.housekeeping import RunDirClaim; "
+            "RunDirClaim(Path(sys.argv[1])); print('claimed', flush=True); time.sleep(30)",
             str(run_dir),
         ],
         stdout=subprocess.PIPE,

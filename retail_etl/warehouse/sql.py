@@ -422,26 +422,27 @@ def retract_missing_sql(
     )
 
 
-def delete_retracted_sql(t: SqlTarget) -> str:
-    """Remove from ``sales_fact`` the rows a load recorded in ``sales_retractions``.
+def _fact_rows_retracted_by_batch(t: SqlTarget) -> str:
+    """``sales_fact`` rows of a region whose key a batch recorded in ``sales_retractions``.
     Params: (region, batch_id, region)."""
     region, sale_id = t.ident("region"), t.ident("sale_id")
     return (
-        f"DELETE FROM {t.table(SALES_FACT)} WHERE {region} = {t.param} AND {sale_id} IN "
+        f"FROM {t.table(SALES_FACT)} WHERE {region} = {t.param} AND {sale_id} IN "
         f"(SELECT {sale_id} FROM {t.table(SALES_RETRACTIONS)} "
         f"WHERE {t.ident('batch_id')} = {t.param} AND {region} = {t.param})"
     )
+
+
+def delete_retracted_sql(t: SqlTarget) -> str:
+    """Remove from ``sales_fact`` the rows a load recorded in ``sales_retractions``.
+    Params: (region, batch_id, region)."""
+    return f"DELETE {_fact_rows_retracted_by_batch(t)}"
 
 
 def retracted_still_stored_sql(t: SqlTarget) -> str:
     """Params: (region, batch_id, region) -> ``sales_fact`` rows whose key that batch recorded
     in ``sales_retractions`` (0 after its load)."""
-    region, sale_id = t.ident("region"), t.ident("sale_id")
-    return (
-        f"SELECT COUNT(*) FROM {t.table(SALES_FACT)} WHERE {region} = {t.param} AND {sale_id} IN "
-        f"(SELECT {sale_id} FROM {t.table(SALES_RETRACTIONS)} "
-        f"WHERE {t.ident('batch_id')} = {t.param} AND {region} = {t.param})"
-    )
+    return f"SELECT COUNT(*) {_fact_rows_retracted_by_batch(t)}"
 
 
 def day_keys_sql(t: SqlTarget) -> str:
