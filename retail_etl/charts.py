@@ -1,6 +1,7 @@
 """The volume chart of the quality report: accepted rows per region over the history window
 against the band the ``history_volume`` check accepts. Plain code: an SVG string, embedded in
-the report's markdown as a ``data:`` image (the Prefect UI renders it; no file to host).
+the report's markdown as a ``data:`` image (the Prefect UI renders it; no file to host). Also the
+weekly quality report's daily volume per region (:func:`daily_volume_svg`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from html import escape
 from retail_etl import humanize
 from retail_etl.quality import QualityThresholds, history_baseline
 
-__all__ = ["volume_chart_markdown", "volume_chart_svg"]
+__all__ = ["daily_volume_svg", "svg_data_url", "volume_chart_markdown", "volume_chart_svg"]
 
 _WIDTH, _PANEL, _LEFT, _RIGHT, _TOP = 720, 96, 92, 16, 22
 _WARN_FILL, _FAIL_FILL, _LINE, _TODAY = "#facc1540", "#ef444426", "#60a5fa", "#f472b6"
@@ -122,5 +123,76 @@ def volume_chart_markdown(
 ) -> str:
     """The chart as a markdown image (a base64 ``data:`` URL)."""
     svg = volume_chart_svg(history, today, business_date, thresholds)
-    encoded = base64.b64encode(svg.encode("utf-8")).decode("ascii")
-    return f"![accepted rows per region vs history](data:image/svg+xml;base64,{encoded})"
+    return f"![accepted rows per region vs history]({svg_data_url(svg)})"
+
+
+def daily_volume_svg(
+    series: Mapping[str, Sequence[tuple[date, int]]],
+    start: date,
+    end: date,
+    *,
+    medians: Mapping[str, Sequence[tuple[date, float]]] | None = None,
+) -> str:
+    """A self-contained SVG, one panel per region of ``series``: accepted rows of each loaded
+    day in [start, end] (line and dots; a day without a point was not loaded) and, dashed, the
+    trailing median each day is compared with (the weekly quality report)."""
+    span = max(1, (end - start).days)
+    plot_w = _WIDTH - _LEFT - _RIGHT
+    height = _TOP + _PANEL * len(series) + 24
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<rect width="{_WIDTH}" height="{height}" fill="#1f2937"/>',
+        f'<text x="{_LEFT}" y="14" fill="#e5e7eb">accepted rows per day, {start.isoformat()} to '
+        f"{end.isoformat()}; dashed: trailing median</text>",
+    ]
+    for index, (region, raw_points) in enumerate(series.items()):
+        top = _TOP + index * _PANEL
+        points = sorted((d, n) for d, n in raw_points if start <= d <= end)
+        median = sorted((d, m) for d, m in (medians or {}).get(region, ()) if start <= d <= end)
+        top_value = max([1, *(n for _, n in points), *(m for _, m in median)]) * 1.1
+
+        def y(value: float, top: int = top, top_value: float = top_value) -> float:
+            return top + 4 + (_PANEL - 22) * (1 - value / top_value)
+
+        def x(day: date) -> float:
+            return _x(day, start, span, plot_w)
+
+        parts.append(
+            f'<text x="6" y="{top + 14}" fill="#e5e7eb" font-weight="bold">{escape(region)}</text>'
+        )
+        parts.append(
+            f'<text x="6" y="{top + 30}" fill="#9ca3af">{len(points)} day(s) loaded</text>'
+        )
+        parts.append(
+            f'<line x1="{_LEFT}" y1="{y(0):.1f}" x2="{_WIDTH - _RIGHT}" y2="{y(0):.1f}" '
+            'stroke="#4b5563"/>'
+        )
+        if len(median) > 1:
+            path = " ".join(f"{x(d):.1f},{y(m):.1f}" for d, m in median)
+            parts.append(
+                f'<polyline points="{path}" fill="none" stroke="#9ca3af" stroke-dasharray="4 3"/>'
+            )
+        if len(points) > 1:
+            path = " ".join(f"{x(d):.1f},{y(n):.1f}" for d, n in points)
+            parts.append(
+                f'<polyline points="{path}" fill="none" stroke="{_LINE}" stroke-width="2"/>'
+            )
+        parts.extend(
+            f'<circle cx="{x(d):.1f}" cy="{y(n):.1f}" r="3" fill="{_LINE}">'
+            f"<title>{d.isoformat()}: {humanize.count(n)}</title></circle>"
+            for d, n in points
+        )
+    bottom = _TOP + _PANEL * len(series) + 14
+    for day, anchor in ((start, "start"), (end, "end")):
+        parts.append(
+            f'<text x="{_x(day, start, span, plot_w):.1f}" y="{bottom}" fill="#9ca3af" '
+            f'text-anchor="{anchor}">{day.isoformat()}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_data_url(svg: str) -> str:
+    """``svg`` as a ``data:`` URL, for a markdown image the Prefect UI renders."""
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")

@@ -62,6 +62,14 @@ def new_batch_id(run_date: date) -> str:
     return f"{run_date:%Y%m%d}_{uuid.uuid4().hex[:12]}"
 
 
+def batch_run_date(batch_id: str) -> date | None:
+    """The run date a :func:`new_batch_id` id starts with; None for an id of another form."""
+    try:
+        return datetime.strptime(batch_id[:9], "%Y%m%d_").date()
+    except ValueError:
+        return None
+
+
 def new_run_context(
     settings: Settings,
     run_date: date | None,
