@@ -1,5 +1,5 @@
-"""``retail-etl``: the command line (seed, blocks, run, demo, backfill, audit, automations, cleanup,
-query).
+"""``retail-etl``: the command line (seed, blocks, run, demo, backfill, audit, report, automations,
+cleanup, query).
 
 Arguments are checked before any flow starts (unknown regions, a reversed range, settings
 that do not parse): a usage error exits 2 with a one-line message and creates no flow run.
@@ -281,6 +281,31 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1 if report.drifted else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The weekly quality report of a range, offline: markdown to stdout, or to --out FILE with
+    the volume chart next to it (``<FILE stem>-volume.svg``)."""
+    from blocks.targets import open_targets
+    from retail_etl.report import collect_configured_report, render_markdown, volume_chart
+    from retail_etl.settings import get_settings
+
+    settings = get_settings(fresh=True)
+    _, warehouse = open_targets(settings)
+    warehouse.ensure_schema()
+    with warehouse.session():
+        report = collect_configured_report(
+            warehouse.query, settings, args.start, args.end, _regions(args.regions)
+        )
+    if args.out is None:
+        print(render_markdown(report), end="")
+        return 0
+    out = Path(args.out)
+    chart = out.with_name(f"{out.stem}-volume.svg")
+    chart.write_text(volume_chart(report), encoding="utf-8")
+    out.write_text(render_markdown(report, chart=chart.name), encoding="utf-8")
+    print(f"wrote {out} and {chart}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Seed the local sources if needed, then run one day end to end on the embedded default."""
     # The demo's sources are the local databases it seeds, whatever blocks a server holds.
@@ -445,6 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--end", type=_date, required=True)
     audit.add_argument("--regions", help="comma-separated subset of the configured regions")
     audit.set_defaults(func=cmd_audit)
+
+    report = sub.add_parser(
+        "report", help="weekly data quality report of a range of business dates (markdown)"
+    )
+    report.add_argument("--start", type=_date, required=True)
+    report.add_argument("--end", type=_date, required=True)
+    report.add_argument("--regions", help="comma-separated subset of the configured regions")
+    report.add_argument("--out", metavar="FILE", help="write here (chart next to it), not stdout")
+    report.set_defaults(usage=report.format_usage, func=cmd_report, check=check_backfill)
 
     demo = sub.add_parser("demo", help="seed (if needed) and run one day end to end locally")
     demo.add_argument("--date", type=_date, default=DEMO_DATE)

@@ -25,6 +25,7 @@ from retail_etl.backfill import date_range
 from retail_etl.charts import daily_volume_svg
 from retail_etl.closing import business_date_for
 from retail_etl.run import batch_run_date
+from retail_etl.settings import Settings
 from retail_etl.warehouse.base import (
     DQ_RESULTS,
     LEDGER,
@@ -57,6 +58,30 @@ def default_window(scheduled_start: datetime, timezone: str) -> tuple[date, date
     reports Monday to Sunday of the week before."""
     end = business_date_for(scheduled_start, timezone)
     return end - timedelta(days=REPORT_DAYS - 1), end
+
+
+def report_key(start: date, end: date) -> str:
+    """Artifact key and file stem of the report (``quality-report-2024-01-15-2024-01-21``)."""
+    return f"quality-report-{start.isoformat()}-{end.isoformat()}"
+
+
+def collect_configured_report(
+    query: Query, settings: Settings, start: date, end: date, regions: Sequence[str] | None = None
+) -> QualityReport:
+    """:func:`collect_report` with the configured warehouse dialect, regions, business timezone
+    and history thresholds. Table names are unqualified: the warehouse's connection has its
+    schema as the current one (DuckDB: its file; Snowflake: the connector block's schema)."""
+    return collect_report(
+        query,
+        SqlTarget(settings.warehouse),
+        start,
+        end,
+        list(regions or settings.regions),
+        timezone=settings.timezone,
+        history_days=settings.history_days,
+        history_min_points=settings.history_min_points,
+        volume_warn_deviation=settings.history_warn_deviation,
+    )
 
 
 # --------------------------------------------------------------------------- collected data

@@ -18,6 +18,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REGIONS: tuple[str, ...] = ("us_east", "us_west", "europe", "apac")
+#: Deployment environments (``RETAIL_ETL_ENV``). ``dev`` keeps the unprefixed block names and
+#: artifact keys of installs made before environments existed; the others prefix them.
+ENVIRONMENTS: tuple[str, ...] = ("dev", "staging", "prod")
+Environment = Literal["dev", "staging", "prod"]
 IDENTIFIER_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DEFAULT_SERVER_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 # Prefect block document names: lowercase letters, digits and dashes only.
@@ -72,6 +76,12 @@ class Settings(BaseSettings):
     """Pipeline configuration; each field maps to ``RETAIL_ETL_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="RETAIL_ETL_", extra="ignore")
+
+    env: Environment = Field(
+        default="dev",
+        description="Deployment environment: dev, staging or prod. Block names and artifact "
+        "keys of staging and prod start with '<env>-'; dev keeps the plain names.",
+    )
 
     regions_csv: str = Field(
         default=",".join(DEFAULT_REGIONS),
@@ -230,10 +240,18 @@ class Settings(BaseSettings):
             "a Prefect API URL is configured, env for the in-process ephemeral API)."
         ),
     )
+    # Base names; the environment's prefix is added by the properties of the same names
+    # without ``_base`` (``prod-retail-etl-slack``), so two environments share one Prefect API.
     source_block_prefix: str = "sales-source-"
-    s3_bucket_block: str = "retail-etl-staging"
-    snowflake_block: str = "retail-etl-warehouse"
-    slack_block: str = "retail-etl-slack"
+    s3_bucket_block_base: str = Field(
+        default="retail-etl-staging", validation_alias="RETAIL_ETL_S3_BUCKET_BLOCK"
+    )
+    snowflake_block_base: str = Field(
+        default="retail-etl-warehouse", validation_alias="RETAIL_ETL_SNOWFLAKE_BLOCK"
+    )
+    slack_block_base: str = Field(
+        default="retail-etl-slack", validation_alias="RETAIL_ETL_SLACK_BLOCK"
+    )
 
     # Credentials that `retail-etl blocks register` stores in blocks (never read at run time).
     s3_bucket_name: str | None = Field(default=None, description="Staging bucket (S3 store).")
@@ -268,6 +286,13 @@ class Settings(BaseSettings):
         default=None, description="Incoming-webhook URL stored in the Slack block (alerts)."
     )
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _known_environment(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ENVIRONMENTS:
+            return value.strip().lower()
+        raise ValueError(f"RETAIL_ETL_ENV must be one of {', '.join(ENVIRONMENTS)}, got {value!r}")
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -290,6 +315,28 @@ class Settings(BaseSettings):
         for what in ("s3_bucket_block", "snowflake_block", "slack_block"):
             validate_block_name(getattr(self, what), f"RETAIL_ETL_{what.upper()}")
         return self
+
+    @property
+    def env_prefix(self) -> str:
+        """``''`` for dev, ``'<env>-'`` otherwise: the start of block names and artifact keys."""
+        return "" if self.env == "dev" else f"{self.env}-"
+
+    @property
+    def s3_bucket_block(self) -> str:
+        return self.env_prefix + self.s3_bucket_block_base
+
+    @property
+    def snowflake_block(self) -> str:
+        return self.env_prefix + self.snowflake_block_base
+
+    @property
+    def slack_block(self) -> str:
+        return self.env_prefix + self.slack_block_base
+
+    def artifact_key(self, key: str) -> str:
+        """A Prefect artifact key in this environment: ``summary-2024-01-15`` is
+        ``prod-summary-2024-01-15`` in prod."""
+        return self.env_prefix + key
 
     @property
     def regions(self) -> list[str]:
@@ -317,13 +364,13 @@ class Settings(BaseSettings):
         return f"RETAIL_ETL_SOURCE_URL_{validate_identifier(region, 'region').upper()}"
 
     def source_block_name(self, region: str) -> str:
-        """The region's ``SqlAlchemyConnector`` block: ``us_east`` -> ``sales-source-us-east``.
+        """The region's ``SqlAlchemyConnector`` block: ``us_east`` -> ``sales-source-us-east``
+        (``prod-sales-source-us-east`` in prod).
 
         Regions hold no dashes, so replacing underscores keeps the names unique.
         """
-        name = (
-            f"{self.source_block_prefix}{validate_identifier(region, 'region').replace('_', '-')}"
-        )
+        region_part = validate_identifier(region, "region").replace("_", "-")
+        name = f"{self.env_prefix}{self.source_block_prefix}{region_part}"
         return validate_block_name(name, f"source block name of region {region}")
 
     def column_aliases_for(self, region: str) -> dict[str, list[str]]:

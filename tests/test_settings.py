@@ -71,3 +71,31 @@ def test_an_explicit_source_url_skips_the_default_database_name(monkeypatch):
     for region in DEFAULT_REGIONS:
         monkeypatch.setenv(f"RETAIL_ETL_SOURCE_URL_{region.upper()}", "postgresql+psycopg2://h/db")
     assert load_settings().regions == list(DEFAULT_REGIONS)
+
+
+def test_dev_keeps_todays_names_and_other_environments_prefix_them(monkeypatch):
+    dev = Settings()
+    assert dev.env == "dev"
+    assert (dev.source_block_name("us_east"), dev.slack_block, dev.artifact_key("summary-x")) == (
+        "sales-source-us-east",
+        "retail-etl-slack",
+        "summary-x",
+    )
+    monkeypatch.setenv("RETAIL_ETL_ENV", "prod")
+    monkeypatch.setenv("RETAIL_ETL_SLACK_BLOCK", "team-slack")
+    prod = load_settings()
+    assert prod.source_block_name("us_east") == "prod-sales-source-us-east"
+    assert (prod.s3_bucket_block, prod.snowflake_block, prod.slack_block) == (
+        "prod-retail-etl-staging",
+        "prod-retail-etl-warehouse",
+        "prod-team-slack",
+    )
+    assert prod.artifact_key("summary-2024-01-15") == "prod-summary-2024-01-15"
+
+
+@pytest.mark.parametrize("value", ["production", "PROD-1", ""])
+def test_an_unknown_environment_is_refused_naming_the_choices(monkeypatch, value):
+    monkeypatch.setenv("RETAIL_ETL_ENV", value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert f"RETAIL_ETL_ENV must be one of dev, staging, prod, got {value!r}" in str(info.value)
