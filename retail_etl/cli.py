@@ -143,6 +143,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 def cmd_blocks_register(args: argparse.Namespace) -> int:
     _quiet_offline_prefect()
+    if args.env:  # the environment whose block names to write (over RETAIL_ETL_ENV)
+        os.environ["RETAIL_ETL_ENV"] = args.env
     from blocks.register import register_all
     from retail_etl.settings import get_settings
 
@@ -417,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     blocks_sub = blocks.add_subparsers(dest="blocks_command", required=True)
     register = blocks_sub.add_parser(
         "register", help="create or update every block from the environment"
+    )
+    register.add_argument(
+        "--env",
+        metavar="ENV",
+        help="dev, staging or prod (default RETAIL_ETL_ENV, else dev): prod writes "
+        "prod-sales-source-<region>, prod-retail-etl-slack, ...; dev the plain names",
     )
     register.set_defaults(func=cmd_blocks_register)
 

@@ -32,7 +32,8 @@ POOL = "retail-etl-pool"
 def deployed(prefect_server: PrefectServer) -> PrefectServer:
     """The work pool and the deployments of prefect.yaml, deployed from the repo root."""
     env = prefect_server.env()
-    run_command([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"], env)
+    for pool in (POOL, "retail-etl-staging-pool", "retail-etl-prod-pool"):  # one per environment
+        run_command([str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"], env)
     run_command([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
     return prefect_server
 
@@ -59,6 +60,19 @@ def test_daily_deployment_runs_on_a_process_worker(
     assert backfill["parameters"] == {"missing_only": False, "changed_only": False}
     audit = server.get("/deployments/name/retail-sales-audit/audit").json()
     assert audit["entrypoint"] == "flows/audit.py:retail_sales_audit"
+    # Environments: dev's schedule is paused; prod's deployment runs on its own pool, as prod.
+    assert schedule["active"] is False
+    prod = server.get("/deployments/name/retail-sales-etl/prod-daily").json()
+    assert prod["work_pool_name"] == "retail-etl-prod-pool"
+    assert prod["job_variables"]["env"]["RETAIL_ETL_ENV"] == "prod"
+    assert [s["active"] for s in prod["schedules"]] == [True]
+    report = server.get("/deployments/name/retail-sales-quality-report/prod-quality-report").json()
+    assert report["entrypoint"] == "flows/report.py:retail_sales_quality_report"
+    assert report["schedules"][0]["schedule"] == {
+        "cron": "30 11 * * 1",
+        "timezone": "UTC",
+        "day_or": True,
+    }
 
     regions = list(DEFAULT_REGIONS)
     drop_prefixed_databases(unique_prefix)
