@@ -38,12 +38,13 @@ def alert(summary: RunSummary, report: QualityReport | None = None) -> bool:
     markdown = message.markdown
     if report is not None:
         markdown += "\n\n" + report.to_markdown()
+    settings = get_settings(fresh=True)
     create_markdown_artifact(
-        key=f"alert-{summary.run_date.isoformat()}",
+        key=settings.artifact_key(f"alert-{summary.run_date.isoformat()}"),
         markdown=markdown,
         description=message.title,
     )
-    sent = send_alert(message, get_settings(fresh=True), logger=logger)
+    sent = send_alert(message, settings, logger=logger)
     if sent:
         logger.info("Alert posted to Slack")
     return sent

@@ -49,7 +49,7 @@ def retail_sales_audit(start_date: date, end_date: date, regions: list[str] | No
     text = report.render()
     logger.info("%s", text)
     create_table_artifact(
-        key=f"audit-{start_date.isoformat()}-{end_date.isoformat()}",
+        key=settings.artifact_key(f"audit-{start_date.isoformat()}-{end_date.isoformat()}"),
         table=[r.as_record() for r in report.rows],
         description=text.splitlines()[-1],
     )

@@ -66,7 +66,7 @@ def send_backfill_alert_task(
         start, end, results, flow_run_url=flow_run_ui_url(flow_run_id) if flow_run_id else None
     )
     create_markdown_artifact(
-        key=f"alert-backfill-{start.isoformat()}-{end.isoformat()}",
+        key=get_settings().artifact_key(f"alert-backfill-{start.isoformat()}-{end.isoformat()}"),
         markdown=message.markdown,
         description=message.title,
     )
@@ -139,7 +139,7 @@ def retail_sales_backfill(
     if changed_only:  # pairs skipped as unchanged may be in any state
         note_skipped_states(results, ledger)
     create_table_artifact(
-        key=f"backfill-{start.isoformat()}-{end.isoformat()}",
+        key=settings.artifact_key(f"backfill-{start.isoformat()}-{end.isoformat()}"),
         table=summary_rows(results),
         description=f"Backfill {start}..{end} ({_mode(missing_only, changed_only)})",
     )

@@ -89,7 +89,7 @@ def retail_sales_etl(
     ctx = new_run_context(
         settings, run_date, regions, flow_run.get_id(), flow_run.scheduled_start_time
     )
-    summary = RunSummary.start(ctx)
+    summary = RunSummary.start(ctx, artifact_prefix=settings.env_prefix)
     summary.warehouse = describe_warehouse(settings)
     logger.info("Batch %s: %s for regions %s", ctx.batch_id, ctx.run_date, ", ".join(ctx.regions))
     # This run's scratch folder is ours until the run ends; killed runs' leftovers are swept.
@@ -271,7 +271,7 @@ def _finish(
         message += alert_note(sent=sent, by_backfill=not send_alerts)
     progress.finished(summary)
     create_markdown_artifact(
-        key=f"summary-{summary.run_date.isoformat()}",
+        key=settings.artifact_key(f"summary-{summary.run_date.isoformat()}"),
         markdown=summary.to_markdown(alerted=alerted, state_message=message),
         description=summary.headline(),
     )

@@ -173,7 +173,7 @@ def load_batch(
     if not recorded.is_completed():
         outcome.ledger_errors.append(recorded.message or "recording dq_results failed")
     create_table_artifact(
-        key=f"load-{ctx.run_date.isoformat()}",
+        key=settings.artifact_key(f"load-{ctx.run_date.isoformat()}"),
         table=[
             {
                 "region": m.region,

@@ -32,7 +32,7 @@ def validate_batch(
         stored_keys=stored_keys,
     )
     create_markdown_artifact(
-        key=f"quality-{ctx.run_date.isoformat()}",
+        key=settings.artifact_key(f"quality-{ctx.run_date.isoformat()}"),
         markdown=report.to_markdown(),
         description=f"Quality gate for {ctx.run_date} (batch {ctx.batch_id}): {report.verdict}",
     )

@@ -187,14 +187,17 @@ class RunSummary:
     lookback_reasons: dict[str, str] = field(default_factory=dict)
     #: Regions whose source fingerprint could not be read (lookback skipped their changes).
     fingerprint_errors: dict[str, str] = field(default_factory=dict)
+    #: Start of the run's artifact keys (``Settings.env_prefix``: ``prod-`` in prod).
+    artifact_prefix: str = ""
 
     @classmethod
-    def start(cls, ctx: RunContext) -> RunSummary:
+    def start(cls, ctx: RunContext, *, artifact_prefix: str = "") -> RunSummary:
         return cls(
             run_date=ctx.run_date,
             batch_id=ctx.batch_id,
             flow_run_id=ctx.flow_run_id,
             regions={r: RegionOutcome(r) for r in ctx.regions},
+            artifact_prefix=artifact_prefix,
         )
 
     # -- recording step results (called by the parent flow, in order) --------------------
@@ -394,7 +397,7 @@ class RunSummary:
             "alert": alerted,
         }
         return [
-            (f"{prefix}-{day}", where)
+            (f"{self.artifact_prefix}{prefix}-{day}", where)
             for label, (prefix, where) in DETAIL_ARTIFACTS.items()
             if published[label]
         ]

@@ -21,7 +21,7 @@ from retail_etl import humanize, pg, progress
 from retail_etl.extract import RegionExtract, combine_splits, extract_region
 from retail_etl.run import RunContext, RunSummary
 from retail_etl.schema import SchemaContractError
-from retail_etl.settings import Settings
+from retail_etl.settings import Settings, get_settings
 from tasks.results import TaskFailure, collect
 
 
@@ -208,7 +208,7 @@ def publish_extract_artifact(
 ) -> None:
     """Per region: rows, bytes, duration, source columns, schema changes, error."""
     create_table_artifact(
-        key=f"extract-{ctx.run_date.isoformat()}",
+        key=get_settings().artifact_key(f"extract-{ctx.run_date.isoformat()}"),
         table=[
             {
                 "region": region,

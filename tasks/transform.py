@@ -14,7 +14,7 @@ from prefect.futures import PrefectFuture
 from retail_etl import humanize, progress
 from retail_etl.extract import RegionExtract
 from retail_etl.run import RunContext
-from retail_etl.settings import Settings
+from retail_etl.settings import Settings, get_settings
 from retail_etl.transform import RegionTransformResult, transform_region
 from tasks.results import collect
 
@@ -125,7 +125,7 @@ class RegionTransforms:
 
 def publish_transform_artifact(ctx: RunContext, results: dict[str, RegionTransformResult]) -> None:
     create_table_artifact(
-        key=f"transform-{ctx.run_date.isoformat()}",
+        key=get_settings().artifact_key(f"transform-{ctx.run_date.isoformat()}"),
         table=[
             {
                 "region": r.region,

@@ -3,6 +3,7 @@ and the per-environment deployments of prefect.yaml."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,37 @@ def test_the_report_runs_monday_morning_in_the_business_timezone():
     assert int(schedule["cron"].split()[1]) < 12  # morning
     assert schedule["timezone"] == "UTC"  # RETAIL_ETL_TIMEZONE's default, the business zone
     daily = _deployments()["prod-daily"]["schedules"][0]
+
     def at(cron: str) -> tuple[int, int]:
         minute, hour = cron.split()[:2]
         return int(hour), int(minute)
 
     assert at(schedule["cron"]) > at(daily["cron"])  # after the daily load of Sunday
+
+
+def test_artifact_keys_carry_the_environment(prefect_api, monkeypatch, tmp_path):
+    from flows.report import retail_sales_quality_report
+    from retail_etl.run import RunContext, RunSummary
+    from tests.test_what_a_person_sees import _artifacts
+
+    day = dt.date(2024, 1, 15)
+    ctx = RunContext(day, ("us_east",), "20240115_0123456789ab", "local", tmp_path)
+    summary = RunSummary.start(ctx, artifact_prefix="prod-")
+    summary.stage_seconds["extract"] = 1.0
+    assert [k for k, _ in summary.detail_artifact_keys(alerted=True)] == [
+        "prod-extract-2024-01-15",
+        "prod-alert-2024-01-15",
+    ]
+
+    monkeypatch.setenv("RETAIL_ETL_ENV", "staging")
+    monkeypatch.setenv("RETAIL_ETL_REGIONS", "us_east")
+    monkeypatch.setenv("RETAIL_ETL_DUCKDB_PATH", str(tmp_path / "wh.duckdb"))
+    monkeypatch.setenv("RETAIL_ETL_STAGING_DIR", str(tmp_path / "staging"))
+    state = retail_sales_quality_report(
+        start_date=day, end_date=day, notify=False, return_state=True
+    )
+    assert state.is_completed(), state.message
+    assert set(_artifacts(state.state_details.flow_run_id)) == {
+        "staging-quality-report-2024-01-15-2024-01-15"
+    }
+    assert "1 region-day(s) missing" in (state.message or "")
