@@ -71,6 +71,12 @@ def collect_configured_report(
     """:func:`collect_report` with the configured warehouse dialect, regions, business timezone
     and history thresholds. Table names are unqualified: the warehouse's connection has its
     schema as the current one (DuckDB: its file; Snowflake: the connector block's schema)."""
+    unknown = sorted(set(regions or ()) - set(settings.regions))
+    if unknown:
+        raise ValueError(
+            f"unknown region(s) {', '.join(unknown)}; configured regions are "
+            f"{', '.join(settings.regions)} (RETAIL_ETL_REGIONS)"
+        )
     return collect_report(
         query,
         SqlTarget(settings.warehouse),

@@ -311,3 +311,14 @@ def test_collect_reads_the_same_numbers_on_both_engines(
     assert [(c.region, c.differences) for c in report.schema_changes] == [
         ("us_east", "new column x (text)")
     ]
+
+
+def test_the_configured_report_refuses_an_unknown_region(monkeypatch) -> None:
+    from retail_etl.report import collect_configured_report
+    from retail_etl.settings import Settings
+
+    def no_query(sql: str, params: Any) -> list[tuple[Any, ...]]:
+        raise AssertionError("no query for a refused region")
+
+    with pytest.raises(ValueError, match="unknown region\\(s\\) mars; configured regions are"):
+        collect_configured_report(no_query, Settings(), D1, D2, ["us_east", "mars"])
