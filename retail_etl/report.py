@@ -61,7 +61,8 @@ def default_window(scheduled_start: datetime, timezone: str) -> tuple[date, date
 
 
 def report_key(start: date, end: date) -> str:
-    """Artifact key and file stem of the report (``quality-report-2024-01-15-2024-01-21``)."""
+    """The report's artifact key (``quality-report-2024-01-15-2024-01-21``), before the
+    environment's prefix."""
     return f"quality-report-{start.isoformat()}-{end.isoformat()}"
 
 

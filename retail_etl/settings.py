@@ -11,7 +11,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -20,8 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_REGIONS: tuple[str, ...] = ("us_east", "us_west", "europe", "apac")
 #: Deployment environments (``RETAIL_ETL_ENV``). ``dev`` keeps the unprefixed block names and
 #: artifact keys of installs made before environments existed; the others prefix them.
-ENVIRONMENTS: tuple[str, ...] = ("dev", "staging", "prod")
 Environment = Literal["dev", "staging", "prod"]
+ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
 IDENTIFIER_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DEFAULT_SERVER_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 # Prefect block document names: lowercase letters, digits and dashes only.

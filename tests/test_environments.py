@@ -56,6 +56,7 @@ def test_two_environments_register_their_blocks_without_collision(prefect_api, m
 def test_blocks_register_refuses_an_unknown_environment(monkeypatch, capsys):
     from retail_etl.cli import main
 
+    monkeypatch.delenv("RETAIL_ETL_ENV", raising=False)  # the CLI sets it: restored after
     assert main(["blocks", "register", "--env", "production"]) == 2
     err = capsys.readouterr().err
     assert "RETAIL_ETL_ENV must be one of dev, staging, prod, got 'production'" in err
