@@ -28,7 +28,8 @@ def test_two_environments_register_their_blocks_without_collision(prefect_api, m
     monkeypatch.setenv("RETAIL_ETL_SOURCE_BLOCK_PREFIX", prefix)
     monkeypatch.setenv("RETAIL_ETL_SLACK_BLOCK", f"{prefix}slack")
     monkeypatch.setenv("RETAIL_ETL_CREDENTIALS", "blocks")
-    monkeypatch.delenv("RETAIL_ETL_ENV", raising=False)
+    # The CLI's --env sets RETAIL_ETL_ENV: setting it here first restores it after the test.
+    monkeypatch.setenv("RETAIL_ETL_ENV", "dev")
     urls = {}
     for env in ("dev", "prod"):
         urls[env] = f"postgresql+psycopg2://etl@{env}-db.internal:5432/retail_us_east"
@@ -56,7 +57,7 @@ def test_two_environments_register_their_blocks_without_collision(prefect_api, m
 def test_blocks_register_refuses_an_unknown_environment(monkeypatch, capsys):
     from retail_etl.cli import main
 
-    monkeypatch.delenv("RETAIL_ETL_ENV", raising=False)  # the CLI sets it: restored after
+    monkeypatch.setenv("RETAIL_ETL_ENV", "dev")  # the CLI's --env sets it: restored after
     assert main(["blocks", "register", "--env", "production"]) == 2
     err = capsys.readouterr().err
     assert "RETAIL_ETL_ENV must be one of dev, staging, prod, got 'production'" in err
