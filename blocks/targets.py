@@ -12,6 +12,7 @@ from typing import Any
 from retail_etl.settings import Settings
 from retail_etl.staging import LocalStagingStore, S3StagingStore, StagingStore
 from retail_etl.warehouse import Warehouse, open_warehouse
+from retail_etl.warehouse.dialects.snowflake import SnowflakeConnection
 
 
 class TargetConfigurationError(RuntimeError):
@@ -47,6 +48,32 @@ def open_staging_store(settings: Settings) -> StagingStore:
     )
 
 
+def snowflake_connection(connector: Any, settings: Settings) -> SnowflakeConnection:
+    """How to reach Snowflake with a prefect-snowflake ``SnowflakeConnector``: each operation
+    opens its own connection with the connector's credentials, database, warehouse and schema
+    (the block's cached connection is not shared, so autocommit can be switched off safely)."""
+    login_timeout_s = settings.snowflake_login_timeout_seconds
+    statement_timeout_s = settings.snowflake_statement_timeout_seconds
+
+    def connect() -> Any:
+        return connector.credentials.get_client(
+            database=connector.database,
+            warehouse=connector.warehouse,
+            schema=connector.schema_,
+            autocommit=False,
+            # Bounded time: login, each network round trip, each statement and each wait
+            # for a lock end with an error instead of hanging the run.
+            login_timeout=login_timeout_s,
+            network_timeout=statement_timeout_s,
+            session_parameters={
+                "STATEMENT_TIMEOUT_IN_SECONDS": statement_timeout_s,
+                "LOCK_TIMEOUT": statement_timeout_s,
+            },
+        )
+
+    return SnowflakeConnection(connect, database=connector.database, schema=connector.schema_)
+
+
 def open_configured_warehouse(settings: Settings, store: StagingStore) -> Warehouse:
     """The configured warehouse."""
     if settings.warehouse == "duckdb":
@@ -59,7 +86,7 @@ def open_configured_warehouse(settings: Settings, store: StagingStore) -> Wareho
         "SnowflakeConnector",
         "RETAIL_ETL_SNOWFLAKE_ACCOUNT",
     )
-    return open_warehouse(settings, store, snowflake_connector=connector)
+    return open_warehouse(settings, store, snowflake=snowflake_connection(connector, settings))
 
 
 def open_targets(settings: Settings) -> tuple[StagingStore, Warehouse]:

@@ -367,7 +367,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     """Read the DuckDB warehouse without blocking loads for longer than the statement."""
     from retail_etl.settings import get_settings
     from retail_etl.staging import LocalStagingStore
-    from retail_etl.warehouse.duckdb_warehouse import DuckDBWarehouse
+    from retail_etl.warehouse import open_warehouse
 
     settings = get_settings(fresh=True)
     if settings.warehouse != "duckdb":
@@ -376,9 +376,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    warehouse = DuckDBWarehouse.from_settings(
-        settings, LocalStagingStore(settings.staging_dir / "store")
-    )
+    warehouse = open_warehouse(settings, LocalStagingStore(settings.staging_dir / "store"))
     columns, rows = warehouse.query_read_only(args.sql)
     cells = [columns] + [["NULL" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]

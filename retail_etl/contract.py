@@ -1,7 +1,7 @@
 """The source data contract: the ``sales`` table every region must expose.
 
 One definition feeds the seed generator, extraction, the schema check, the transform
-and both warehouses, so a contract change is made here and nowhere else.
+and the warehouses, so a contract change is made here and nowhere else.
 """
 
 from __future__ import annotations
@@ -20,54 +20,42 @@ BATCH_REGION = "*"
 class ContractColumn:
     name: str
     pg_type: str  # as information_schema / format_type() reports it
-    arrow_type: pa.DataType
-    duckdb_type: str
-    snowflake_type: str
+    arrow_type: pa.DataType  # neutral: each warehouse dialect names its own type for it
     critical: bool = False  # NULL rejects the row
 
 
 SALES_COLUMNS: tuple[ContractColumn, ...] = (
-    ContractColumn("sale_id", "bigint", pa.int64(), "BIGINT", "NUMBER(19,0)", critical=True),
-    ContractColumn("customer_id", "bigint", pa.int64(), "BIGINT", "NUMBER(19,0)", critical=True),
-    ContractColumn("store_id", "integer", pa.int32(), "INTEGER", "NUMBER(10,0)", critical=True),
-    ContractColumn("product_id", "integer", pa.int32(), "INTEGER", "NUMBER(10,0)", critical=True),
-    ContractColumn("quantity", "integer", pa.int32(), "INTEGER", "NUMBER(10,0)", critical=True),
+    ContractColumn("sale_id", "bigint", pa.int64(), critical=True),
+    ContractColumn("customer_id", "bigint", pa.int64(), critical=True),
+    ContractColumn("store_id", "integer", pa.int32(), critical=True),
+    ContractColumn("product_id", "integer", pa.int32(), critical=True),
+    ContractColumn("quantity", "integer", pa.int32(), critical=True),
     ContractColumn(
         "unit_price",
         "numeric(10,2)",
         pa.decimal128(10, 2),
-        "DECIMAL(10,2)",
-        "NUMBER(10,2)",
         critical=True,
     ),
-    ContractColumn(
-        "discount", "numeric(10,2)", pa.decimal128(10, 2), "DECIMAL(10,2)", "NUMBER(10,2)"
-    ),
-    ContractColumn("tax", "numeric(10,2)", pa.decimal128(10, 2), "DECIMAL(10,2)", "NUMBER(10,2)"),
+    ContractColumn("discount", "numeric(10,2)", pa.decimal128(10, 2)),
+    ContractColumn("tax", "numeric(10,2)", pa.decimal128(10, 2)),
     ContractColumn(
         "total_amount",
         "numeric(12,2)",
         pa.decimal128(12, 2),
-        "DECIMAL(12,2)",
-        "NUMBER(12,2)",
         critical=True,
     ),
-    ContractColumn("sale_date", "date", pa.date32(), "DATE", "DATE", critical=True),
-    ContractColumn("status", "text", pa.string(), "VARCHAR", "VARCHAR"),
-    ContractColumn("is_deleted", "boolean", pa.bool_(), "BOOLEAN", "BOOLEAN"),
+    ContractColumn("sale_date", "date", pa.date32(), critical=True),
+    ContractColumn("status", "text", pa.string()),
+    ContractColumn("is_deleted", "boolean", pa.bool_()),
     ContractColumn(
         "created_at",
         "timestamp with time zone",
         pa.timestamp("us", tz="UTC"),
-        "TIMESTAMPTZ",
-        "TIMESTAMP_TZ",
     ),
     ContractColumn(
         "updated_at",
         "timestamp with time zone",
         pa.timestamp("us", tz="UTC"),
-        "TIMESTAMPTZ",
-        "TIMESTAMP_TZ",
     ),
 )
 
@@ -94,12 +82,10 @@ COMPLETED_STATUS = "completed"
 
 @dataclass(frozen=True)
 class PipelineColumn:
-    """A column the pipeline adds (derived metric or lineage); same names in both warehouses."""
+    """A column the pipeline adds (derived metric or lineage); same names in every warehouse."""
 
     name: str
     arrow_type: pa.DataType
-    duckdb_type: str
-    snowflake_type: str
     description: str
 
 
@@ -108,29 +94,23 @@ DERIVED_COLUMNS: tuple[PipelineColumn, ...] = (
     PipelineColumn(
         "gross_amount",
         pa.decimal128(18, 2),
-        "DECIMAL(18,2)",
-        "NUMBER(18,2)",
         "quantity x unit_price",
     ),
     PipelineColumn(
         "net_amount",
         pa.decimal128(18, 2),
-        "DECIMAL(18,2)",
-        "NUMBER(18,2)",
         "gross_amount - discount",
     ),
     PipelineColumn(
         "effective_discount_rate",
         pa.decimal128(9, 6),
-        "DECIMAL(9,6)",
-        "NUMBER(9,6)",
         "discount / gross_amount, rounded to 6 places",
     ),
 )
 
 LINEAGE_COLUMNS: tuple[PipelineColumn, ...] = (
-    PipelineColumn("batch_id", pa.string(), "VARCHAR", "VARCHAR", "the run's batch id"),
-    PipelineColumn("flow_run_id", pa.string(), "VARCHAR", "VARCHAR", "the Prefect flow run"),
+    PipelineColumn("batch_id", pa.string(), "the run's batch id"),
+    PipelineColumn("flow_run_id", pa.string(), "the Prefect flow run"),
 )
 
 # Columns of an accepted (transformed) row, in order: what is staged and COPYed.

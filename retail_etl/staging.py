@@ -4,7 +4,7 @@ Layout (keys are relative to the store root)::
 
     sales/year=2024/month=01/day=15/region=us_east/<batch_id>-<n>.parquet
     rejects/year=2024/month=01/day=15/region=us_east/<batch_id>-<n>.parquet
-    dq_results/year=2024/month=01/day=15/<batch_id>-<n>.parquet        (batch level, no region)
+    retractions/year=2024/month=01/day=15/region=us_east/<batch_id>-<n>.parquet
 
 Sizing: :meth:`StagingStore.stage_dataset` streams the transform's parquet (any number of
 files, any sizes) into files of at most ``target_file_rows`` rows (default
@@ -59,15 +59,14 @@ import pyarrow.parquet as pq
 
 from retail_etl import contract
 from retail_etl.settings import get_settings, validate_identifier
-from retail_etl.warehouse.base import dq_results_arrow_schema
 
 if TYPE_CHECKING:
     from pyarrow.fs import S3FileSystem
 
 log = logging.getLogger(__name__)
 
-StagedTable = Literal["sales", "rejects", "retractions", "dq_results"]
-STAGED_TABLES: tuple[str, ...] = ("sales", "rejects", "retractions", "dq_results")
+StagedTable = Literal["sales", "rejects", "retractions"]
+STAGED_TABLES: tuple[str, ...] = ("sales", "rejects", "retractions")
 #: Batch ids are ``YYYYMMDD_<hex>``; they end up in file names and stage table names.
 BATCH_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]{0,47}$")
 ROW_GROUP_ROWS = 262_144
@@ -95,8 +94,6 @@ def staged_schema(table: StagedTable) -> pa.Schema:
         return contract.reject_arrow_schema()
     if table == "retractions":
         return contract.retraction_arrow_schema()
-    if table == "dq_results":
-        return dq_results_arrow_schema()
     raise StagingError(f"unknown staged table {table!r}; expected one of {STAGED_TABLES}")
 
 

@@ -92,6 +92,7 @@ import pyarrow.parquet as pq
 
 from retail_etl import contract
 from retail_etl.settings import validate_identifier
+from retail_etl.warehouse.dialects.duckdb import duckdb_type
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -271,7 +272,7 @@ def _exact_numeric(text: str, target: str, wide_scale: int, exact: str) -> str:
 
 
 def _column_sql(column: contract.ContractColumn, input_type: str, nan: bool) -> _ColumnSql:
-    name, src, target = column.name, _q(column.name), column.duckdb_type
+    name, src, target = column.name, _q(column.name), duckdb_type(column.arrow_type)
     text = f"trim(CAST({src} AS VARCHAR))"
     if name == "status":
         return _ColumnSql(name, normalized_status(src), True, False)
@@ -490,21 +491,8 @@ _OUTPUTS = ("accepted", "rejects", "retractions")
 
 
 def _duckdb_types(schema: pa.Schema) -> list[tuple[str, str]]:
-    """(column, DuckDB type) of an output schema, from the contract's type names."""
-    pipeline = {
-        c.name: c.duckdb_type for c in (*contract.DERIVED_COLUMNS, *contract.LINEAGE_COLUMNS)
-    }
-    out = []
-    for f in schema:
-        if f.name in contract.COLUMNS_BY_NAME:
-            out.append((f.name, contract.COLUMNS_BY_NAME[f.name].duckdb_type))
-        elif f.name in pipeline:
-            out.append((f.name, pipeline[f.name]))
-        elif pa.types.is_string(f.type):
-            out.append((f.name, "VARCHAR"))
-        else:  # pragma: no cover - guards a contract change
-            raise TransformError(f"no DuckDB type for output column {f.name!r} ({f.type})")
-    return out
+    """(column, DuckDB type) of an output schema."""
+    return [(f.name, duckdb_type(f.type)) for f in schema]
 
 
 def _all_nullable(select_sql: str, schema: pa.Schema) -> str:

@@ -160,16 +160,21 @@ def _hold_file_read_only(path: Path, seconds: float) -> subprocess.Popen[str]:
 
 def test_a_writer_waits_for_a_reader_and_gives_up_after_the_bound(tmp_path, caplog):
     from retail_etl.staging import LocalStagingStore
+    from retail_etl.warehouse import Warehouse
     from retail_etl.warehouse.base import WarehouseBusyError
-    from retail_etl.warehouse.duckdb_warehouse import DuckDBWarehouse
+    from retail_etl.warehouse.dialects.duckdb import DuckDBDialect
 
     path = tmp_path / "warehouse.duckdb"
     store = LocalStagingStore(tmp_path / "store")
-    DuckDBWarehouse(path, store).ensure_schema()
+
+    def duckdb_warehouse(lock_timeout_s: float = 1800.0) -> Warehouse:
+        return Warehouse(DuckDBDialect(path, store, lock_timeout_s=lock_timeout_s), store)
+
+    duckdb_warehouse().ensure_schema()
 
     reader = _hold_file_read_only(path, 1.5)
     try:
-        patient = DuckDBWarehouse(path, store, lock_timeout_s=60)
+        patient = duckdb_warehouse(lock_timeout_s=60)
         with caplog.at_level("WARNING"):
             assert patient.ensure_schema() == []  # waited for the reader, then wrote
         assert f"the DuckDB warehouse {path} is busy (held by" in caplog.text
@@ -180,7 +185,7 @@ def test_a_writer_waits_for_a_reader_and_gives_up_after_the_bound(tmp_path, capl
     reader = _hold_file_read_only(path, 30)
     try:
         with pytest.raises(WarehouseBusyError) as raised:
-            DuckDBWarehouse(path, store, lock_timeout_s=0.5).ensure_schema()
+            duckdb_warehouse(lock_timeout_s=0.5).ensure_schema()
         assert str(path) in str(raised.value) and f"PID {reader.pid}" in str(raised.value)
     finally:
         reader.kill()
@@ -342,9 +347,9 @@ def test_a_busy_warehouse_fails_the_run_with_a_clear_message_and_a_rerun_loads(e
     etl_env.seed(rows=300)
     settings = get_settings(fresh=True)
     from retail_etl.staging import LocalStagingStore
-    from retail_etl.warehouse.duckdb_warehouse import DuckDBWarehouse
+    from retail_etl.warehouse import open_warehouse
 
-    DuckDBWarehouse(settings.duckdb_path, LocalStagingStore(etl_env.tmp / "s")).ensure_schema()
+    open_warehouse(settings, LocalStagingStore(etl_env.tmp / "s")).ensure_schema()
     etl_env.monkeypatch.setenv("RETAIL_ETL_WAREHOUSE_LOCK_TIMEOUT_SECONDS", "1")
     reader = _hold_file_read_only(settings.duckdb_path, 60)
     try:

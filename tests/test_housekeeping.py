@@ -85,14 +85,13 @@ def test_only_old_scratch_folders_are_swept(tmp_path):
 
 
 def _staged(store, day: date, batch: str) -> list[str]:  # type: ignore[no-untyped-def]
-    return [f.key for f in store.stage_table("dq_results", day, None, batch, _dq())]
+    return [f.key for f in store.stage_table("rejects", day, "us_east", batch, _rejects())]
 
 
-def _dq() -> pa.Table:
-    from retail_etl.warehouse.base import dq_results_arrow_schema
+def _rejects() -> pa.Table:
+    from retail_etl import contract
 
-    schema = dq_results_arrow_schema()
-    return pa.Table.from_pylist([], schema=schema)
+    return pa.Table.from_pylist([], schema=contract.reject_arrow_schema())
 
 
 def test_staged_batches_past_retention_are_deleted_locally(tmp_path):

@@ -3,7 +3,6 @@ routes bad batches to the alert path, reruns are idempotent, late data lands exa
 
 from __future__ import annotations
 
-import sys
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -12,6 +11,7 @@ import pytest
 
 from retail_etl.seed import REJECT_KINDS, planted_dirt
 from tests.pipeline import PipelineEnv, run_day
+from tests.warehouse_faults import FaultPlan
 
 DAY = date(2024, 1, 15)
 REGIONS = ["us_east", "us_west", "europe", "apac"]
@@ -238,29 +238,14 @@ def test_a_region_far_below_its_history_fails_the_gate(env):
 
 
 def test_a_warehouse_failure_mid_load_applies_nothing_and_a_rerun_loads_once(env, monkeypatch):
-    from retail_etl.warehouse import sql as warehouse_sql
-
     _seed(env, rows=1_000)
-    real_ledger_sql = warehouse_sql.insert_ledger_sql
-
-    calls: list[int] = []
-
-    def failing_after_merge(target):  # type: ignore[no-untyped-def]
-        # The MERGE has run inside the transaction when its ledger row is written: the first
-        # two loads (one per region) fail there; recording the failures afterwards works.
-        calls.append(1)
-        if len(calls) > 2:
-            return real_ledger_sql(target)
-        insert = real_ledger_sql(target)
-        head, values = insert.split(" VALUES (", 1)
-        return (
-            f"{head} SELECT {values.rstrip(')')} WHERE error('injected warehouse failure') IS NULL"
-        )
-
-    monkeypatch.setattr(warehouse_sql, "insert_ledger_sql", failing_after_merge)
+    # The MERGE has run inside the transaction when its ledger row is written: the first two
+    # loads (one per region) fail there; recording the failures afterwards works.
+    plan = FaultPlan("ledger", nth=1, times=2).install(monkeypatch)
     state, summary = run_day(DAY, ["us_east", "europe"])
-    monkeypatch.setattr(warehouse_sql, "insert_ledger_sql", real_ledger_sql)
+    monkeypatch.undo()
 
+    assert plan.failed == 2
     assert state.is_failed()
     assert (
         "load failed for us_east" in state.message and "injected warehouse failure" in state.message
@@ -283,27 +268,18 @@ def test_a_warehouse_failure_mid_load_applies_nothing_and_a_rerun_loads_once(env
     ]
 
 
-def test_a_warehouse_that_cannot_be_opened_for_the_load_fails_every_region(env, monkeypatch):
-    from retail_etl.warehouse import WarehouseError
-    from retail_etl.warehouse.duckdb_warehouse import DuckDBWarehouse
-
+def test_a_warehouse_that_cannot_stage_for_the_load_fails_every_region(env, monkeypatch):
     _seed(env, rows=500)
-
-    real_session = DuckDBWarehouse.session
-
-    def locked(self):  # type: ignore[no-untyped-def]
-        # Only the load's session fails; the run's other warehouse steps still work.
-        frame = sys._getframe(1)
-        while frame is not None:
-            if frame.f_code.co_name == "merge_regions_task":
-                raise WarehouseError("cannot open the DuckDB warehouse: held by another process")
-            frame = frame.f_back
-        return real_session(self)
-
-    monkeypatch.setattr(DuckDBWarehouse, "session", locked)
+    # Only the loads fail (every stage table they create); the run's other warehouse steps work.
+    plan = FaultPlan(
+        "create_stage",
+        times=None,
+        message="cannot open the DuckDB warehouse: held by another process",
+    ).install(monkeypatch)
     state, summary = run_day(DAY, ["us_east", "europe"])
     monkeypatch.undo()
 
+    assert plan.failed == 2
     assert state.is_failed()
     for region in ("us_east", "europe"):
         assert summary.regions[region].status == "load_failed"

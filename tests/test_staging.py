@@ -22,7 +22,6 @@ from retail_etl.staging import (
     partition_prefix,
     staged_file_key,
 )
-from retail_etl.warehouse.base import dq_results_arrow_schema
 
 DAY = dt.date(2024, 1, 15)
 BATCH = "20240115_3f9a2c1b7d4e"
@@ -279,34 +278,11 @@ def test_schema_is_enforced_and_failures_leave_no_partial_set(
     assert pq.read_schema(store.root / files[0].key) == contract.accepted_arrow_schema()
 
 
-def test_rejects_and_dq_results_are_staged_the_same_way(
-    tmp_path: Path, store: LocalStagingStore
-) -> None:
+def test_rejects_are_staged_like_sales(tmp_path: Path, store: LocalStagingStore) -> None:
     src = write_parquet(tmp_path / "r.parquet", reject_table("us_east", DAY, [1, None, 3]))
     rejects = store.stage_dataset("rejects", DAY, "us_east", BATCH, [src])
     assert rejects[0].key == (f"rejects/year=2024/month=01/day=15/region=us_east/{BATCH}-0.parquet")
     assert store.read_table([rejects[0].key]).column("sale_id").to_pylist() == [1, None, 3]
-
-    dq = pa.Table.from_pylist(
-        [
-            {
-                "batch_id": BATCH,
-                "business_date": DAY,
-                "region": "*",
-                "check_name": "min_rows",
-                "measured": 10.0,
-                "threshold": 5.0,
-                "status": "pass",
-                "detail": "",
-                "flow_run_id": "f",
-                "checked_at": NOON,
-            }
-        ],
-        schema=dq_results_arrow_schema(),
-    )
-    staged = store.stage_table("dq_results", DAY, None, BATCH, dq)
-    assert staged[0].key == f"dq_results/year=2024/month=01/day=15/{BATCH}-0.parquet"
-    assert store.read_table([staged[0].key]).to_pylist() == dq.to_pylist()
 
 
 def test_names_are_validated(tmp_path: Path, store: LocalStagingStore) -> None:

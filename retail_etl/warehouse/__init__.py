@@ -1,12 +1,13 @@
-"""Warehouses: DuckDB (embedded default) and Snowflake, same tables and MERGE semantics.
+"""The warehouse: one implementation (:class:`Warehouse`) over a dialect per engine (DuckDB,
+the embedded default, and Snowflake): same tables and MERGE semantics.
 
-Importing this package loads only :mod:`retail_etl.warehouse.base` (no engine drivers);
-:func:`open_warehouse` imports the engine it needs.
+Importing this package loads no engine driver; :func:`open_warehouse` imports the dialect it
+needs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from retail_etl.warehouse.base import (
     LEDGER_STATUSES,
@@ -15,19 +16,22 @@ from retail_etl.warehouse.base import (
     MergeResult,
     RegionLoad,
     TransformCounts,
-    Warehouse,
     WarehouseError,
     WarehouseLoadError,
     merge_checks,
 )
+from retail_etl.warehouse.dialect import Dialect
+from retail_etl.warehouse.engine import Warehouse
 
 if TYPE_CHECKING:
     from retail_etl.settings import Settings
     from retail_etl.staging import StagingStore
+    from retail_etl.warehouse.dialects.snowflake import SnowflakeConnection
 
 __all__ = [
     "LEDGER_STATUSES",
     "CheckResult",
+    "Dialect",
     "LedgerEntry",
     "MergeResult",
     "RegionLoad",
@@ -35,36 +39,38 @@ __all__ = [
     "Warehouse",
     "WarehouseError",
     "WarehouseLoadError",
+    "configured_dialect",
     "merge_checks",
     "open_warehouse",
 ]
 
 
-def open_warehouse(
-    settings: Settings,
-    store: StagingStore,
-    *,
-    snowflake_connector: Any = None,
-) -> Warehouse:
-    """The configured warehouse (``settings.warehouse``).
-
-    DuckDB needs nothing else. Snowflake needs the prefect-snowflake ``SnowflakeConnector``
-    block and the S3 staging store (the stage points at its root).
-    """
+def configured_dialect(
+    settings: Settings, store: StagingStore, *, snowflake: SnowflakeConnection | None = None
+) -> Dialect:
+    """The dialect of ``settings.warehouse``. DuckDB needs nothing else; Snowflake needs how
+    to connect (``blocks.targets`` builds it from the SnowflakeConnector block) and the S3
+    staging store (the stage points at its root)."""
     if settings.warehouse == "duckdb":
-        from retail_etl.warehouse.duckdb_warehouse import DuckDBWarehouse
+        from retail_etl.warehouse.dialects.duckdb import DuckDBDialect
 
-        return DuckDBWarehouse.from_settings(settings, store)
-    from retail_etl.warehouse.snowflake_warehouse import SnowflakeWarehouse
+        return DuckDBDialect.from_settings(settings, store)
+    from retail_etl.staging import S3StagingStore
+    from retail_etl.warehouse.dialects.snowflake import SnowflakeDialect
 
-    if snowflake_connector is None:
+    if snowflake is None:
         raise ValueError(
             f"the Snowflake warehouse needs the SnowflakeConnector block ({settings.snowflake_block!r})"
         )
-    return SnowflakeWarehouse.from_blocks(
-        snowflake_connector,
-        store,
-        storage_integration=settings.snowflake_storage_integration,
-        login_timeout_s=settings.snowflake_login_timeout_seconds,
-        statement_timeout_s=settings.snowflake_statement_timeout_seconds,
+    if not isinstance(store, S3StagingStore):
+        raise ValueError("Snowflake loads from the S3 staging store (RETAIL_ETL_STAGING_STORE=s3)")
+    return SnowflakeDialect(
+        snowflake, store, storage_integration=settings.snowflake_storage_integration
     )
+
+
+def open_warehouse(
+    settings: Settings, store: StagingStore, *, snowflake: SnowflakeConnection | None = None
+) -> Warehouse:
+    """The configured warehouse (``settings.warehouse``); see :func:`configured_dialect`."""
+    return Warehouse(configured_dialect(settings, store, snowflake=snowflake), store)

@@ -1,4 +1,4 @@
-"""What both warehouses share: table definitions, load inputs/outputs, errors, the protocol.
+"""What every warehouse shares: table definitions (neutral types), load inputs/outputs, errors.
 
 Tables (same names and columns in DuckDB and Snowflake):
 
@@ -30,16 +30,13 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import pyarrow as pa
 
 from retail_etl import contract
-from retail_etl.backfill import LedgerState
 from retail_etl.settings import validate_identifier
 
 if TYPE_CHECKING:
@@ -90,85 +87,61 @@ class WarehouseLoadError(WarehouseError):
 
 @dataclass(frozen=True)
 class WarehouseColumn:
+    """A warehouse column with a neutral (Arrow) type; each dialect names the engine type.
+
+    ``json``: the column holds a JSON object (``extras``): text where the engine has no JSON
+    type, a semi-structured type where it has one (Snowflake ``VARIANT``)."""
+
     name: str
-    duckdb_type: str
-    snowflake_type: str
-
-    def sql_type(self, dialect: str) -> str:
-        return self.duckdb_type if dialect == "duckdb" else self.snowflake_type
+    arrow_type: pa.DataType
+    json: bool = False
 
 
-def _arrow_sql_types(arrow_type: pa.DataType) -> tuple[str, str]:
-    """(DuckDB, Snowflake) type of an arrow type used by the staged schemas."""
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
-        return "VARCHAR", "VARCHAR"
-    if pa.types.is_int64(arrow_type):
-        return "BIGINT", "NUMBER(19,0)"
-    if pa.types.is_int32(arrow_type):
-        return "INTEGER", "NUMBER(10,0)"
-    if pa.types.is_date32(arrow_type):
-        return "DATE", "DATE"
-    if pa.types.is_boolean(arrow_type):
-        return "BOOLEAN", "BOOLEAN"
-    if pa.types.is_float64(arrow_type):
-        return "DOUBLE", "DOUBLE"
-    if pa.types.is_timestamp(arrow_type):
-        return "TIMESTAMPTZ", "TIMESTAMP_TZ"
-    if pa.types.is_decimal(arrow_type):
-        p, s = arrow_type.precision, arrow_type.scale
-        return f"DECIMAL({p},{s})", f"NUMBER({p},{s})"
-    raise TypeError(f"no warehouse type for arrow type {arrow_type}")
-
-
-def _accepted_columns(*, extras_variant: bool) -> tuple[WarehouseColumn, ...]:
-    by_name: dict[str, tuple[str, str]] = {"region": ("VARCHAR", "VARCHAR")}
-    for c in contract.SALES_COLUMNS:
-        by_name[c.name] = (c.duckdb_type, c.snowflake_type)
-    for p in (*contract.DERIVED_COLUMNS, *contract.LINEAGE_COLUMNS):
-        by_name[p.name] = (p.duckdb_type, p.snowflake_type)
-    by_name[contract.EXTRAS_COLUMN] = ("VARCHAR", "VARIANT" if extras_variant else "VARCHAR")
-    return tuple(WarehouseColumn(n, *by_name[n]) for n in contract.ACCEPTED_COLUMNS)
+def _columns(schema: pa.Schema) -> tuple[WarehouseColumn, ...]:
+    return tuple(WarehouseColumn(f.name, f.type) for f in schema)
 
 
 def _timestamp(name: str) -> WarehouseColumn:
-    return WarehouseColumn(name, "TIMESTAMPTZ", "TIMESTAMP_TZ")
+    return WarehouseColumn(name, pa.timestamp("us", tz="UTC"))
 
 
 def _varchar(name: str) -> WarehouseColumn:
-    return WarehouseColumn(name, "VARCHAR", "VARCHAR")
+    return WarehouseColumn(name, pa.string())
 
 
 def _int(name: str) -> WarehouseColumn:
-    return WarehouseColumn(name, "BIGINT", "NUMBER(19,0)")
+    return WarehouseColumn(name, pa.int64())
 
 
 def _double(name: str) -> WarehouseColumn:
-    return WarehouseColumn(name, "DOUBLE", "DOUBLE")
+    return WarehouseColumn(name, pa.float64())
+
+
+def _date(name: str) -> WarehouseColumn:
+    return WarehouseColumn(name, pa.date32())
 
 
 #: Columns of the per-batch stage table: exactly the staged parquet (extras still text).
-SALES_STAGE_COLUMNS: tuple[WarehouseColumn, ...] = _accepted_columns(extras_variant=False)
+SALES_STAGE_COLUMNS: tuple[WarehouseColumn, ...] = _columns(contract.accepted_arrow_schema())
 SALES_FACT_COLUMNS: tuple[WarehouseColumn, ...] = (
-    *_accepted_columns(extras_variant=True),
+    *(replace(c, json=c.name == contract.EXTRAS_COLUMN) for c in SALES_STAGE_COLUMNS),
     _timestamp("loaded_at"),
     _timestamp("updated_in_warehouse_at"),
 )
-REJECTS_STAGE_COLUMNS: tuple[WarehouseColumn, ...] = tuple(
-    WarehouseColumn(f.name, *_arrow_sql_types(f.type)) for f in contract.reject_arrow_schema()
-)
+REJECTS_STAGE_COLUMNS: tuple[WarehouseColumn, ...] = _columns(contract.reject_arrow_schema())
 SALES_REJECTS_COLUMNS: tuple[WarehouseColumn, ...] = (
     *REJECTS_STAGE_COLUMNS,
     _timestamp("rejected_at"),
 )
 #: The transform's retractions as staged (source version of each retracted key).
-RETRACTIONS_STAGE_COLUMNS: tuple[WarehouseColumn, ...] = tuple(
-    WarehouseColumn(f.name, *_arrow_sql_types(f.type)) for f in contract.retraction_arrow_schema()
+RETRACTIONS_STAGE_COLUMNS: tuple[WarehouseColumn, ...] = _columns(
+    contract.retraction_arrow_schema()
 )
 #: One row per row removed from ``sales_fact``.
 SALES_RETRACTIONS_COLUMNS: tuple[WarehouseColumn, ...] = (
     _varchar("region"),
     _int("sale_id"),
-    WarehouseColumn("sale_date", "DATE", "DATE"),  # of the removed row
+    _date("sale_date"),  # of the removed row
     _varchar("reason"),  # deleted, status_<status>, missing_from_source, latest_version_rejected
     _varchar("row_values"),  # JSON: the sales_fact row as it was
     _varchar("source_values"),  # JSON: the source version that retracted it (raw text)
@@ -178,7 +151,7 @@ SALES_RETRACTIONS_COLUMNS: tuple[WarehouseColumn, ...] = (
 )
 DQ_RESULTS_COLUMNS: tuple[WarehouseColumn, ...] = (
     _varchar("batch_id"),
-    WarehouseColumn("business_date", "DATE", "DATE"),
+    _date("business_date"),
     _varchar("region"),
     _varchar("check_name"),
     _double("measured"),
@@ -191,7 +164,7 @@ DQ_RESULTS_COLUMNS: tuple[WarehouseColumn, ...] = (
 LEDGER_COLUMNS: tuple[WarehouseColumn, ...] = (
     _varchar("batch_id"),
     _varchar("region"),
-    WarehouseColumn("business_date", "DATE", "DATE"),
+    _date("business_date"),
     _varchar("status"),
     _int("rows_extracted"),
     _int("rows_accepted"),
@@ -232,24 +205,6 @@ TABLES: dict[str, tuple[WarehouseColumn, ...]] = {
     SCHEMA_HISTORY: SCHEMA_HISTORY_COLUMNS,
 }
 DQ_RESULT_FIELDS: tuple[str, ...] = tuple(c.name for c in DQ_RESULTS_COLUMNS)
-
-
-def dq_results_arrow_schema() -> pa.Schema:
-    """Arrow schema of staged quality results (same columns as ``dq_results``)."""
-    return pa.schema(
-        [
-            pa.field("batch_id", pa.string()),
-            pa.field("business_date", pa.date32()),
-            pa.field("region", pa.string()),
-            pa.field("check_name", pa.string()),
-            pa.field("measured", pa.float64()),
-            pa.field("threshold", pa.float64()),
-            pa.field("status", pa.string()),
-            pa.field("detail", pa.string()),
-            pa.field("flow_run_id", pa.string()),
-            pa.field("checked_at", pa.timestamp("us", tz="UTC")),
-        ]
-    )
 
 
 # --------------------------------------------------------------------------- inputs and results
@@ -609,97 +564,3 @@ def load_error(batch: RegionLoad, step: str, e: BaseException) -> WarehouseLoadE
         business_date=batch.business_date,
         batch_id=batch.batch_id,
     )
-
-
-# --------------------------------------------------------------------------- protocol
-
-
-class Warehouse(Protocol):
-    """What the load subflow needs from a warehouse (DuckDB or Snowflake)."""
-
-    def ensure_schema(self) -> list[str]:
-        """Create missing tables; add missing columns (NULLABLE) to existing ones.
-        Returns the ``table.column`` names added."""
-        ...
-
-    def drop_stale_stage_tables(self, older_than_hours: float) -> list[str]:
-        """Drop ``stg_*`` tables a killed load left behind (created longer ago than the
-        bound, so a load in progress keeps its own); the names dropped."""
-        ...
-
-    def session(self) -> AbstractContextManager[Any]:
-        """A context in which operations share one connection (each keeps its own
-        transaction); the load subflow runs a batch's regions in one."""
-        ...
-
-    def load_region(self, batch: RegionLoad) -> MergeResult:
-        """Stage tables, dedup guard, MERGE, retractions (removed rows kept in
-        ``sales_retractions``), the day's rejects replaced and the 'loaded' ledger row, in one
-        transaction. Raises :class:`WarehouseLoadError` (rolled back) on any failure."""
-        ...
-
-    def day_keys(self, region: str, business_date: date) -> int:
-        """Rows (keys) ``sales_fact`` holds for (region, business_date)."""
-        ...
-
-    def load_dq_results(self, records: Sequence[Mapping[str, Any]]) -> int:
-        """Replace the quality results of the records' batch ids with ``records``."""
-        ...
-
-    def record_ledger(self, entry: LedgerEntry) -> None:
-        """Append one ledger row in its own transaction."""
-        ...
-
-    def verify(
-        self,
-        batch_id: str,
-        business_date: date,
-        merge_results: Sequence[MergeResult],
-        *,
-        transform_counts: Mapping[str, TransformCounts] | None = None,
-    ) -> list[CheckResult]:
-        """Post-load checks (see :func:`merge_checks` plus fact-table queries)."""
-        ...
-
-    def accepted_history(self, region: str, before: date, days: int) -> list[tuple[date, int]]:
-        """``rows_accepted`` of the latest 'loaded' ledger row per date in [before-days, before)."""
-        ...
-
-    def loaded_pairs(self, start: date, end: date) -> set[tuple[str, date]]:
-        """(region, date) pairs in [start, end] whose latest ledger status is 'loaded'."""
-        ...
-
-    def ledger_states(self, start: date, end: date) -> dict[tuple[str, date], LedgerState]:
-        """Latest ledger row (status, source fingerprint) of every (region, date) in [start, end]."""
-        ...
-
-    def fact_day_stats(
-        self, start: date, end: date
-    ) -> dict[tuple[str, date], tuple[int, Decimal | None]]:
-        """(region, sale_date) -> (rows, sum of total_amount) of ``sales_fact`` in [start, end]."""
-        ...
-
-    def ledger(self, business_date: date | None = None) -> list[dict[str, Any]]: ...
-
-    def latest_schema(self, region: str) -> str | None:
-        """The fingerprint most recently recorded for ``region`` in ``source_schema_history``."""
-        ...
-
-    def record_schema(
-        self,
-        region: str,
-        fingerprint: str,
-        columns: Mapping[str, str],
-        differences: str,
-        batch_id: str,
-        flow_run_id: str | None,
-    ) -> bool:
-        """Append a ``source_schema_history`` row if ``fingerprint`` differs from the region's
-        latest one (one transaction); True if it was new."""
-        ...
-
-    def fact_rows(
-        self, region: str | None = None, business_date: date | None = None
-    ) -> list[dict[str, Any]]: ...
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...

@@ -1,29 +1,25 @@
-"""SQL builders shared by the DuckDB and Snowflake warehouses.
+"""SQL builders of every warehouse, written once; the dialect renders what differs.
 
-Every identifier goes through :func:`retail_etl.settings.validate_identifier` and is quoted
-(DuckDB: ``"sales_fact"``; Snowflake: ``"SALES_FACT"``, the same object as unquoted
-``sales_fact``, so users can query without quotes). Every value is a bound parameter (DuckDB
-``?``, Snowflake pyformat ``%s``), including stage URLs and credentials. Builders return SQL
-text only; the callers bind.
+Every identifier goes through :func:`retail_etl.settings.validate_identifier` and is quoted by
+the dialect (DuckDB: ``"sales_fact"``; Snowflake: ``"SALES_FACT"``, the same object as unquoted
+``sales_fact``, so users can query without quotes). Every value is a bound parameter (the
+dialect's ``param``: DuckDB ``?``, Snowflake pyformat ``%s``). Builders return SQL text only;
+the callers bind. Engine-only statements (COPY, stages, temp tables) live in the dialects.
 
-The MERGE source is always :func:`dedup_source_sql`: the stage table deduplicated on
-``(region, sale_id)`` keeping the latest ``updated_at`` (``QUALIFY ROW_NUMBER() ... = 1``),
+A stage holding a key twice is merged from :func:`dedup_source_sql`: the stage deduplicated
+on ``(region, sale_id)`` keeping the latest ``updated_at`` (``QUALIFY ROW_NUMBER() ... = 1``),
 because Snowflake rejects a MERGE whose source matches one target row twice
-(ERROR_ON_NONDETERMINISTIC_MERGE).
+(ERROR_ON_NONDETERMINISTIC_MERGE); the dialect decides how (``Dialect.merge_source``).
 """
 # ruff: noqa: S608 - this module builds SQL text from validated, quoted identifiers only;
 # every value is a bound parameter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from decimal import Decimal
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 from retail_etl import contract
-from retail_etl.backfill import LedgerState
 from retail_etl.settings import validate_identifier
 from retail_etl.warehouse.base import (
     DQ_RESULT_FIELDS,
@@ -38,14 +34,9 @@ from retail_etl.warehouse.base import (
     SALES_RETRACTIONS_COLUMNS,
     SCHEMA_HISTORY,
     SCHEMA_HISTORY_COLUMNS,
-    CheckResult,
-    MergeResult,
-    TransformCounts,
     WarehouseColumn,
-    merge_checks,
 )
-
-Dialect = Literal["duckdb", "snowflake"]
+from retail_etl.warehouse.dialect import Dialect
 
 KEY_COLUMNS: tuple[str, ...] = contract.NATURAL_KEY  # ("region", "sale_id")
 ACCEPTED: tuple[str, ...] = contract.ACCEPTED_COLUMNS
@@ -63,44 +54,6 @@ CONTENT_COLUMNS: tuple[str, ...] = tuple(
 )
 
 
-@dataclass(frozen=True)
-class SqlTarget:
-    """Where and how to write SQL: dialect plus (Snowflake) database and schema."""
-
-    dialect: Dialect
-    database: str | None = None
-    schema: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.database is not None:
-            validate_identifier(self.database.lower(), "database")
-        if self.schema is not None:
-            validate_identifier(self.schema.lower(), "schema")
-
-    @property
-    def param(self) -> str:
-        return "?" if self.dialect == "duckdb" else "%s"
-
-    def params(self, n: int) -> str:
-        return ", ".join([self.param] * n)
-
-    def ident(self, name: str) -> str:
-        """Validated, quoted identifier."""
-        validate_identifier(name.lower(), "identifier")
-        return f'"{name.lower()}"' if self.dialect == "duckdb" else f'"{name.upper()}"'
-
-    def table(self, name: str) -> str:
-        """Qualified table (or stage / file format) name."""
-        parts = [p for p in (self.database, self.schema) if p is not None]
-        return ".".join([*(self.ident(p) for p in parts), self.ident(name)])
-
-    def now(self) -> str:
-        return "current_timestamp" if self.dialect == "duckdb" else "CURRENT_TIMESTAMP()"
-
-    def cols(self, names: Sequence[str], prefix: str = "") -> str:
-        return ", ".join(f"{prefix}{self.ident(n)}" for n in names)
-
-
 def stage_table_name(
     kind: Literal["sales", "rejects", "retractions"], batch_id: str, region: str
 ) -> str:
@@ -116,119 +69,36 @@ def stage_table_name(
 # --------------------------------------------------------------------------- DDL
 
 
-def create_schema_sql(t: SqlTarget) -> str:
-    if t.schema is None:
-        raise ValueError("create_schema_sql needs a schema")
-    parts = [p for p in (t.database, t.schema) if p is not None]
-    return f"CREATE SCHEMA IF NOT EXISTS {'.'.join(t.ident(p) for p in parts)}"
-
-
 def create_table_sql(
-    t: SqlTarget,
+    t: Dialect,
     table: str,
     columns: Sequence[WarehouseColumn],
     *,
+    kind: str = "TABLE",
     replace: bool = False,
-    transient: bool = False,
-    temporary: bool = False,
-    cluster_by: Sequence[str] = (),
+    options: str = "",
 ) -> str:
-    """``transient`` applies to Snowflake, ``temporary`` to DuckDB (a connection-local table)."""
-    cols = ", ".join(f"{t.ident(c.name)} {c.sql_type(t.dialect)}" for c in columns)
+    """``CREATE [OR REPLACE] <kind> [IF NOT EXISTS] table (columns)<options>``; ``kind`` and
+    ``options`` come from the dialect (``TEMP TABLE``, ``TRANSIENT TABLE``, ``CLUSTER BY``)."""
+    cols = ", ".join(f"{t.ident(c.name)} {t.type_name(c)}" for c in columns)
     head = "CREATE OR REPLACE" if replace else "CREATE"
-    kind = "TABLE"
-    if transient and t.dialect == "snowflake":
-        kind = "TRANSIENT TABLE"
-    elif temporary and t.dialect == "duckdb":
-        kind = "TEMP TABLE"
     tail = "" if replace else " IF NOT EXISTS"
-    sql = f"{head} {kind}{tail} {t.table(table)} ({cols})"
-    if cluster_by and t.dialect == "snowflake":
-        sql += f" CLUSTER BY ({t.cols(cluster_by)})"
-    return sql
+    return f"{head} {kind}{tail} {t.table(table)} ({cols}){options}"
 
 
-def existing_columns_sql(t: SqlTarget) -> str:
-    """Columns of one table; params: (schema, table) as the catalog stores them."""
-    if t.dialect == "duckdb":
-        return (
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_schema = ? AND table_name = ?"
-        )
-    prefix = f"{t.ident(t.database)}." if t.database else ""
-    return (
-        f"SELECT column_name FROM {prefix}information_schema.columns "
-        "WHERE table_schema = %s AND table_name = %s"
-    )
-
-
-def add_column_sql(t: SqlTarget, table: str, column: WarehouseColumn) -> str:
+def add_column_sql(t: Dialect, table: str, column: WarehouseColumn) -> str:
     """Metadata-only, NULLABLE (no default, no NOT NULL): existing rows read NULL."""
-    return (
-        f"ALTER TABLE {t.table(table)} ADD COLUMN {t.ident(column.name)} "
-        f"{column.sql_type(t.dialect)}"
-    )
+    return f"ALTER TABLE {t.table(table)} ADD COLUMN {t.ident(column.name)} {t.type_name(column)}"
 
 
-def stale_stage_tables_sql(t: SqlTarget) -> str:
-    """Snowflake: stage tables (``STG_...``) created before a cutoff; params: (schema, cutoff)."""
-    prefix = f"{t.ident(t.database)}." if t.database else ""
-    return (
-        f"SELECT table_name FROM {prefix}information_schema.tables "
-        "WHERE table_schema = %s AND left(table_name, 4) = 'STG_' AND created < %s"
-    )
-
-
-def drop_table_sql(t: SqlTarget, table: str) -> str:
+def drop_table_sql(t: Dialect, table: str) -> str:
     return f"DROP TABLE IF EXISTS {t.table(table)}"
-
-
-def create_file_format_sql(t: SqlTarget, name: str) -> str:
-    return f"CREATE FILE FORMAT IF NOT EXISTS {t.table(name)} TYPE = PARQUET"
-
-
-def create_stage_sql(t: SqlTarget, name: str, *, storage_integration: str | None = None) -> str:
-    """External stage over the staging root; params: (url,). Never credentials: S3 access goes
-    through a storage integration (or a stage an administrator created).
-
-    ``CREATE OR REPLACE`` so a changed bucket or prefix takes effect; the stage holds no data
-    and COPY names its file format explicitly, so replacing it loses nothing.
-    """
-    sql = f"CREATE OR REPLACE STAGE {t.table(name)} URL = %s"
-    if storage_integration is not None:
-        sql += f" STORAGE_INTEGRATION = {t.ident(storage_integration)}"
-    return sql
-
-
-def show_stage_sql(t: SqlTarget) -> str:
-    """Whether a stage exists; params: (the stage name as the catalog stores it,)."""
-    if t.schema is None:
-        raise ValueError("show_stage_sql needs a schema")
-    parts = [p for p in (t.database, t.schema) if p is not None]
-    return f"SHOW STAGES LIKE %s IN SCHEMA {'.'.join(t.ident(p) for p in parts)}"
-
-
-def copy_into_sql(t: SqlTarget, table: str, stage: str, file_format: str, n_files: int) -> str:
-    """COPY exactly the listed files (params: the keys, relative to the stage URL).
-
-    ``FORCE = TRUE``: the stage table is new for every load and the file list is explicit, so
-    Snowflake's load history must not skip a file re-staged under the same name by a rerun of
-    the same batch.
-    """
-    if n_files < 1:
-        raise ValueError("copy_into_sql needs at least one file")
-    return (
-        f"COPY INTO {t.table(table)} FROM @{t.table(stage)} "
-        f"FILES = ({t.params(n_files)}) "
-        f"FILE_FORMAT = (FORMAT_NAME = '{t.table(file_format)}') "
-        "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE FORCE = TRUE"
-    )
 
 
 # --------------------------------------------------------------------------- load
 
 
-def stage_stats_sql(t: SqlTarget, stage: str) -> str:
+def stage_stats_sql(t: Dialect, stage: str) -> str:
     """(staged rows, rows of another region, rows repeating a key). Param: the region."""
     key = t.cols(KEY_COLUMNS)
     return (
@@ -241,25 +111,22 @@ def stage_stats_sql(t: SqlTarget, stage: str) -> str:
     )
 
 
-def plain_source_sql(t: SqlTarget, stage: str) -> str:
-    """The stage as a MERGE source when it is known to hold no duplicate key (DuckDB skips the
-    dedup window then; Snowflake always uses :func:`dedup_source_sql`)."""
+def plain_source_sql(t: Dialect, stage: str) -> str:
+    """The stage as a MERGE source when it is known to hold no duplicate key."""
     return f"SELECT {t.cols(ACCEPTED)} FROM {t.table(stage)}"
 
 
-def dedup_source_sql(t: SqlTarget, stage: str) -> str:
+def dedup_source_sql(t: Dialect, stage: str) -> str:
     """The MERGE source: one row per (region, sale_id), the latest ``updated_at`` winning.
 
-    In Snowflake ``extras`` becomes VARIANT here (PARSE_JSON), so the MERGE copies columns
-    one to one.
+    ``extras`` becomes the dialect's JSON type here (Snowflake: PARSE_JSON to VARIANT), so the
+    MERGE copies columns one to one.
     """
     select = []
     for name in ACCEPTED:
         col = t.ident(name)
-        if name == contract.EXTRAS_COLUMN and t.dialect == "snowflake":
-            select.append(f"PARSE_JSON({col}) AS {col}")
-        else:
-            select.append(col)
+        expr = t.from_json_text(col) if name == contract.EXTRAS_COLUMN else col
+        select.append(col if expr == col else f"{expr} AS {col}")
     order = ", ".join(f"{t.ident(c)} DESC NULLS LAST" for c in DEDUP_ORDER)
     return (
         f"SELECT {', '.join(select)} FROM {t.table(stage)} "
@@ -267,7 +134,7 @@ def dedup_source_sql(t: SqlTarget, stage: str) -> str:
     )
 
 
-def changed_predicate(t: SqlTarget, s: str = "s", tgt: str = "t") -> str:
+def changed_predicate(t: Dialect, s: str = "s", tgt: str = "t") -> str:
     """Incoming row ``s`` replaces stored row ``t``: its ``updated_at`` is newer (a stored NULL
     loses to a value), or both are equal (or both NULL) and a content column differs
     (:data:`CONTENT_COLUMNS`, NULL-safe). An older version never replaces a newer one.
@@ -284,11 +151,11 @@ def changed_predicate(t: SqlTarget, s: str = "s", tgt: str = "t") -> str:
     )
 
 
-def _key_join(t: SqlTarget, s: str = "s", tgt: str = "t") -> str:
+def _key_join(t: Dialect, s: str = "s", tgt: str = "t") -> str:
     return " AND ".join(f"{tgt}.{t.ident(k)} = {s}.{t.ident(k)}" for k in KEY_COLUMNS)
 
 
-def classify_sql(t: SqlTarget, source_sql: str) -> str:
+def classify_sql(t: Dialect, source_sql: str) -> str:
     """(inserted, updated, unchanged) the MERGE of ``source_sql`` will do, counted by a join.
 
     Run in the MERGE's transaction; the MERGE's own counts must agree.
@@ -304,11 +171,11 @@ def classify_sql(t: SqlTarget, source_sql: str) -> str:
     )
 
 
-def merge_sql(t: SqlTarget, source_sql: str) -> str:
+def merge_sql(t: Dialect, source_sql: str) -> str:
     """MERGE the (deduplicated) source into ``sales_fact``: update if newer or corrected
     (:func:`changed_predicate`), insert if new."""
     updates = ", ".join(f"{t.ident(n)} = s.{t.ident(n)}" for n in ACCEPTED if n not in KEY_COLUMNS)
-    now = t.now()
+    now = t.now
     insert_cols = t.cols([*ACCEPTED, *WAREHOUSE_TIMESTAMPS])
     insert_vals = ", ".join([*(f"s.{t.ident(n)}" for n in ACCEPTED), now, now])
     return (
@@ -319,32 +186,32 @@ def merge_sql(t: SqlTarget, source_sql: str) -> str:
     )
 
 
-def insert_select_sql(t: SqlTarget, table: str, columns: Sequence[str], source: str) -> str:
+def insert_select_sql(t: Dialect, table: str, columns: Sequence[str], source: str) -> str:
     """``INSERT INTO table (cols) SELECT cols FROM <source>``; ``source`` is a relation built
     here or by the caller from constants (``read_parquet(?)``, a registered view name)."""
     cols = t.cols(columns)
     return f"INSERT INTO {t.table(table)} ({cols}) SELECT {cols} FROM {source}"
 
 
-def insert_values_sql(t: SqlTarget, table: str, columns: Sequence[str]) -> str:
+def insert_values_sql(t: Dialect, table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {t.table(table)} ({t.cols(columns)}) VALUES ({t.params(len(columns))})"
 
 
-def insert_ledger_sql(t: SqlTarget) -> str:
+def insert_ledger_sql(t: Dialect) -> str:
     return insert_values_sql(t, LEDGER, [c.name for c in LEDGER_COLUMNS])
 
 
-def insert_dq_sql(t: SqlTarget) -> str:
+def insert_dq_sql(t: Dialect) -> str:
     return insert_values_sql(t, DQ_RESULTS, DQ_RESULT_FIELDS)
 
 
-def delete_dq_sql(t: SqlTarget, n_batches: int) -> str:
+def delete_dq_sql(t: Dialect, n_batches: int) -> str:
     return (
         f"DELETE FROM {t.table(DQ_RESULTS)} WHERE {t.ident('batch_id')} IN ({t.params(n_batches)})"
     )
 
 
-def delete_rejects_sql(t: SqlTarget) -> str:
+def delete_rejects_sql(t: Dialect) -> str:
     """Params: (region, business_date): a rerun replaces the rejects of that region and day."""
     return (
         f"DELETE FROM {t.table(SALES_REJECTS)} "
@@ -352,30 +219,28 @@ def delete_rejects_sql(t: SqlTarget) -> str:
     )
 
 
-def insert_rejects_sql(t: SqlTarget, stage: str) -> str:
+def insert_rejects_sql(t: Dialect, stage: str) -> str:
     cols = [c.name for c in SALES_REJECTS_COLUMNS if c.name != "rejected_at"]
     return (
         f"INSERT INTO {t.table(SALES_REJECTS)} ({t.cols([*cols, 'rejected_at'])}) "
-        f"SELECT {t.cols(cols)}, {t.now()} FROM {t.table(stage)}"
+        f"SELECT {t.cols(cols)}, {t.now} FROM {t.table(stage)}"
     )
 
 
 # --------------------------------------------------------------------------- retractions
 
 
-def _row_json(t: SqlTarget, alias: str) -> str:
+def _row_json(t: Dialect, alias: str) -> str:
     """The ``sales_fact`` row ``alias`` as JSON text (NULLs kept)."""
     pairs = ", ".join(f"'{c.name}', {alias}.{t.ident(c.name)}" for c in SALES_FACT_COLUMNS)
-    if t.dialect == "duckdb":
-        return f"CAST(json_object({pairs}) AS VARCHAR)"
-    return f"TO_JSON(OBJECT_CONSTRUCT_KEEP_NULL({pairs}))"
+    return t.json_object(pairs)
 
 
-def _retraction_insert(t: SqlTarget) -> str:
+def _retraction_insert(t: Dialect) -> str:
     return f"INSERT INTO {t.table(SALES_RETRACTIONS)} ({t.cols([c.name for c in SALES_RETRACTIONS_COLUMNS])}) "
 
 
-def retract_listed_sql(t: SqlTarget, retractions_stage: str) -> str:
+def retract_listed_sql(t: Dialect, retractions_stage: str) -> str:
     """Record in ``sales_retractions`` the stored rows whose key the source retracts
     (``retractions_stage``: deleted, ``status_<status>``), on whatever date they are stored.
     Params: (batch_id, flow_run_id). Run in the load's transaction, before
@@ -384,14 +249,14 @@ def retract_listed_sql(t: SqlTarget, retractions_stage: str) -> str:
     return (
         f"{_retraction_insert(t)}"
         f"SELECT f.{region}, f.{sale_id}, f.{sale_date}, r.{t.ident('reason')}, "
-        f"{_row_json(t, 'f')}, r.{t.ident('raw_values')}, {t.param}, {t.param}, {t.now()} "
+        f"{_row_json(t, 'f')}, r.{t.ident('raw_values')}, {t.param}, {t.param}, {t.now} "
         f"FROM {t.table(retractions_stage)} r JOIN {t.table(SALES_FACT)} f "
         f"ON f.{region} = r.{region} AND f.{sale_id} = r.{sale_id}"
     )
 
 
 def retract_missing_sql(
-    t: SqlTarget, sales_stage: str, rejects_stage: str, retractions_stage: str
+    t: Dialect, sales_stage: str, rejects_stage: str, retractions_stage: str
 ) -> str:
     """Record in ``sales_retractions`` the stored rows of (region, business date) whose key the
     source's day no longer offers as an accepted or retracted version: ``missing_from_source``
@@ -416,13 +281,13 @@ def retract_missing_sql(
         f"SELECT f.{region}, f.{sale_id}, f.{sale_date}, "
         f"CASE WHEN {latest_reject} IS NULL THEN 'missing_from_source' "
         f"ELSE 'latest_version_rejected' END, "
-        f"{_row_json(t, 'f')}, {latest_reject}, {t.param}, {t.param}, {t.now()} "
+        f"{_row_json(t, 'f')}, {latest_reject}, {t.param}, {t.param}, {t.now} "
         f"FROM {t.table(SALES_FACT)} f WHERE f.{region} = {t.param} AND f.{sale_date} = {t.param} "
         f"AND {absent(sales_stage)} AND {absent(retractions_stage)}"
     )
 
 
-def _fact_rows_retracted_by_batch(t: SqlTarget) -> str:
+def _fact_rows_retracted_by_batch(t: Dialect) -> str:
     """``sales_fact`` rows of a region whose key a batch recorded in ``sales_retractions``.
     Params: (region, batch_id, region)."""
     region, sale_id = t.ident("region"), t.ident("sale_id")
@@ -433,19 +298,19 @@ def _fact_rows_retracted_by_batch(t: SqlTarget) -> str:
     )
 
 
-def delete_retracted_sql(t: SqlTarget) -> str:
+def delete_retracted_sql(t: Dialect) -> str:
     """Remove from ``sales_fact`` the rows a load recorded in ``sales_retractions``.
     Params: (region, batch_id, region)."""
     return f"DELETE {_fact_rows_retracted_by_batch(t)}"
 
 
-def retracted_still_stored_sql(t: SqlTarget) -> str:
+def retracted_still_stored_sql(t: Dialect) -> str:
     """Params: (region, batch_id, region) -> ``sales_fact`` rows whose key that batch recorded
     in ``sales_retractions`` (0 after its load)."""
     return f"SELECT COUNT(*) {_fact_rows_retracted_by_batch(t)}"
 
 
-def day_keys_sql(t: SqlTarget) -> str:
+def day_keys_sql(t: Dialect) -> str:
     """Params: (region, business_date) -> rows ``sales_fact`` holds for them."""
     return (
         f"SELECT COUNT(*) FROM {t.table(SALES_FACT)} "
@@ -453,7 +318,7 @@ def day_keys_sql(t: SqlTarget) -> str:
     )
 
 
-def retractions_sql(t: SqlTarget, *, by_region: bool) -> str:
+def retractions_sql(t: Dialect, *, by_region: bool) -> str:
     cols = t.cols([c.name for c in SALES_RETRACTIONS_COLUMNS])
     where = f" WHERE {t.ident('region')} = {t.param}" if by_region else ""
     order = t.cols(["region", "sale_id", "retracted_at"])
@@ -463,7 +328,7 @@ def retractions_sql(t: SqlTarget, *, by_region: bool) -> str:
 # --------------------------------------------------------------------------- schema history
 
 
-def latest_schema_sql(t: SqlTarget) -> str:
+def latest_schema_sql(t: Dialect) -> str:
     """Param: (region,) -> the region's most recently recorded fingerprint (0 or 1 row)."""
     return (
         f"SELECT {t.ident('fingerprint')} FROM {t.table(SCHEMA_HISTORY)} "
@@ -472,21 +337,21 @@ def latest_schema_sql(t: SqlTarget) -> str:
     )
 
 
-def schema_history_sql(t: SqlTarget, *, by_region: bool) -> str:
+def schema_history_sql(t: Dialect, *, by_region: bool) -> str:
     cols = t.cols([c.name for c in SCHEMA_HISTORY_COLUMNS])
     where = f" WHERE {t.ident('region')} = {t.param}" if by_region else ""
     order = t.cols(["region", "first_seen_at"])
     return f"SELECT {cols} FROM {t.table(SCHEMA_HISTORY)}{where} ORDER BY {order}"
 
 
-def insert_schema_sql(t: SqlTarget) -> str:
+def insert_schema_sql(t: Dialect) -> str:
     return insert_values_sql(t, SCHEMA_HISTORY, [c.name for c in SCHEMA_HISTORY_COLUMNS])
 
 
 # --------------------------------------------------------------------------- ledger queries
 
 
-def _latest_ledger(t: SqlTarget, where: str, statuses: Sequence[str] | None = None) -> str:
+def _latest_ledger(t: Dialect, where: str, statuses: Sequence[str] | None = None) -> str:
     """Latest ledger row per (region, business_date) among rows matching ``where``."""
     status_filter = ""
     if statuses:
@@ -499,7 +364,7 @@ def _latest_ledger(t: SqlTarget, where: str, statuses: Sequence[str] | None = No
     )
 
 
-def accepted_history_sql(t: SqlTarget) -> str:
+def accepted_history_sql(t: Dialect) -> str:
     """Params: (region, from_date, before_date, 'loaded') -> (business_date, rows_accepted)."""
     where = (
         f"{t.ident('region')} = {t.param} AND {t.ident('business_date')} >= {t.param} "
@@ -512,7 +377,7 @@ def accepted_history_sql(t: SqlTarget) -> str:
     )
 
 
-def loaded_pairs_sql(t: SqlTarget) -> str:
+def loaded_pairs_sql(t: Dialect) -> str:
     """Params: (start, end, 'loaded') -> (region, business_date) whose latest status is loaded."""
     where = f"{t.ident('business_date')} BETWEEN {t.param} AND {t.param}"
     latest = _latest_ledger(t, where)
@@ -522,7 +387,7 @@ def loaded_pairs_sql(t: SqlTarget) -> str:
     )
 
 
-def ledger_states_sql(t: SqlTarget) -> str:
+def ledger_states_sql(t: Dialect) -> str:
     """Params: (start, end) -> (region, business_date, status, source_fingerprint) of the latest
     ledger row of every pair in the range."""
     where = f"{t.ident('business_date')} BETWEEN {t.param} AND {t.param}"
@@ -533,7 +398,7 @@ def ledger_states_sql(t: SqlTarget) -> str:
     )
 
 
-def fact_day_stats_sql(t: SqlTarget) -> str:
+def fact_day_stats_sql(t: Dialect) -> str:
     """Params: (start, end) -> (region, sale_date, rows, sum(total_amount)) of ``sales_fact``."""
     region, sale_date = t.ident("region"), t.ident("sale_date")
     return (
@@ -543,14 +408,14 @@ def fact_day_stats_sql(t: SqlTarget) -> str:
     )
 
 
-def ledger_sql(t: SqlTarget, *, by_date: bool) -> str:
+def ledger_sql(t: Dialect, *, by_date: bool) -> str:
     cols = t.cols([c.name for c in LEDGER_COLUMNS])
     where = f" WHERE {t.ident('business_date')} = {t.param}" if by_date else ""
     order = t.cols(["business_date", "region"]) + f", {t.ident('finished_at')} NULLS FIRST"
     return f"SELECT {cols} FROM {t.table(LEDGER)}{where} ORDER BY {order}"
 
 
-def ledger_for_batch_sql(t: SqlTarget) -> str:
+def ledger_for_batch_sql(t: Dialect) -> str:
     """Params: (batch_id, region): that batch's ledger rows, latest first."""
     cols = t.cols(["status", "rows_inserted", "rows_updated", "rows_unchanged", "rows_deleted"])
     return (
@@ -563,7 +428,7 @@ def ledger_for_batch_sql(t: SqlTarget) -> str:
 # --------------------------------------------------------------------------- verification
 
 
-def fact_duplicate_keys_sql(t: SqlTarget, n_regions: int) -> str:
+def fact_duplicate_keys_sql(t: Dialect, n_regions: int) -> str:
     """Keys stored more than once among the keys of one business day's rows, in the given
     regions. Params: (business_date, *regions, business_date).
 
@@ -584,7 +449,7 @@ def fact_duplicate_keys_sql(t: SqlTarget, n_regions: int) -> str:
     )
 
 
-def rows_outside_dates_sql(t: SqlTarget, n_regions: int, n_dates: int) -> str:
+def rows_outside_dates_sql(t: Dialect, n_regions: int, n_dates: int) -> str:
     """Rows this batch wrote (its lineage) whose sale_date is not one of the batch's dates.
     Params: (batch_id, *regions, *dates)."""
     return (
@@ -595,7 +460,7 @@ def rows_outside_dates_sql(t: SqlTarget, n_regions: int, n_dates: int) -> str:
     )
 
 
-def fact_rows_sql(t: SqlTarget, *, by_region: bool, by_date: bool) -> str:
+def fact_rows_sql(t: Dialect, *, by_region: bool, by_date: bool) -> str:
     cols = t.cols([c.name for c in SALES_FACT_COLUMNS])
     where = []
     if by_region:
@@ -604,214 +469,3 @@ def fact_rows_sql(t: SqlTarget, *, by_region: bool, by_date: bool) -> str:
         where.append(f"{t.ident('sale_date')} = {t.param}")
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     return f"SELECT {cols} FROM {t.table(SALES_FACT)}{clause} ORDER BY {t.cols(KEY_COLUMNS)}"
-
-
-# --------------------------------------------------------------------------- shared reads
-
-
-_INT_TYPES = {"BIGINT", "INTEGER"}
-
-
-def _normalize(columns: Sequence[WarehouseColumn], row: Sequence[Any]) -> dict[str, Any]:
-    """Row as a dict; integers as int and doubles as float (Snowflake returns NUMBER as
-    Decimal), everything else as the driver returned it."""
-    out: dict[str, Any] = {}
-    for col, value in zip(columns, row, strict=True):
-        if value is not None and col.duckdb_type in _INT_TYPES:
-            value = int(value)
-        elif value is not None and col.duckdb_type == "DOUBLE":
-            value = float(value)
-        out[col.name] = value
-    return out
-
-
-class QueryMixin:
-    """Ledger, history and verification reads, identical for both engines.
-
-    An engine provides ``_t`` (its :class:`SqlTarget`) and ``_fetch(sql, params)``.
-    """
-
-    _t: SqlTarget
-
-    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read query (tests and ad-hoc checks)."""
-        return self._fetch(sql, params)
-
-    def ledger(self, business_date: date | None = None) -> list[dict[str, Any]]:
-        params: list[Any] = [business_date] if business_date is not None else []
-        rows = self._fetch(ledger_sql(self._t, by_date=business_date is not None), params)
-        return [_normalize(LEDGER_COLUMNS, r) for r in rows]
-
-    def fact_rows(
-        self, region: str | None = None, business_date: date | None = None
-    ) -> list[dict[str, Any]]:
-        params: list[Any] = []
-        if region is not None:
-            params.append(validate_identifier(region, "region"))
-        if business_date is not None:
-            params.append(business_date)
-        sql = fact_rows_sql(
-            self._t, by_region=region is not None, by_date=business_date is not None
-        )
-        return [_normalize(SALES_FACT_COLUMNS, r) for r in self._fetch(sql, params)]
-
-    def accepted_history(self, region: str, before: date, days: int) -> list[tuple[date, int]]:
-        validate_identifier(region, "region")
-        if days <= 0:
-            raise ValueError(f"history days must be positive, got {days}")
-        start = before - timedelta(days=days)
-        rows = self._fetch(accepted_history_sql(self._t), [region, start, before, "loaded"])
-        return [(_as_date(d), int(n)) for d, n in rows if n is not None]
-
-    def loaded_pairs(self, start: date, end: date) -> set[tuple[str, date]]:
-        rows = self._fetch(loaded_pairs_sql(self._t), [start, end, "loaded"])
-        return {(str(region), _as_date(d)) for region, d in rows}
-
-    def ledger_states(self, start: date, end: date) -> dict[tuple[str, date], LedgerState]:
-        rows = self._fetch(ledger_states_sql(self._t), [start, end])
-        return {
-            (str(region), _as_date(d)): LedgerState(
-                str(status), None if fingerprint is None else str(fingerprint)
-            )
-            for region, d, status, fingerprint in rows
-        }
-
-    def fact_day_stats(
-        self, start: date, end: date
-    ) -> dict[tuple[str, date], tuple[int, Decimal | None]]:
-        rows = self._fetch(fact_day_stats_sql(self._t), [start, end])
-        return {
-            (str(region), _as_date(d)): (int(n), None if total is None else Decimal(str(total)))
-            for region, d, n, total in rows
-        }
-
-    def day_keys(self, region: str, business_date: date) -> int:
-        """Rows (keys) ``sales_fact`` holds for (region, business_date)."""
-        rows = self._fetch(
-            day_keys_sql(self._t), [validate_identifier(region, "region"), business_date]
-        )
-        return int(rows[0][0]) if rows else 0
-
-    def retractions(self, region: str | None = None) -> list[dict[str, Any]]:
-        """``sales_retractions`` rows (of one region), by key then time."""
-        params = [] if region is None else [validate_identifier(region, "region")]
-        rows = self._fetch(retractions_sql(self._t, by_region=region is not None), params)
-        return [_normalize(SALES_RETRACTIONS_COLUMNS, r) for r in rows]
-
-    def latest_schema(self, region: str) -> str | None:
-        """The region's most recently recorded source schema fingerprint, if any."""
-        rows = self._fetch(latest_schema_sql(self._t), [validate_identifier(region, "region")])
-        return str(rows[0][0]) if rows else None
-
-    def schema_history(self, region: str | None = None) -> list[dict[str, Any]]:
-        """``source_schema_history`` rows (of one region), oldest first."""
-        params = [] if region is None else [validate_identifier(region, "region")]
-        rows = self._fetch(schema_history_sql(self._t, by_region=region is not None), params)
-        names = [c.name for c in SCHEMA_HISTORY_COLUMNS]
-        return [dict(zip(names, r, strict=True)) for r in rows]
-
-    def verify(
-        self,
-        batch_id: str,
-        business_date: date,
-        merge_results: Sequence[MergeResult],
-        *,
-        transform_counts: Mapping[str, TransformCounts] | None = None,
-    ) -> list[CheckResult]:
-        """Post-load checks: :func:`merge_checks` plus, on the fact table,
-
-        - ``fact_unique_keys``: no key of the day's rows stored twice in the batch's regions;
-        - ``loaded_rows_in_batch_dates``: every row this batch wrote (``batch_id`` lineage) has
-          ``sale_date`` = the business date;
-        - ``ledger_recorded`` (per region): the batch's latest ledger row is 'loaded' with the
-          MERGE's counts;
-        - ``retracted_keys_absent`` (per region): no key the batch recorded in
-          ``sales_retractions`` is still in ``sales_fact``.
-        """
-        checks = merge_checks(merge_results, transform_counts)
-        regions = sorted({r.region for r in merge_results})
-        for region in regions:
-            validate_identifier(region, "region")
-        if not regions:
-            return checks
-        ((dups,),) = self._fetch(
-            fact_duplicate_keys_sql(self._t, len(regions)),
-            [business_date, *regions, business_date],
-        )
-        checks.append(
-            CheckResult(
-                "fact_unique_keys",
-                contract.BATCH_REGION,
-                int(dups),
-                0,
-                int(dups) == 0,
-                f"{int(dups)} (region, sale_id) key(s) stored more than once in "
-                f"{SALES_FACT} for region(s) {', '.join(regions)}",
-            )
-        )
-        ((outside,),) = self._fetch(
-            rows_outside_dates_sql(self._t, len(regions), 1), [batch_id, *regions, business_date]
-        )
-        checks.append(
-            CheckResult(
-                "loaded_rows_in_batch_dates",
-                contract.BATCH_REGION,
-                int(outside),
-                0,
-                int(outside) == 0,
-                f"{int(outside)} row(s) written by batch {batch_id} have a sale_date other than "
-                f"{business_date}",
-            )
-        )
-        for r in merge_results:
-            rows = self._fetch(ledger_for_batch_sql(self._t), [batch_id, r.region])
-            latest = rows[0] if rows else None
-            ok = (
-                latest is not None
-                and latest[0] == "loaded"
-                and [None if v is None else int(v) for v in latest[1:]]
-                == [r.inserted, r.updated, r.unchanged, r.deleted]
-            )
-            checks.append(
-                CheckResult(
-                    "ledger_recorded",
-                    r.region,
-                    1.0 if ok else 0.0,
-                    1.0,
-                    ok,
-                    "latest ledger row is 'loaded' with the MERGE counts"
-                    if ok
-                    else f"latest ledger row of batch {batch_id}: {latest!r}",
-                )
-            )
-            ((left,),) = self._fetch(
-                retracted_still_stored_sql(self._t), [r.region, batch_id, r.region]
-            )
-            checks.append(
-                CheckResult(
-                    "retracted_keys_absent",
-                    r.region,
-                    int(left),
-                    0,
-                    int(left) == 0,
-                    f"{r.deleted} row(s) removed from {SALES_FACT} into {SALES_RETRACTIONS}; "
-                    f"{int(left)} key(s) batch {batch_id} retracted are still stored",
-                )
-            )
-        return checks
-
-
-def _as_date(value: Any) -> date:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value))
-
-
-def create_temp_table_as_sql(t: SqlTarget, table: str, select_sql: str) -> str:
-    """DuckDB: materialize a select (built here) as a connection-local table."""
-    return f"CREATE TEMP TABLE {t.table(table)} AS {select_sql}"

@@ -1,0 +1,316 @@
+"""Snowflake: an external stage over the staging bucket, COPY into transient stage tables.
+
+Connections come from a factory (production: the prefect-snowflake ``SnowflakeConnector``
+block's credentials, see ``blocks/targets.py``; tests: fakesnow), one per operation, with
+``autocommit`` off so that a load's MERGE and its ledger row are one transaction committed
+together. Stage tables are ``TRANSIENT`` (DDL: auto-commits, so they are created and COPYed
+before the load's transaction) and survive a killed load, so the next run drops stale ones.
+``COPY`` names exactly the staged files (``FILES = (...)``, ``FORCE``); the MERGE source is
+always the stage deduplicated (ERROR_ON_NONDETERMINISTIC_MERGE).
+
+Secrets: no AWS key ever goes into a statement (the connector binds values client-side, into
+the SQL text that reaches query history). The stage reaches S3 through a STORAGE INTEGRATION
+(``RETAIL_ETL_SNOWFLAKE_STORAGE_INTEGRATION``), or is one an administrator created once.
+"""
+# ruff: noqa: S608 - SQL text from validated, quoted identifiers only; values are bound.
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from retail_etl.settings import validate_identifier
+from retail_etl.warehouse import sql
+from retail_etl.warehouse.base import SALES_FACT, WarehouseColumn, WarehouseError, describe_error
+from retail_etl.warehouse.dialect import Result, SqlDialect, StatementKind, arrow_type_name
+
+if TYPE_CHECKING:
+    from retail_etl.staging import StagedFile, StagingStore
+
+log = logging.getLogger("retail_etl.warehouse.snowflake")
+
+DEFAULT_SCHEMA = "retail_etl"
+DEFAULT_STAGE = "retail_etl_staging"
+DEFAULT_FILE_FORMAT = "retail_etl_parquet"
+COPY_MAX_FILES = 1000  # Snowflake's limit for FILES = (...)
+CLUSTER_BY = ("sale_date", "region")
+
+Connection = Any  # a DB-API connection of snowflake-connector-python (or fakesnow)
+
+_TYPES = {
+    "string": "VARCHAR",
+    "int64": "NUMBER(19,0)",
+    "int32": "NUMBER(10,0)",
+    "date": "DATE",
+    "bool": "BOOLEAN",
+    "float64": "DOUBLE",
+    "timestamp": "TIMESTAMP_TZ",
+}
+
+
+@dataclass(frozen=True)
+class SnowflakeConnection:
+    """How to reach Snowflake: a connection factory (``autocommit`` off) and where the tables
+    live. ``blocks.targets`` builds it from the SnowflakeConnector block."""
+
+    connect: Callable[[], Connection]
+    database: str | None = None
+    schema: str = DEFAULT_SCHEMA
+
+
+def stage_url(store: StagingStore) -> str:
+    """The URL the external stage points at: the staging root, ``s3://bucket/prefix/`` in
+    production (a ``file://`` root only works with fakesnow, in tests)."""
+    url = store.root_uri
+    return url if url.endswith("/") else url + "/"
+
+
+class SnowflakeDialect(SqlDialect):
+    """The warehouse in one Snowflake schema."""
+
+    name = "snowflake"
+    param = "%s"
+    now = "CURRENT_TIMESTAMP()"
+    upper_case = True
+    fill_steps = ("copy", "copy rejects and retractions")
+
+    def __init__(
+        self,
+        connection: SnowflakeConnection,
+        store: StagingStore,
+        *,
+        stage_name: str = DEFAULT_STAGE,
+        file_format_name: str = DEFAULT_FILE_FORMAT,
+        url: str | None = None,
+        storage_integration: str | None = None,
+    ) -> None:
+        super().__init__(database=connection.database, schema=connection.schema)
+        self._connect = connection.connect
+        self._session: Connection | None = None
+        self.stage_name = validate_identifier(stage_name.lower(), "stage")
+        self.file_format_name = validate_identifier(file_format_name.lower(), "file format")
+        self.url = url or stage_url(store)
+        self.storage_integration = (
+            validate_identifier(storage_integration.lower(), "storage integration")
+            if storage_integration
+            else None
+        )
+
+    def __repr__(self) -> str:  # no credentials
+        return f"SnowflakeDialect(schema={self.schema!r}, stage_url={self.url!r})"
+
+    # ------------------------------------------------------------------ rendering
+
+    def type_name(self, column: WarehouseColumn) -> str:
+        if column.json:
+            return "VARIANT"
+        return arrow_type_name(column.arrow_type, _TYPES, decimal="NUMBER({p},{s})")
+
+    def json_object(self, pairs: str) -> str:
+        return f"TO_JSON(OBJECT_CONSTRUCT_KEEP_NULL({pairs}))"
+
+    def from_json_text(self, column: str) -> str:
+        return f"PARSE_JSON({column})"
+
+    def table_options(self, table: str) -> str:
+        return f" CLUSTER BY ({self.cols(CLUSTER_BY)})" if table == SALES_FACT else ""
+
+    # ------------------------------------------------------------------ connections
+
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[Connection]:
+        if self._session is not None:
+            yield self._session
+            return
+        conn = self._connect()
+        try:
+            conn.autocommit(False)
+            yield conn
+        finally:
+            with suppress(Exception):
+                conn.close()
+
+    @contextmanager
+    def session(self) -> Iterator[Connection]:
+        """One connection for several operations, so a load of N regions logs in once instead
+        of N times. Not for concurrent use from several threads."""
+        if self._session is not None:  # nested: the outer session owns the connection
+            yield self._session
+            return
+        with self.connect() as conn:
+            self._session = conn
+            try:
+                yield conn
+            finally:
+                self._session = None
+
+    def execute(
+        self, con: Connection, kind: StatementKind, sql_text: str, params: Sequence[Any] = ()
+    ) -> Result:
+        cur = con.cursor()
+        cur.execute(sql_text, list(params) if params else None)
+        if cur.description is None:
+            return Result([], [])
+        return Result(
+            [str(d[0]).lower() for d in cur.description], [tuple(r) for r in cur.fetchall()]
+        )
+
+    def execute_many(
+        self, con: Connection, kind: StatementKind, sql_text: str, rows: Sequence[Sequence[Any]]
+    ) -> None:
+        con.cursor().executemany(sql_text, [list(r) for r in rows])
+
+    def begin(self, con: Connection) -> None:
+        """Commit what ran before (COPY into the stages): the next statement opens the
+        transaction (autocommit is off)."""
+        con.commit()
+
+    def commit(self, con: Connection) -> None:
+        con.commit()
+
+    def rollback(self, con: Connection) -> None:
+        with suppress(Exception):
+            con.rollback()
+
+    def end_read(self, con: Connection) -> None:
+        self.rollback(con)  # changed nothing; end the implicit transaction
+
+    # ------------------------------------------------------------------ schema
+
+    def _catalog_prefix(self) -> str:
+        return f"{self.ident(self.database)}." if self.database else ""
+
+    def _schema_path(self) -> str:
+        parts = [p for p in (self.database, self.schema) if p is not None]
+        return ".".join(self.ident(p) for p in parts)
+
+    def prepare_schema(self, con: Connection) -> None:
+        """Schema, parquet file format and the external stage over the staging root."""
+        self.execute(con, "ddl", f"CREATE SCHEMA IF NOT EXISTS {self._schema_path()}")
+        self.execute(
+            con,
+            "ddl",
+            f"CREATE FILE FORMAT IF NOT EXISTS {self.table(self.file_format_name)} TYPE = PARQUET",
+        )
+        self._create_stage(con)
+
+    def _create_stage(self, con: Connection) -> None:
+        """AWS keys never go into a statement (the connector binds values into the SQL text,
+        which reaches query history): S3 is reached through a storage integration, or through
+        a stage an administrator created once.
+
+        ``CREATE OR REPLACE`` so a changed bucket or prefix takes effect; the stage holds no
+        data and COPY names its file format explicitly, so replacing it loses nothing."""
+        if self.storage_integration is None and self.url.startswith("s3://"):
+            shown = self.execute(
+                con,
+                "ddl",
+                f"SHOW STAGES LIKE %s IN SCHEMA {self._schema_path()}",
+                [self.catalog_name(self.stage_name)],
+            )
+            if not shown.rows:
+                raise WarehouseError(
+                    f"the external stage {self.stage_name} over {self.url} does not exist: set "
+                    "RETAIL_ETL_SNOWFLAKE_STORAGE_INTEGRATION to a storage integration allowed on "
+                    "the bucket (the pipeline then creates the stage), or have an administrator "
+                    "create the stage once (README, 'Snowflake and S3 in production'); the "
+                    "pipeline never sends AWS keys to Snowflake"
+                )
+            return
+        text = f"CREATE OR REPLACE STAGE {self.table(self.stage_name)} URL = %s"
+        if self.storage_integration is not None:
+            text += f" STORAGE_INTEGRATION = {self.ident(self.storage_integration)}"
+        try:
+            self.execute(con, "ddl", text, [self.url])
+        except Exception as e:
+            raise WarehouseError(
+                f"creating the external stage {self.stage_name} over {self.url} failed: "
+                f"{describe_error(e)}"
+            ) from e
+
+    def existing_columns(self, con: Connection, table: str) -> set[str]:
+        rows = self.execute(
+            con,
+            "ddl",
+            f"SELECT column_name FROM {self._catalog_prefix()}information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s",
+            [self.catalog_name(self.schema or ""), self.catalog_name(table)],
+        ).rows
+        return {str(r[0]).lower() for r in rows}
+
+    def stale_stage_tables(self, con: Connection, created_before: datetime) -> list[str]:
+        """Transient ``stg_*`` tables created before the cutoff (a killed load's)."""
+        rows = self.execute(
+            con,
+            "ddl",
+            f"SELECT table_name FROM {self._catalog_prefix()}information_schema.tables "
+            "WHERE table_schema = %s AND left(table_name, 4) = 'STG_' AND created < %s",
+            [self.catalog_name(self.schema or ""), created_before],
+        ).rows
+        return [str(row[0]).lower() for row in rows]
+
+    # ------------------------------------------------------------------ stage tables
+
+    def create_stage_table(
+        self, con: Connection, name: str, columns: Sequence[WarehouseColumn]
+    ) -> None:
+        text = sql.create_table_sql(self, name, columns, kind="TRANSIENT TABLE", replace=True)
+        self.execute(con, "create_stage", text)
+
+    def copy_into_sql(self, table: str, n_files: int) -> str:
+        """COPY exactly the listed files (params: the keys, relative to the stage URL).
+
+        ``FORCE = TRUE``: the stage table is new for every load and the file list is explicit,
+        so Snowflake's load history must not skip a file re-staged under the same name by a
+        rerun of the same batch.
+        """
+        if n_files < 1:
+            raise ValueError("copy_into_sql needs at least one file")
+        return (
+            f"COPY INTO {self.table(table)} FROM @{self.table(self.stage_name)} "
+            f"FILES = ({self.params(n_files)}) "
+            f"FILE_FORMAT = (FORMAT_NAME = '{self.table(self.file_format_name)}') "
+            "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE FORCE = TRUE"
+        )
+
+    def fill_stage(
+        self, con: Connection, name: str, columns: Sequence[str], files: Sequence[StagedFile]
+    ) -> int:
+        """COPY exactly ``files`` into the stage table; the rows loaded."""
+        keys = [f.key for f in files]
+        loaded = 0
+        for start in range(0, len(keys), COPY_MAX_FILES):
+            chunk = keys[start : start + COPY_MAX_FILES]
+            result = self.execute(con, "fill_stage", self.copy_into_sql(name, len(chunk)), chunk)
+            for row in result.rows:
+                record = dict(zip(result.columns, row, strict=False))
+                if "file" not in record:  # "Copy executed with 0 files processed."
+                    continue
+                status = str(record.get("status", "")).upper()
+                if status != "LOADED":
+                    raise WarehouseError(
+                        f"COPY of {record.get('file')} into {name}: status {status}"
+                        f" ({record.get('first_error')})"
+                    )
+                loaded += int(record.get("rows_loaded") or 0)
+        return loaded
+
+    def drop_stage_table(self, con: Connection, name: str) -> None:
+        try:
+            self.execute(con, "drop_stage", sql.drop_table_sql(self, name))
+        except Exception:
+            log.warning("could not drop stage table %s", name, exc_info=True)
+
+    def merge_source(self, con: Connection, stage: str, duplicates: int) -> tuple[str, list[str]]:
+        """Always the deduplicated stage (a temp table would be DDL, committing the load)."""
+        return sql.dedup_source_sql(self, stage), []
+
+    def merge_counts(self, result: Result) -> tuple[int | None, int | None, int]:
+        row = dict(zip(result.columns, result.rows[0] if result.rows else (), strict=False))
+        inserted = int(row.get("number of rows inserted") or 0)
+        updated = int(row.get("number of rows updated") or 0)
+        return inserted, updated, inserted + updated

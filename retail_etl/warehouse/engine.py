@@ -1,0 +1,597 @@
+"""The one warehouse implementation: every algorithm, for any :class:`~.dialect.Dialect`.
+
+A region load::
+
+    create the stage tables stg_sales_ / stg_rejects_ / stg_retract_<batch>_<region> and fill
+        them with exactly the staged files (DuckDB: TEMP tables from read_parquet; Snowflake:
+        TRANSIENT tables by COPY from the external stage; DDL and COPY run before the load's
+        transaction, because Snowflake's DDL commits)
+    BEGIN
+    checks: rows loaded == stage rows == staged file rows, every row of this region, duplicate
+        keys counted (duplicates: the MERGE source is deduplicated, latest updated_at wins)
+    classify (inserted / updated / unchanged) by a join, then MERGE; the MERGE's own counts
+        must agree
+    INSERT INTO sales_retractions the stored rows the source retracts or no longer has;
+        DELETE them from sales_fact (the two counts must agree)
+    replace the day's rejects of the region
+    INSERT the 'loaded' ledger row (with rows_retracted and rows_deleted)
+    COMMIT                                   -- or ROLLBACK and WarehouseLoadError
+    DROP the stage tables                    -- always (a session's connection outlives them)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from retail_etl import contract
+from retail_etl.backfill import LedgerState
+from retail_etl.settings import validate_identifier
+from retail_etl.staging import StagedFile, StagingStore, validate_batch_id
+from retail_etl.warehouse import sql
+from retail_etl.warehouse.base import (
+    LEDGER_COLUMNS,
+    REJECTS_STAGE_COLUMNS,
+    RETRACTIONS_STAGE_COLUMNS,
+    SALES_FACT,
+    SALES_FACT_COLUMNS,
+    SALES_RETRACTIONS,
+    SALES_RETRACTIONS_COLUMNS,
+    SALES_STAGE_COLUMNS,
+    SCHEMA_HISTORY_COLUMNS,
+    TABLES,
+    CheckResult,
+    LedgerEntry,
+    MergeResult,
+    RegionLoad,
+    StepTimer,
+    TransformCounts,
+    WarehouseColumn,
+    WarehouseError,
+    describe_error,
+    load_error,
+    loaded_ledger_entry,
+    merge_checks,
+    merge_result,
+    normalize_dq_record,
+    schema_history_row,
+    utc_now,
+)
+from retail_etl.warehouse.dialect import Dialect, StatementKind
+
+log = logging.getLogger("retail_etl.warehouse")
+
+SideKind = Literal["rejects", "retractions"]
+
+
+class Warehouse:
+    """The warehouse tables in one engine; ``dialect`` says which and how to reach it."""
+
+    def __init__(self, dialect: Dialect, store: StagingStore) -> None:
+        self.dialect = dialect
+        self.store = store
+
+    def __repr__(self) -> str:  # the dialect's repr carries no credentials
+        return f"Warehouse({self.dialect!r})"
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def session(self) -> Iterator[Warehouse]:
+        """Run several operations (a batch's loads) on one connection. Each operation keeps
+        its own transaction; see the dialect's ``session`` for what else it saves."""
+        with self.dialect.session():
+            yield self
+
+    def _run(
+        self, con: Any, kind: StatementKind, text: str, params: Sequence[Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        return self.dialect.execute(con, kind, text, params).rows
+
+    def _count(self, con: Any, kind: StatementKind, text: str, params: Sequence[Any] = ()) -> int:
+        """The one number a COUNT query or a DML statement (rows inserted / deleted) returns."""
+        rows = self._run(con, kind, text, params)
+        return int(rows[0][0] or 0) if rows else 0
+
+    def _fetch(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.dialect.connect() as con:
+            rows = self._run(con, "read", text, params)
+            self.dialect.end_read(con)
+            return rows
+
+    @contextmanager
+    def _transaction(self, con: Any) -> Iterator[None]:
+        self.dialect.begin(con)
+        try:
+            yield
+            self.dialect.commit(con)
+        except BaseException:
+            self.dialect.rollback(con)
+            raise
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query (tests and ad-hoc checks)."""
+        return self._fetch(statement, params)
+
+    def query_read_only(self, statement: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run a reader's statement on a read-only connection held only while it runs, so a
+        load waits seconds, not for as long as an analyst keeps a session open."""
+        with self.dialect.connect(read_only=True) as con:
+            result = self.dialect.execute(con, "read", statement)
+            self.dialect.end_read(con)
+            return result.columns, result.rows
+
+    # ------------------------------------------------------------------ schema
+
+    def ensure_schema(self) -> list[str]:
+        """Create what is missing (the dialect's objects, then the tables); add columns
+        missing from existing tables (NULLABLE, metadata only). Returns ``table.column`` added."""
+        d = self.dialect
+        added: list[str] = []
+        with d.connect() as con:
+            d.prepare_schema(con)
+            for table, columns in TABLES.items():
+                options = d.table_options(table)
+                self._run(con, "ddl", sql.create_table_sql(d, table, columns, options=options))
+                existing = d.existing_columns(con, table)
+                for column in columns:
+                    if column.name not in existing:
+                        self._run(con, "ddl", sql.add_column_sql(d, table, column))
+                        added.append(f"{table}.{column.name}")
+            d.end_read(con)
+        if added:
+            log.info("added column(s) to the %s warehouse: %s", d.name, ", ".join(added))
+        return added
+
+    def drop_stale_stage_tables(self, older_than_hours: float) -> list[str]:
+        """Drop ``stg_*`` tables a killed load left behind (created longer ago than the
+        bound, so a load in progress keeps its own); the names dropped."""
+        cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
+        with self.dialect.connect() as con:
+            names = self.dialect.stale_stage_tables(con, cutoff)
+            for name in names:
+                self.dialect.drop_stage_table(con, validate_identifier(name, "stage table"))
+            self.dialect.end_read(con)
+        if names:
+            log.warning("dropped %d stale stage table(s): %s", len(names), ", ".join(names))
+        return names
+
+    # ------------------------------------------------------------------ loads
+
+    def _stage(
+        self,
+        con: Any,
+        name: str,
+        columns: Sequence[WarehouseColumn],
+        files: Sequence[StagedFile],
+    ) -> int:
+        """Create a stage table and fill it with exactly ``files``; the rows loaded."""
+        self.dialect.create_stage_table(con, name, columns)
+        return self.dialect.fill_stage(con, name, [c.name for c in columns], files)
+
+    def _check_stage(
+        self, con: Any, what: str, stage: str, region: str, loaded: int, expected: int
+    ) -> int:
+        """(staged rows, duplicate-key rows) after the checks: every row of the region, and
+        the rows loaded, the stage's rows and the staged files' rows all equal."""
+        row = self._run(con, "check_stage", sql.stage_stats_sql(self.dialect, stage), [region])
+        staged, foreign, duplicates = (int(v) for v in (row[0] if row else (0, 0, 0)))
+        if not staged == loaded == expected:
+            raise WarehouseError(
+                f"loaded {loaded} {what} row(s) into the stage, it holds {staged}, the staged "
+                f"files have {expected}"
+            )
+        if foreign:
+            raise WarehouseError(f"{foreign} {what} row(s) are not of region {region!r}")
+        return duplicates
+
+    def load_region(self, batch: RegionLoad) -> MergeResult:
+        """Stage tables, dedup guard, MERGE, retractions (removed rows kept in
+        ``sales_retractions``), the day's rejects replaced and the 'loaded' ledger row, in one
+        transaction. Raises :class:`WarehouseLoadError` (rolled back) on any failure."""
+        d = self.dialect
+        region = validate_identifier(batch.region, "region")
+        validate_batch_id(batch.batch_id)
+        stage = sql.stage_table_name("sales", batch.batch_id, region)
+        sides: dict[SideKind, tuple[str, Sequence[WarehouseColumn], Sequence[StagedFile]]] = {
+            "rejects": (
+                sql.stage_table_name("rejects", batch.batch_id, region),
+                REJECTS_STAGE_COLUMNS,
+                batch.reject_files,
+            ),
+            "retractions": (
+                sql.stage_table_name("retractions", batch.batch_id, region),
+                RETRACTIONS_STAGE_COLUMNS,
+                batch.retraction_files,
+            ),
+        }
+        rejects_stage, retractions_stage = sides["rejects"][0], sides["retractions"][0]
+        created = [stage, rejects_stage, retractions_stage]
+        started = time.perf_counter()
+        started_at = batch.started_at or utc_now()
+        step = StepTimer()
+        fill_step, side_step = d.fill_steps
+        with d.connect() as con:
+            try:
+                step.start("create stage table")
+                d.create_stage_table(con, stage, SALES_STAGE_COLUMNS)
+                step.start(fill_step)
+                loaded = d.fill_stage(con, stage, list(sql.ACCEPTED), batch.files)
+                step.start(side_step)
+                side_loaded = {kind: self._stage(con, *spec) for kind, spec in sides.items()}
+                step.start("begin")
+                d.begin(con)
+                step.start("check stage")
+                duplicates = self._check_stage(
+                    con, "staged", stage, region, loaded, batch.staged_rows
+                )
+                rejects = side_loaded["rejects"]
+                retracted = side_loaded["retractions"]
+                for kind, (name, _, files) in sides.items():
+                    self._check_stage(
+                        con, kind, name, region, side_loaded[kind], sum(f.rows for f in files)
+                    )
+                if duplicates:
+                    log.warning(
+                        "region %s %s batch %s: %d staged row(s) repeat a key; keeping the "
+                        "latest updated_at",
+                        region,
+                        batch.business_date,
+                        batch.batch_id,
+                        duplicates,
+                    )
+                source, extra_tables = d.merge_source(con, stage, duplicates)
+                created += extra_tables
+                step.start("classify")
+                stored_before = self._count(
+                    con, "classify", sql.day_keys_sql(d), [region, batch.business_date]
+                )
+                counts = self._run(con, "classify", sql.classify_sql(d, source))
+                inserted, updated, unchanged = (int(v) for v in counts[0])
+                step.start("merge")
+                m_inserted, m_updated, changed = d.merge_counts(
+                    d.execute(con, "merge", sql.merge_sql(d, source))
+                )
+                if (
+                    changed != inserted + updated
+                    or m_inserted not in (None, inserted)
+                    or m_updated not in (None, updated)
+                ):
+                    raise WarehouseError(
+                        f"MERGE reported {changed} row(s) changed ({m_inserted} inserted / "
+                        f"{m_updated} updated), expected {inserted} inserted + {updated} updated"
+                    )
+                step.start("retract")
+                deleted = self._retract(
+                    con, batch, stored_before, retracted, stage, rejects_stage, retractions_stage
+                )
+                step.start("replace rejects")
+                self._run(
+                    con, "replace_rejects", sql.delete_rejects_sql(d), [region, batch.business_date]
+                )
+                self._run(con, "replace_rejects", sql.insert_rejects_sql(d, rejects_stage))
+                step.start("ledger")
+                seconds = time.perf_counter() - started
+                entry = loaded_ledger_entry(
+                    batch, inserted, updated, unchanged, seconds, started_at, deleted
+                )
+                self._run(con, "ledger", sql.insert_ledger_sql(d), list(entry.validated().row()))
+                step.start("commit")
+                d.commit(con)
+            except Exception as e:
+                d.rollback(con)
+                raise load_error(batch, step.current, e) from e
+            finally:
+                for table in created:
+                    d.drop_stage_table(con, table)
+        step.start("done")
+        log.debug("load of %s %s, seconds per step: %s", region, batch.business_date, step.seconds)
+        return merge_result(
+            batch,
+            loaded,
+            inserted,
+            updated,
+            unchanged,
+            duplicates,
+            started,
+            deleted=deleted,
+            rejects=rejects,
+        )
+
+    def _retract(
+        self,
+        con: Any,
+        batch: RegionLoad,
+        stored_before: int,
+        retracted: int,
+        stage: str,
+        rejects_stage: str,
+        retractions_stage: str,
+    ) -> int:
+        """Move the stored rows the source retracts or no longer has to ``sales_retractions``;
+        the rows removed from ``sales_fact``."""
+        d = self.dialect
+        lineage = [batch.batch_id, batch.flow_run_id]
+        statements: list[tuple[str, list[Any]]] = []
+        if retracted:
+            statements.append((sql.retract_listed_sql(d, retractions_stage), lineage))
+        if stored_before:  # nothing stored for the day before: nothing can be missing
+            statements.append(
+                (
+                    sql.retract_missing_sql(d, stage, rejects_stage, retractions_stage),
+                    [*lineage, batch.region, batch.business_date],
+                )
+            )
+        recorded = sum(self._count(con, "retract", text, params) for text, params in statements)
+        deleted = 0
+        if recorded:
+            deleted = self._count(
+                con,
+                "retract",
+                sql.delete_retracted_sql(d),
+                [batch.region, batch.batch_id, batch.region],
+            )
+        if deleted != recorded:
+            raise WarehouseError(
+                f"removed {deleted} row(s) from sales_fact but recorded {recorded} in "
+                "sales_retractions"
+            )
+        return deleted
+
+    def load_dq_results(self, records: Sequence[Mapping[str, Any]]) -> int:
+        """Replace the quality results of the records' batch ids (a rerun of a batch replaces
+        its own results; other batches' results stay as history), in one transaction."""
+        rows = [normalize_dq_record(r) for r in records]
+        if not rows:
+            return 0
+        batch_ids = sorted({str(r["batch_id"]) for r in records})
+        d = self.dialect
+        try:
+            with d.connect() as con, self._transaction(con):
+                self._run(con, "dq_results", sql.delete_dq_sql(d, len(batch_ids)), batch_ids)
+                d.execute_many(con, "dq_results", sql.insert_dq_sql(d), [list(r) for r in rows])
+        except Exception as e:
+            raise WarehouseError(
+                f"writing {len(rows)} dq_results row(s) of batch(es) {', '.join(batch_ids)} "
+                f"failed: {describe_error(e)}"
+            ) from e
+        return len(rows)
+
+    def record_ledger(self, entry: LedgerEntry) -> None:
+        """Append one ledger row in its own transaction (e.g. 'load_failed' after a rollback)."""
+        entry = entry.validated()
+        try:
+            with self.dialect.connect() as con, self._transaction(con):
+                self._run(con, "ledger", sql.insert_ledger_sql(self.dialect), list(entry.row()))
+        except Exception as e:
+            raise WarehouseError(
+                f"recording ledger status {entry.status!r} for region {entry.region!r} "
+                f"{entry.business_date} (batch {entry.batch_id}) failed: {describe_error(e)}"
+            ) from e
+
+    def record_schema(
+        self,
+        region: str,
+        fingerprint: str,
+        columns: Mapping[str, str],
+        differences: str,
+        batch_id: str,
+        flow_run_id: str | None,
+    ) -> bool:
+        """Append a ``source_schema_history`` row unless ``fingerprint`` is already the
+        region's latest (checked and written in one transaction); True if it was new."""
+        row = schema_history_row(region, fingerprint, columns, differences, batch_id, flow_run_id)
+        d = self.dialect
+        try:
+            with d.connect() as con, self._transaction(con):
+                latest = self._run(con, "schema_history", sql.latest_schema_sql(d), [region])
+                new = not latest or latest[0][0] != fingerprint
+                if new:
+                    self._run(con, "schema_history", sql.insert_schema_sql(d), list(row))
+        except Exception as e:
+            raise WarehouseError(
+                f"recording schema fingerprint {fingerprint} of region {region!r} "
+                f"(batch {batch_id}) in source_schema_history failed: {describe_error(e)}"
+            ) from e
+        return new
+
+    # ------------------------------------------------------------------ reads
+
+    def ledger(self, business_date: date | None = None) -> list[dict[str, Any]]:
+        params: list[Any] = [business_date] if business_date is not None else []
+        rows = self._fetch(sql.ledger_sql(self.dialect, by_date=business_date is not None), params)
+        return [_normalize(LEDGER_COLUMNS, r) for r in rows]
+
+    def fact_rows(
+        self, region: str | None = None, business_date: date | None = None
+    ) -> list[dict[str, Any]]:
+        params: list[Any] = []
+        if region is not None:
+            params.append(validate_identifier(region, "region"))
+        if business_date is not None:
+            params.append(business_date)
+        text = sql.fact_rows_sql(
+            self.dialect, by_region=region is not None, by_date=business_date is not None
+        )
+        return [_normalize(SALES_FACT_COLUMNS, r) for r in self._fetch(text, params)]
+
+    def accepted_history(self, region: str, before: date, days: int) -> list[tuple[date, int]]:
+        """``rows_accepted`` of the latest 'loaded' ledger row per date in [before-days, before)."""
+        validate_identifier(region, "region")
+        if days <= 0:
+            raise ValueError(f"history days must be positive, got {days}")
+        start = before - timedelta(days=days)
+        rows = self._fetch(
+            sql.accepted_history_sql(self.dialect), [region, start, before, "loaded"]
+        )
+        return [(_as_date(d), int(n)) for d, n in rows if n is not None]
+
+    def loaded_pairs(self, start: date, end: date) -> set[tuple[str, date]]:
+        """(region, date) pairs in [start, end] whose latest ledger status is 'loaded'."""
+        rows = self._fetch(sql.loaded_pairs_sql(self.dialect), [start, end, "loaded"])
+        return {(str(region), _as_date(d)) for region, d in rows}
+
+    def ledger_states(self, start: date, end: date) -> dict[tuple[str, date], LedgerState]:
+        """Latest ledger row (status, source fingerprint) of every (region, date) in [start, end]."""
+        rows = self._fetch(sql.ledger_states_sql(self.dialect), [start, end])
+        return {
+            (str(region), _as_date(d)): LedgerState(
+                str(status), None if fingerprint is None else str(fingerprint)
+            )
+            for region, d, status, fingerprint in rows
+        }
+
+    def fact_day_stats(
+        self, start: date, end: date
+    ) -> dict[tuple[str, date], tuple[int, Decimal | None]]:
+        """(region, sale_date) -> (rows, sum of total_amount) of ``sales_fact`` in [start, end]."""
+        rows = self._fetch(sql.fact_day_stats_sql(self.dialect), [start, end])
+        return {
+            (str(region), _as_date(d)): (int(n), None if total is None else Decimal(str(total)))
+            for region, d, n, total in rows
+        }
+
+    def day_keys(self, region: str, business_date: date) -> int:
+        """Rows (keys) ``sales_fact`` holds for (region, business_date)."""
+        rows = self._fetch(
+            sql.day_keys_sql(self.dialect), [validate_identifier(region, "region"), business_date]
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def retractions(self, region: str | None = None) -> list[dict[str, Any]]:
+        """``sales_retractions`` rows (of one region), by key then time."""
+        params = [] if region is None else [validate_identifier(region, "region")]
+        rows = self._fetch(sql.retractions_sql(self.dialect, by_region=region is not None), params)
+        return [_normalize(SALES_RETRACTIONS_COLUMNS, r) for r in rows]
+
+    def latest_schema(self, region: str) -> str | None:
+        """The fingerprint most recently recorded for ``region`` in ``source_schema_history``."""
+        rows = self._fetch(
+            sql.latest_schema_sql(self.dialect), [validate_identifier(region, "region")]
+        )
+        return str(rows[0][0]) if rows else None
+
+    def schema_history(self, region: str | None = None) -> list[dict[str, Any]]:
+        """``source_schema_history`` rows (of one region), oldest first."""
+        params = [] if region is None else [validate_identifier(region, "region")]
+        text = sql.schema_history_sql(self.dialect, by_region=region is not None)
+        names = [c.name for c in SCHEMA_HISTORY_COLUMNS]
+        return [dict(zip(names, r, strict=True)) for r in self._fetch(text, params)]
+
+    def verify(
+        self,
+        batch_id: str,
+        business_date: date,
+        merge_results: Sequence[MergeResult],
+        *,
+        transform_counts: Mapping[str, TransformCounts] | None = None,
+    ) -> list[CheckResult]:
+        """Post-load checks: :func:`merge_checks` plus, on the fact table,
+
+        - ``fact_unique_keys``: no key of the day's rows stored twice in the batch's regions;
+        - ``loaded_rows_in_batch_dates``: every row this batch wrote (``batch_id`` lineage) has
+          ``sale_date`` = the business date;
+        - ``ledger_recorded`` (per region): the batch's latest ledger row is 'loaded' with the
+          MERGE's counts;
+        - ``retracted_keys_absent`` (per region): no key the batch recorded in
+          ``sales_retractions`` is still in ``sales_fact``.
+        """
+        d = self.dialect
+        checks = merge_checks(merge_results, transform_counts)
+        regions = sorted({r.region for r in merge_results})
+        for region in regions:
+            validate_identifier(region, "region")
+        if not regions:
+            return checks
+        ((dups,),) = self._fetch(
+            sql.fact_duplicate_keys_sql(d, len(regions)), [business_date, *regions, business_date]
+        )
+        checks.append(
+            CheckResult(
+                "fact_unique_keys",
+                contract.BATCH_REGION,
+                int(dups),
+                0,
+                int(dups) == 0,
+                f"{int(dups)} (region, sale_id) key(s) stored more than once in "
+                f"{SALES_FACT} for region(s) {', '.join(regions)}",
+            )
+        )
+        ((outside,),) = self._fetch(
+            sql.rows_outside_dates_sql(d, len(regions), 1), [batch_id, *regions, business_date]
+        )
+        checks.append(
+            CheckResult(
+                "loaded_rows_in_batch_dates",
+                contract.BATCH_REGION,
+                int(outside),
+                0,
+                int(outside) == 0,
+                f"{int(outside)} row(s) written by batch {batch_id} have a sale_date other than "
+                f"{business_date}",
+            )
+        )
+        for r in merge_results:
+            rows = self._fetch(sql.ledger_for_batch_sql(d), [batch_id, r.region])
+            latest = rows[0] if rows else None
+            ok = (
+                latest is not None
+                and latest[0] == "loaded"
+                and [None if v is None else int(v) for v in latest[1:]]
+                == [r.inserted, r.updated, r.unchanged, r.deleted]
+            )
+            checks.append(
+                CheckResult(
+                    "ledger_recorded",
+                    r.region,
+                    1.0 if ok else 0.0,
+                    1.0,
+                    ok,
+                    "latest ledger row is 'loaded' with the MERGE counts"
+                    if ok
+                    else f"latest ledger row of batch {batch_id}: {latest!r}",
+                )
+            )
+            ((left,),) = self._fetch(
+                sql.retracted_still_stored_sql(d), [r.region, batch_id, r.region]
+            )
+            checks.append(
+                CheckResult(
+                    "retracted_keys_absent",
+                    r.region,
+                    int(left),
+                    0,
+                    int(left) == 0,
+                    f"{r.deleted} row(s) removed from {SALES_FACT} into {SALES_RETRACTIONS}; "
+                    f"{int(left)} key(s) batch {batch_id} retracted are still stored",
+                )
+            )
+        return checks
+
+
+def _normalize(columns: Sequence[WarehouseColumn], row: Sequence[Any]) -> dict[str, Any]:
+    """Row as a dict; integers as int and doubles as float (Snowflake returns NUMBER as
+    Decimal), everything else as the driver returned it."""
+    out: dict[str, Any] = {}
+    for col, value in zip(columns, row, strict=True):
+        if value is not None and pa.types.is_integer(col.arrow_type):
+            value = int(value)
+        elif value is not None and pa.types.is_floating(col.arrow_type):
+            value = float(value)
+        out[col.name] = value
+    return out
+
+
+def _as_date(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value))
