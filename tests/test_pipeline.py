@@ -241,9 +241,9 @@ def test_a_warehouse_failure_mid_load_applies_nothing_and_a_rerun_loads_once(env
     _seed(env, rows=1_000)
     # The MERGE has run inside the transaction when its ledger row is written: the first two
     # loads (one per region) fail there; recording the failures afterwards works.
-    plan = FaultPlan("ledger", nth=1, times=2).install(monkeypatch)
-    state, summary = run_day(DAY, ["us_east", "europe"])
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        plan = FaultPlan("ledger", nth=1, times=2).install(patch)
+        state, summary = run_day(DAY, ["us_east", "europe"])
 
     assert plan.failed == 2
     assert state.is_failed()
@@ -271,13 +271,13 @@ def test_a_warehouse_failure_mid_load_applies_nothing_and_a_rerun_loads_once(env
 def test_a_warehouse_that_cannot_stage_for_the_load_fails_every_region(env, monkeypatch):
     _seed(env, rows=500)
     # Only the loads fail (every stage table they create); the run's other warehouse steps work.
-    plan = FaultPlan(
-        "create_stage",
-        times=None,
-        message="cannot open the DuckDB warehouse: held by another process",
-    ).install(monkeypatch)
-    state, summary = run_day(DAY, ["us_east", "europe"])
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        plan = FaultPlan(
+            "create_stage",
+            times=None,
+            message="cannot open the DuckDB warehouse: held by another process",
+        ).install(patch)
+        state, summary = run_day(DAY, ["us_east", "europe"])
 
     assert plan.failed == 2
     assert state.is_failed()

@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 StatementKind = Literal[
     "ddl",  # schema objects and permanent tables
     "read",  # queries of the read API (ledger, history, verify)
-    "begin",
-    "commit",
     "create_stage",
     "fill_stage",
     "check_stage",
@@ -64,7 +62,8 @@ class Dialect(Protocol):
 
     - ``name``; ``param``: the placeholder of a bound value (``?``, ``%s``);
     - ``ident(name)``: a validated, quoted identifier; ``table(name)``: qualified by the
-      dialect's database / schema;
+      dialect's database / schema; ``params(n)``, ``cols(names)`` (:class:`SqlDialect` gives
+      these four);
     - ``now``: the current timestamp; ``type_name(column)``: the engine type of a neutral
       (Arrow) column; ``json_object(pairs)``: a row as JSON text; ``from_json_text(column)``:
       staged JSON text as the type ``type_name`` gives a ``json`` column;
