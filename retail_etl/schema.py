@@ -13,9 +13,12 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from retail_etl.contract import SALES_COLUMNS, SOURCE_TABLE, ContractColumn
+
+if TYPE_CHECKING:
+    from retail_etl.warehouse import Warehouse
 
 
 class SchemaContractError(RuntimeError):
@@ -206,22 +209,8 @@ class ObservedSchema(Protocol):
     def schema_changes(self) -> str: ...
 
 
-class SchemaHistory(Protocol):
-    """The warehouse's ``source_schema_history`` (``Warehouse.record_schema``)."""
-
-    def record_schema(
-        self,
-        region: str,
-        fingerprint: str,
-        columns: Mapping[str, str],
-        differences: str,
-        batch_id: str,
-        flow_run_id: str | None,
-    ) -> bool: ...
-
-
 def record_schema_changes(
-    history: SchemaHistory,
+    history: Warehouse,
     observed: Mapping[str, ObservedSchema],
     *,
     batch_id: str,
@@ -260,7 +249,6 @@ __all__ = [
     "ObservedSchema",
     "SchemaContractError",
     "SchemaDiff",
-    "SchemaHistory",
     "inspect_columns_sql",
     "plan_extraction",
     "record_schema_changes",

@@ -1,15 +1,18 @@
-"""Schema comparison with the contract (pure)."""
+"""Schema comparison with the contract (pure), and its history kept in a warehouse."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from retail_etl.contract import SALES_COLUMNS
 from retail_etl.schema import SchemaContractError, plan_extraction, record_schema_changes
+from retail_etl.staging import LocalStagingStore
+from retail_etl.warehouse import Warehouse
+from retail_etl.warehouse.dialects.duckdb import DuckDBDialect
 
 CONTRACT = {c.name: c.pg_type for c in SALES_COLUMNS}
 
@@ -78,28 +81,6 @@ def test_new_columns_are_listed_as_extras():
     assert plan.diff.describe() == "new column channel (text)"
 
 
-class _History:
-    """In-memory ``source_schema_history``: the latest fingerprint per region."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str]] = []
-
-    def record_schema(
-        self,
-        region: str,
-        fingerprint: str,
-        columns: Mapping[str, str],
-        differences: str,
-        batch_id: str,
-        flow_run_id: str | None,
-    ) -> bool:
-        latest = [fp for r, fp, _ in self.rows if r == region]
-        if latest and latest[-1] == fingerprint:
-            return False
-        self.rows.append((region, fingerprint, batch_id))
-        return True
-
-
 @dataclass
 class _Seen:
     source_columns: dict[str, str]
@@ -112,8 +93,10 @@ def _seen(source: dict[str, str]) -> _Seen:
     return _Seen(plan.source_columns, plan.fingerprint, plan.diff.describe())
 
 
-def test_a_schema_change_is_warned_about_once_and_a_matching_schema_never():
-    history = _History()
+def test_a_schema_change_is_warned_about_once_and_a_matching_schema_never(tmp_path: Path) -> None:
+    store = LocalStagingStore(tmp_path / "staging")
+    history = Warehouse(DuckDBDialect(tmp_path / "wh.duckdb", store), store)
+    history.ensure_schema()
     drifted = {"us_east": _seen({**CONTRACT, "channel": "text"}), "europe": _seen(CONTRACT)}
 
     first = record_schema_changes(history, drifted, batch_id="b1", flow_run_id="f1")
@@ -127,7 +110,7 @@ def test_a_schema_change_is_warned_about_once_and_a_matching_schema_never():
         "new column channel (text)"
     ]
     assert again == [] and back == []
-    assert [(r, b) for r, _, b in history.rows] == [
+    assert [(h["region"], h["first_seen_batch_id"]) for h in history.schema_history()] == [
         ("europe", "b1"),
         ("us_east", "b1"),
         ("us_east", "b3"),
