@@ -1241,3 +1241,19 @@ def test_snowflake_needs_the_s3_store(tmp_path: Path) -> None:
     connection = SnowflakeConnection(lambda: None, "retail_db", "retail")
     with pytest.raises(ValueError, match="S3 staging store"):
         configured_dialect(settings, LocalStagingStore(tmp_path), snowflake=connection)
+
+
+@snowflake_only
+def test_snowflake_stage_tables_a_killed_load_left_are_dropped_by_a_later_run(
+    warehouse: Warehouse, engine: str
+) -> None:
+    """TRANSIENT stage tables outlive a killed load (DuckDB's TEMP ones die with it). fakesnow
+    reports every table as created in 1970, so the age bound itself is not exercised here."""
+    d = warehouse.dialect
+    name = sql.stage_table_name("sales", B1, "us_east")
+    with d.connect() as con:
+        d.create_stage_table(con, name, SALES_STAGE_COLUMNS)
+    assert stage_tables(warehouse) == [name.upper()]
+    assert warehouse.drop_stale_stage_tables(older_than_hours=1) == [name]
+    assert stage_tables(warehouse) == []
+    assert [r["region"] for r in warehouse.fact_rows()] == []  # the permanent tables stay

@@ -157,7 +157,8 @@ class Warehouse:
         with self.dialect.connect() as con:
             names = self.dialect.stale_stage_tables(con, cutoff)
             for name in names:
-                self.dialect.drop_stage_table(con, validate_identifier(name, "stage table"))
+                table = validate_identifier(name, "stage table")
+                self._run(con, "drop_stage", sql.drop_table_sql(self.dialect, table))
             self.dialect.end_read(con)
         if names:
             log.warning("dropped %d stale stage table(s): %s", len(names), ", ".join(names))
