@@ -26,6 +26,7 @@ from retail_etl.charts import daily_volume_svg
 from retail_etl.closing import business_date_for
 from retail_etl.run import batch_run_date
 from retail_etl.settings import Settings
+from retail_etl.warehouse import sql_renderer
 from retail_etl.warehouse.base import (
     DQ_RESULTS,
     LEDGER,
@@ -34,7 +35,7 @@ from retail_etl.warehouse.base import (
     SALES_RETRACTIONS,
     SCHEMA_HISTORY,
 )
-from retail_etl.warehouse.sql import SqlTarget
+from retail_etl.warehouse.dialect import SqlDialect
 
 #: A read-only query with bound parameters (``Warehouse.query``).
 Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
@@ -80,7 +81,7 @@ def collect_configured_report(
         )
     return collect_report(
         query,
-        SqlTarget(settings.warehouse),
+        sql_renderer(settings.warehouse),
         start,
         end,
         list(regions or settings.regions),
@@ -199,7 +200,7 @@ class QualityReport:
 # --------------------------------------------------------------------------- SQL
 
 
-def latest_ledger_sql(t: SqlTarget) -> str:
+def latest_ledger_sql(t: SqlDialect) -> str:
     """Params: (from, to) -> (region, business_date, status, *LEDGER_COUNTS) of the latest
     ledger row of every pair (the same order as the warehouse's own ledger reads)."""
     order = f"{t.ident('finished_at')} DESC NULLS LAST, {t.ident('started_at')} DESC NULLS LAST"
@@ -211,7 +212,7 @@ def latest_ledger_sql(t: SqlTarget) -> str:
     )
 
 
-def latest_loaded_sql(t: SqlTarget) -> str:
+def latest_loaded_sql(t: SqlDialect) -> str:
     """Params: (from, to, 'loaded') -> (region, business_date, rows_accepted) of the latest
     'loaded' row of every pair: the history the volume is compared with."""
     order = f"{t.ident('finished_at')} DESC NULLS LAST, {t.ident('started_at')} DESC NULLS LAST"
@@ -224,7 +225,7 @@ def latest_loaded_sql(t: SqlTarget) -> str:
     )
 
 
-def day_counts_sql(t: SqlTarget, table: str, label: str | None = None) -> str:
+def day_counts_sql(t: SqlDialect, table: str, label: str | None = None) -> str:
     """Params: (from, to) -> (region, sale_date[, label], rows) of ``table``."""
     keys = ["region", "sale_date", *([label] if label else [])]
     return (
@@ -233,7 +234,7 @@ def day_counts_sql(t: SqlTarget, table: str, label: str | None = None) -> str:
     )
 
 
-def gate_issues_sql(t: SqlTarget) -> str:
+def gate_issues_sql(t: SqlDialect) -> str:
     """Params: (from, to, 'warn', 'fail') -> the warned and failed checks of the range."""
     cols = [
         "business_date",
@@ -253,7 +254,7 @@ def gate_issues_sql(t: SqlTarget) -> str:
     )
 
 
-def schema_history_sql(t: SqlTarget) -> str:
+def schema_history_sql(t: SqlDialect) -> str:
     """No params: every schema change (one row per change: a small table; the range is applied
     in Python, on the run date of the batch that first saw the change)."""
     cols = ["region", "first_seen_at", "differences", "first_seen_batch_id"]
@@ -265,7 +266,7 @@ def schema_history_sql(t: SqlTarget) -> str:
 
 def collect_report(
     query: Query,
-    target: SqlTarget,
+    target: SqlDialect,
     start: date,
     end: date,
     regions: Sequence[str],

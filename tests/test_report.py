@@ -24,8 +24,9 @@ from retail_etl.report import (
 )
 from retail_etl.run import batch_run_date
 from retail_etl.staging import LocalStagingStore
+from retail_etl.warehouse import Warehouse, sql_renderer
 from retail_etl.warehouse.base import LedgerEntry
-from retail_etl.warehouse.sql import SqlTarget
+from retail_etl.warehouse.dialect import SqlDialect
 from tests.test_staging import accepted_table, reject_table, retraction_table, write_parquet
 
 D1, D2, D3 = dt.date(2024, 1, 15), dt.date(2024, 1, 16), dt.date(2024, 1, 17)
@@ -150,19 +151,20 @@ def store(tmp_path: Path) -> LocalStagingStore:
 @pytest.fixture(params=["duckdb", "snowflake"])
 def engine(
     request: pytest.FixtureRequest, tmp_path: Path, store: LocalStagingStore
-) -> Iterator[tuple[Any, SqlTarget]]:
+) -> Iterator[tuple[Any, SqlDialect]]:
     """(warehouse, the target the report writes its SQL for) of each engine."""
     if request.param == "duckdb":
-        from retail_etl.warehouse.duckdb_warehouse import DuckDBWarehouse
+        from retail_etl.warehouse.dialects.duckdb import DuckDBDialect
 
-        wh: Any = DuckDBWarehouse(tmp_path / "wh.duckdb", store, memory_limit="256MB", threads=1)
+        dialect = DuckDBDialect(tmp_path / "wh.duckdb", store, memory_limit="256MB", threads=1)
+        wh: Any = Warehouse(dialect, store)
         wh.ensure_schema()
-        yield wh, SqlTarget("duckdb")
+        yield wh, sql_renderer("duckdb")
         return
     fakesnow = pytest.importorskip("fakesnow")
     import snowflake.connector
 
-    from retail_etl.warehouse.snowflake_warehouse import SnowflakeWarehouse
+    from retail_etl.warehouse.dialects.snowflake import SnowflakeConnection, SnowflakeDialect
 
     with fakesnow.patch():
         # The production connection's current schema is the warehouse's: unqualified names.
@@ -172,9 +174,10 @@ def engine(
         setup = snowflake.connector.connect(database="retail_db", schema="public")
         setup.cursor().execute("CREATE SCHEMA IF NOT EXISTS retail_db.retail")
         setup.close()
-        wh = SnowflakeWarehouse(connect, store, database="retail_db", schema="retail")
+        connection = SnowflakeConnection(connect, database="retail_db", schema="retail")
+        wh = Warehouse(SnowflakeDialect(connection, store), store)
         wh.ensure_schema()
-        yield wh, SqlTarget("snowflake")
+        yield wh, sql_renderer("snowflake")
 
 
 def _load(
@@ -216,7 +219,7 @@ def _load(
 @pytest.mark.integration
 @pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 def test_collect_reads_the_same_numbers_on_both_engines(
-    engine: tuple[Any, SqlTarget], tmp_path: Path, store: LocalStagingStore
+    engine: tuple[Any, SqlDialect], tmp_path: Path, store: LocalStagingStore
 ) -> None:
     wh, target = engine
     # history of us_east for the median: 100, 110, 120 accepted

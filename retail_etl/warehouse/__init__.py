@@ -20,7 +20,7 @@ from retail_etl.warehouse.base import (
     WarehouseLoadError,
     merge_checks,
 )
-from retail_etl.warehouse.dialect import Dialect
+from retail_etl.warehouse.dialect import Dialect, SqlDialect
 from retail_etl.warehouse.engine import Warehouse
 
 if TYPE_CHECKING:
@@ -42,7 +42,20 @@ __all__ = [
     "configured_dialect",
     "merge_checks",
     "open_warehouse",
+    "sql_renderer",
 ]
+
+
+def sql_renderer(warehouse: str) -> SqlDialect:
+    """The SQL rendering of a warehouse engine with unqualified names (they resolve in the
+    connection's current schema): for queries written outside the engine, e.g. the report."""
+    if warehouse == "duckdb":
+        from retail_etl.warehouse.dialects.duckdb import DuckDBSql
+
+        return DuckDBSql()
+    from retail_etl.warehouse.dialects.snowflake import SnowflakeSql
+
+    return SnowflakeSql()
 
 
 def configured_dialect(

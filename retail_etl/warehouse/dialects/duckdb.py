@@ -72,12 +72,17 @@ def _lock_for(path: Path) -> threading.RLock:
         return _LOCKS.setdefault(key, threading.RLock())
 
 
-class DuckDBDialect(SqlDialect):
-    """The warehouse in one DuckDB file."""
+class DuckDBSql(SqlDialect):
+    """DuckDB's SQL rendering (names unqualified: the file is the database)."""
 
     name = "duckdb"
     param = "?"
     now = "current_timestamp"
+
+
+class DuckDBDialect(DuckDBSql):
+    """The warehouse in one DuckDB file."""
+
     fill_steps = ("read staged files", "stage rejects and retractions")
 
     def __init__(

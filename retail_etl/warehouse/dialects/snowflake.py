@@ -69,13 +69,18 @@ def stage_url(store: StagingStore) -> str:
     return url if url.endswith("/") else url + "/"
 
 
-class SnowflakeDialect(SqlDialect):
-    """The warehouse in one Snowflake schema."""
+class SnowflakeSql(SqlDialect):
+    """Snowflake's SQL rendering: pyformat placeholders, names stored upper case."""
 
     name = "snowflake"
     param = "%s"
     now = "CURRENT_TIMESTAMP()"
     upper_case = True
+
+
+class SnowflakeDialect(SnowflakeSql):
+    """The warehouse in one Snowflake schema."""
+
     fill_steps = ("copy", "copy rejects and retractions")
 
     def __init__(
