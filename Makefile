@@ -25,7 +25,9 @@ demo: setup postgres
 test: setup postgres
 	$(VENV)/bin/pytest
 
+# lint-imports: the layer contracts in pyproject.toml ([tool.importlinter]).
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy retail_etl blocks tasks flows
+	$(VENV)/bin/mypy retail_etl blocks tasks flows cli
+	$(VENV)/bin/lint-imports

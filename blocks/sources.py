@@ -11,6 +11,7 @@ import os
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
+from blocks.prefect_api import prefect_api_url
 from retail_etl.settings import Settings, get_settings
 
 
@@ -59,9 +60,7 @@ def credentials_mode(settings: Settings) -> str:
     (a server or Cloud, where deployments run), env for the in-process ephemeral API."""
     if settings.credentials != "auto":
         return settings.credentials
-    from prefect.settings import get_current_settings
-
-    return "blocks" if get_current_settings().api.url else "env"
+    return "blocks" if prefect_api_url() else "env"
 
 
 def load_source_url(region: str, settings: Settings | None = None) -> tuple[SecretStr, str]:

@@ -2,15 +2,22 @@
 
 ``RETAIL_ETL_STAGING_STORE`` (local | s3) and ``RETAIL_ETL_WAREHOUSE`` (duckdb | snowflake)
 choose; the S3 bucket and Snowflake connection come from the blocks that
-``retail-etl blocks register`` saved.
+``retail-etl blocks register`` saved. Block attributes are read here only: the core store
+and warehouse classes take plain values (a bucket name, a boto3 client, a filesystem).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from retail_etl.settings import Settings
-from retail_etl.staging import LocalStagingStore, S3StagingStore, StagingStore
+from retail_etl.staging import (
+    LocalStagingStore,
+    S3StagingStore,
+    StagingStore,
+    arrow_s3_filesystem,
+)
 from retail_etl.warehouse import Warehouse, open_warehouse
 from retail_etl.warehouse.dialects.snowflake import SnowflakeConnection
 
@@ -34,11 +41,30 @@ def load_s3_bucket(settings: Settings) -> Any:
     return _load_block(S3Bucket, settings.s3_bucket_block, "S3Bucket", "RETAIL_ETL_S3_BUCKET_NAME")
 
 
+def s3_staging_store(
+    s3_bucket_block: Any, *, scratch_dir: Path | None = None, target_file_rows: int | None = None
+) -> S3StagingStore:
+    """The S3 store of a prefect-aws ``S3Bucket`` block: its bucket, ``bucket_folder`` prefix,
+    credentials and ``aws_client_parameters.endpoint_url``."""
+    credentials = s3_bucket_block.credentials
+    params = getattr(credentials, "aws_client_parameters", None)
+    return S3StagingStore(
+        s3_bucket_block.bucket_name,
+        s3_bucket_block.bucket_folder or "",
+        client=credentials.get_s3_client(),
+        fs=arrow_s3_filesystem(
+            credentials.get_boto3_session(), getattr(params, "endpoint_url", None)
+        ),
+        scratch_dir=scratch_dir,
+        target_file_rows=target_file_rows,
+    )
+
+
 def open_staging_store(settings: Settings) -> StagingStore:
     """The configured store."""
     scratch = settings.staging_dir / "scratch"
     if settings.staging_store == "s3":
-        return S3StagingStore.from_block(
+        return s3_staging_store(
             load_s3_bucket(settings),
             scratch_dir=scratch,
             target_file_rows=settings.target_file_rows,

@@ -45,7 +45,7 @@ __all__ = [
 
 #: In the final state message of a failed run whose problem a person has already been told
 #: about (its own alert, or the summary alert of the backfill it belongs to). The failure
-#: automation (``retail_etl.automations``) does not fire for state messages holding it, so
+#: automation (``cli.automations``) does not fire for state messages holding it, so
 #: every problem gives one Slack message; a run that could not alert (crashed, killed,
 #: invalid parameters, Slack down) lacks it and the automation speaks for it.
 ALERTED_MARK = "; alerted "

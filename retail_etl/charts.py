@@ -2,6 +2,9 @@
 against the band the ``history_volume`` check accepts. Plain code: an SVG string, embedded in
 the report's markdown as a ``data:`` image (the Prefect UI renders it; no file to host). Also the
 weekly quality report's daily volume per region (:func:`daily_volume_svg`).
+
+It draws what the quality gate computed (each region's baseline, the thresholds) and never
+computes it again, so the quality module can call it without an import cycle.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ import base64
 from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 from html import escape
+from typing import Protocol
 
 from retail_etl import humanize
-from retail_etl.quality import QualityThresholds, history_baseline
 
 __all__ = ["daily_volume_svg", "svg_data_url", "volume_chart_markdown", "volume_chart_svg"]
 
@@ -20,15 +23,27 @@ _WIDTH, _PANEL, _LEFT, _RIGHT, _TOP = 720, 96, 92, 16, 22
 _WARN_FILL, _FAIL_FILL, _LINE, _TODAY = "#facc1540", "#ef444426", "#60a5fa", "#f472b6"
 
 
+class BandLimits(Protocol):
+    """The thresholds the chart draws (``retail_etl.quality.QualityThresholds`` has them)."""
+
+    @property
+    def history_days(self) -> int: ...
+    @property
+    def history_warn_deviation(self) -> float: ...
+    @property
+    def history_fail_deviation(self) -> float: ...
+
+
 def volume_chart_svg(
     history: Mapping[str, Sequence[tuple[date, int]]],
     today: Mapping[str, int],
     business_date: date,
-    thresholds: QualityThresholds,
+    thresholds: BandLimits,
+    baselines: Mapping[str, float],
 ) -> str:
     """One panel per region of ``today``: the accepted rows of each loaded day in the last
     ``history_days`` (line), the business date's (pink dot), the baseline's warn band (yellow)
-    and fail band (red), when there is a baseline."""
+    and fail band (red), when the region has a baseline in ``baselines``."""
     start = business_date - timedelta(days=thresholds.history_days)
     span = max(1, (business_date - start).days)
     plot_w = _WIDTH - _LEFT - _RIGHT
@@ -44,10 +59,9 @@ def volume_chart_svg(
     for index, (region, rows_today) in enumerate(today.items()):
         top = _TOP + index * _PANEL
         points = sorted((d, n) for d, n in history.get(region, ()) if start <= d < business_date)
-        found = history_baseline(points, business_date, thresholds)
+        baseline = baselines.get(region)
         values = [n for _, n in points] + [rows_today]
-        if found is not None:
-            baseline = found[0]
+        if baseline is not None:
             values += [int(baseline * (1 + thresholds.history_fail_deviation))]
         top_value = max(max(values), 1) * 1.1
         inner = _PANEL - 22
@@ -67,8 +81,7 @@ def volume_chart_svg(
             f'<line x1="{_LEFT}" y1="{y(0):.1f}" x2="{_WIDTH - _RIGHT}" y2="{y(0):.1f}" '
             'stroke="#4b5563"/>'
         )
-        if found is not None:
-            baseline = found[0]
+        if baseline is not None:
             for deviation, fill in (
                 (thresholds.history_fail_deviation, _FAIL_FILL),
                 (thresholds.history_warn_deviation, _WARN_FILL),
@@ -119,10 +132,11 @@ def volume_chart_markdown(
     history: Mapping[str, Sequence[tuple[date, int]]],
     today: Mapping[str, int],
     business_date: date,
-    thresholds: QualityThresholds,
+    thresholds: BandLimits,
+    baselines: Mapping[str, float],
 ) -> str:
     """The chart as a markdown image (a base64 ``data:`` URL)."""
-    svg = volume_chart_svg(history, today, business_date, thresholds)
+    svg = volume_chart_svg(history, today, business_date, thresholds, baselines)
     return f"![accepted rows per region vs history]({svg_data_url(svg)})"
 
 

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import duckdb
 
 from retail_etl import contract, humanize
+from retail_etl.charts import volume_chart_markdown
 from retail_etl.settings import Settings, validate_identifier
 from retail_etl.transform import REJECT_RULES, RegionTransformResult, null_reason
 
@@ -389,6 +390,18 @@ def history_baseline(
     return None
 
 
+def history_baselines(
+    history: Mapping[str, Sequence[tuple[date, int]]],
+    business_date: date,
+    thresholds: QualityThresholds,
+) -> dict[str, float]:
+    """Each region's :func:`history_baseline`, for the regions that have one (the chart)."""
+    found = {
+        r: history_baseline(points, business_date, thresholds) for r, points in history.items()
+    }
+    return {region: baseline[0] for region, baseline in found.items() if baseline is not None}
+
+
 def history_check(
     region: str,
     accepted_rows: int,
@@ -596,10 +609,12 @@ def evaluate_batch(
     checks.extend(
         invariant_checks({region: r.accepted_files for region, r in results.items()}, business_date)
     )
-    from retail_etl.charts import volume_chart_markdown
-
     chart = volume_chart_markdown(
-        history, {r: res.rows_accepted for r, res in results.items()}, business_date, thresholds
+        history,
+        {r: res.rows_accepted for r, res in results.items()},
+        business_date,
+        thresholds,
+        history_baselines(history, business_date, thresholds),
     )
     return QualityReport(
         business_date=business_date, batch_id=batch_id, checks=checks, volume_chart=chart

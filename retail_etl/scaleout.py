@@ -5,9 +5,10 @@ settings the flow process ships with every task. A flow process on the ephemeral
 ``PREFECT_API_URL``) has no address to ship, so every worker tries to start a temporary
 server of its own and the run fails in the middle (``Server process did not start``). These
 checks turn that into one clear error before any extraction: the run's API must be set and
-answer ``/health``, here and from every worker. They are called where the run starts
-(``retail-etl run``/``backfill``, and the flow process when it resolves its task runner, see
-``tasks/runners.py``); :func:`worker_api_problem` runs on each worker.
+answer ``/health``, here and from every worker. They take the API URL as a value; reading it
+from Prefect's settings is ``blocks.prefect_api.require_prefect_api``, called where the run
+starts (``retail-etl run``/``backfill``, and the flow process when it resolves its task
+runner, see ``tasks/runners.py``); :func:`worker_api_problem` runs on each worker.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import httpx
-
-from retail_etl.settings import Settings
 
 SERVER_HINT = (
     "start a Prefect server (`prefect server start --host 127.0.0.1`) and set "
@@ -56,24 +55,6 @@ def prefect_api_problem(
             f"{SERVER_HINT}"
         )
     return None
-
-
-def current_api_url() -> str | None:
-    """The Prefect API this process talks to (PREFECT_API_URL, environment or profile)."""
-    from prefect.settings import get_current_settings
-
-    url = get_current_settings().api.url
-    return str(url) if url else None
-
-
-def require_prefect_api(settings: Settings) -> str:
-    """The Prefect API URL Dask mode will hand its workers; raises
-    :class:`TaskRunnerUnavailable` (saying what to set) if it is unset or does not answer."""
-    api_url = current_api_url()
-    problem = prefect_api_problem(api_url, settings.dask_connect_timeout_seconds)
-    if problem or not api_url:
-        raise TaskRunnerUnavailable(problem)
-    return api_url
 
 
 def worker_api_problem(api_url: str, timeout: float) -> str | None:

@@ -559,15 +559,13 @@ def _split_endpoint(endpoint_url: str | None) -> tuple[str | None, str]:
     return parsed.netloc, parsed.scheme
 
 
-def arrow_s3_filesystem(s3_bucket_block: Any) -> S3FileSystem:
-    """A pyarrow S3 filesystem with the credentials and endpoint of a prefect-aws S3Bucket."""
+def arrow_s3_filesystem(session: Any, endpoint_url: str | None = None) -> S3FileSystem:
+    """A pyarrow S3 filesystem with the credentials and region of a boto3 ``session`` and a
+    custom ``endpoint_url`` (MinIO, moto), if any."""
     from pyarrow.fs import S3FileSystem
 
-    credentials = s3_bucket_block.credentials
-    session = credentials.get_boto3_session()
     frozen = session.get_credentials()
-    params = getattr(credentials, "aws_client_parameters", None)
-    endpoint, scheme = _split_endpoint(getattr(params, "endpoint_url", None))
+    endpoint, scheme = _split_endpoint(endpoint_url)
     kwargs: dict[str, Any] = {
         "region": session.region_name or "us-east-1",
         "scheme": scheme,
@@ -585,7 +583,9 @@ class S3StagingStore(_StoreBase):
 
     Writes: each file is written to a local scratch folder, then uploaded with boto3's managed
     transfer (multipart from disk: the object appears only when complete, memory stays small).
-    Reads: a pyarrow ``S3FileSystem`` (no DuckDB httpfs needed).
+    Reads: a pyarrow ``S3FileSystem`` (no DuckDB httpfs needed, see :func:`arrow_s3_filesystem`).
+    Both are given, built from plain values; ``blocks.targets`` builds them from the S3Bucket
+    block.
     """
 
     def __init__(
@@ -607,25 +607,6 @@ class S3StagingStore(_StoreBase):
 
     def __repr__(self) -> str:
         return f"S3StagingStore({self.root_uri!r})"
-
-    @classmethod
-    def from_block(
-        cls,
-        s3_bucket_block: Any,
-        *,
-        scratch_dir: Path | None = None,
-        target_file_rows: int | None = None,
-    ) -> S3StagingStore:
-        """From a prefect-aws ``S3Bucket`` block (bucket, ``bucket_folder`` prefix, credentials,
-        ``aws_client_parameters.endpoint_url``)."""
-        return cls(
-            s3_bucket_block.bucket_name,
-            s3_bucket_block.bucket_folder or "",
-            client=s3_bucket_block.credentials.get_s3_client(),
-            fs=arrow_s3_filesystem(s3_bucket_block),
-            scratch_dir=scratch_dir,
-            target_file_rows=target_file_rows,
-        )
 
     @property
     def root_uri(self) -> str:
@@ -689,7 +670,7 @@ class S3StagingStore(_StoreBase):
     def _filesystem(self) -> S3FileSystem:
         if self._fs is None:
             raise StagingError(
-                f"{self!r} has no pyarrow S3 filesystem to read with; build it with from_block()"
+                f"{self!r} has no pyarrow S3 filesystem to read with: pass fs=arrow_s3_filesystem(...)"
             )
         return self._fs
 

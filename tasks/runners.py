@@ -24,12 +24,8 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from retail_etl.scaleout import (
-    TaskRunnerUnavailable,
-    require_prefect_api,
-    worker_api_problem,
-    workers_problem,
-)
+from blocks.prefect_api import require_prefect_api
+from retail_etl.scaleout import TaskRunnerUnavailable, worker_api_problem, workers_problem
 from retail_etl.settings import Settings, get_settings
 
 _CLUSTER_LOCK = threading.Lock()

@@ -1,4 +1,6 @@
-"""Shared fixtures: real PostgreSQL databases with unique names, isolated Prefect home."""
+"""Shared fixtures: real PostgreSQL databases with unique names, isolated Prefect home,
+staging stores (local, S3 on a moto endpoint), a Slack receiver; the helpers behind them are in
+``tests/plumbing.py``."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import pytest
 
 from retail_etl import pg
 from retail_etl.settings import DEFAULT_SERVER_URL, database_url
+from retail_etl.staging import LocalStagingStore, S3StagingStore
+from tests.plumbing import SlackReceiver, s3_bucket_block, start_moto
 from tests.prefect_server import prefect_server  # noqa: F401  (a session fixture)
 
 PG_SERVER_URL = os.environ.get("RETAIL_ETL_TEST_PG_URL", DEFAULT_SERVER_URL)
@@ -79,72 +83,28 @@ def prefect_api() -> Iterator[None]:
             yield
 
 
-class SlackReceiver:
-    """A loopback stand-in for a Slack incoming webhook: records every POSTed JSON body."""
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStagingStore:
+    """A local staging store under the test's temp folder."""
+    return LocalStagingStore(tmp_path / "staging")
 
-    def __init__(self) -> None:
-        import http.server
-        import json
-        import threading
 
-        self.bodies: list[dict[str, object]] = []
-        self.status = 200
-        self._closed = False
-        self._lock = threading.Lock()
-        receiver = self
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One S3 endpoint (moto server on 127.0.0.1) for the session; tests use their own buckets."""
+    server, endpoint = start_moto()
+    yield endpoint
+    server.stop()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                try:
-                    body = json.loads(raw.decode("utf-8"))
-                except ValueError:
-                    body = {"raw": raw.decode("utf-8", "replace")}
-                with receiver._lock:
-                    receiver.bodies.append(body)
-                self.send_response(receiver.status)
-                self.send_header("Content-Type", "text/plain")
-                self.end_headers()
-                self.wfile.write(b"ok" if receiver.status < 400 else b"invalid_payload")
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
+@pytest.fixture
+def s3_store(moto_endpoint: str, tmp_path: Path) -> S3StagingStore:
+    """An S3 staging store on a fresh bucket of the moto endpoint, opened as a run opens it
+    (from its ``S3Bucket`` block, prefix ``staging``)."""
+    from blocks.targets import s3_staging_store
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        port = self._server.server_address[1]
-        # The path of a real webhook URL is its secret; tests check that it never shows up.
-        self.url = (
-            f"http://127.0.0.1:{port}/services/T0TEST/B0TEST/webhook-secret-{uuid.uuid4().hex[:8]}"
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def texts(self) -> list[str]:
-        with self._lock:
-            return [str(b.get("text", b)) for b in self.bodies]
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> str | None:
-        """The first received text matching ``predicate``, waiting up to ``timeout`` seconds."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while True:
-            for text in self.texts:
-                if predicate(text):
-                    return text
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        """Stop listening (a test may call it to play "Slack is down"); idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+    block = s3_bucket_block(moto_endpoint, f"retail-{uuid.uuid4().hex[:12]}")
+    return s3_staging_store(block, scratch_dir=tmp_path / "scratch")
 
 
 @pytest.fixture

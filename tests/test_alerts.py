@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import uuid
 from datetime import date
 
@@ -17,6 +16,7 @@ from retail_etl.alerts import (
 from retail_etl.quality import CheckResult, QualityReport
 from retail_etl.redact import scrub_secrets
 from retail_etl.run import RegionOutcome, RunSummary
+from tests.plumbing import free_port
 
 DAY = date(2024, 1, 15)
 BATCH = "20240115_0123456789ab"
@@ -313,12 +313,6 @@ def slack_settings(monkeypatch, slack_receiver):
     return settings
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_send_alert_posts_one_message_naming_the_failure(
     prefect_api, slack_settings, slack_receiver
 ):
@@ -357,7 +351,7 @@ def test_send_alert_returns_false_when_nothing_listens(prefect_api, monkeypatch,
     from retail_etl.settings import get_settings
 
     monkeypatch.setenv("RETAIL_ETL_SLACK_BLOCK", f"test-slack-{uuid.uuid4().hex[:10]}")
-    url = f"http://127.0.0.1:{_free_port()}/services/T/B/webhook-secret-nobody"
+    url = f"http://127.0.0.1:{free_port()}/services/T/B/webhook-secret-nobody"
     monkeypatch.setenv("RETAIL_ETL_SLACK_WEBHOOK_URL", url)
     settings = get_settings(fresh=True)
     register_slack_block(settings)
@@ -400,7 +394,7 @@ def test_blocks_register_saves_the_slack_block_without_printing_the_url(
 ):
     from prefect_slack import SlackWebhook
 
-    from retail_etl.cli import main
+    from cli.main import main
 
     name = f"test-slack-{uuid.uuid4().hex[:10]}"
     monkeypatch.setenv("RETAIL_ETL_REGIONS", "europe")
@@ -460,7 +454,7 @@ def test_alert_flow_completes_when_slack_is_down(prefect_api, slack_settings, sl
 
 
 def test_failure_automation_watches_both_flows_for_failed_and_crashed():
-    from retail_etl.automations import FAILURE_AUTOMATION, failure_automation
+    from cli.automations import FAILURE_AUTOMATION, failure_automation
 
     block_id = uuid.uuid4()
     automation = failure_automation(block_id)
@@ -479,7 +473,7 @@ def test_failure_automation_watches_both_flows_for_failed_and_crashed():
 def test_failure_automation_templates_are_valid_for_the_server():
     from prefect.server.events.actions import SendNotification
 
-    from retail_etl.automations import FAILURE_BODY, FAILURE_SUBJECT
+    from cli.automations import FAILURE_BODY, FAILURE_SUBJECT
 
     SendNotification(block_document_id=uuid.uuid4(), subject=FAILURE_SUBJECT, body=FAILURE_BODY)
 
@@ -487,7 +481,7 @@ def test_failure_automation_templates_are_valid_for_the_server():
 def test_automations_install_refuses_the_ephemeral_api(monkeypatch, capsys):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from retail_etl.cli import main
+    from cli.main import main
 
     with temporary_settings(updates={PREFECT_API_URL: None}):
         assert main(["automations", "install"]) == 2
@@ -550,8 +544,8 @@ def test_retracted_rows_are_counted_in_the_alert():
 def test_the_automation_skips_runs_that_alerted_and_only_those():
     from prefect.server.events.schemas.events import Resource
 
+    from cli.automations import failure_automation
     from retail_etl.alerts import ALERTED_MARK, alert_note
-    from retail_etl.automations import failure_automation
 
     match = failure_automation(uuid.uuid4()).trigger.match
     assert match["prefect.state-message"] == [f"!*{ALERTED_MARK}*"]

@@ -22,6 +22,7 @@ import pytest
 from retail_etl import pg
 from retail_etl.settings import DEFAULT_REGIONS
 from tests.pipeline import PipelineEnv, run_day
+from tests.plumbing import s3_bucket_block
 
 pytestmark = pytest.mark.faults
 
@@ -421,31 +422,13 @@ class FailingS3Proxy:
         self._server.server_close()
 
 
-def s3_bucket_block_through(endpoint: str, bucket: str):  # type: ignore[no-untyped-def]
-    """An S3Bucket block on an existing bucket, reached through ``endpoint``."""
-    from prefect_aws import AwsCredentials, S3Bucket
-    from prefect_aws.client_parameters import AwsClientParameters
-    from pydantic import SecretStr
-
-    credentials = AwsCredentials(
-        aws_access_key_id="testing",
-        aws_secret_access_key=SecretStr("testing"),
-        region_name="us-east-1",
-        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint),
-    )
-    return S3Bucket(bucket_name=bucket, credentials=credentials, bucket_folder="staging")
-
-
-def test_an_s3_endpoint_failing_mid_upload_fails_that_region_only(etl_env):
-    from tests.test_staging import s3_bucket_block, start_moto
-
+def test_an_s3_endpoint_failing_mid_upload_fails_that_region_only(etl_env, moto_endpoint):
     etl_env.seed(rows=300)
-    server, endpoint = start_moto()
-    proxy = FailingS3Proxy(endpoint, fail_when="region=us_west")
+    proxy = FailingS3Proxy(moto_endpoint, fail_when="region=us_west")
     try:
         block_name = f"{etl_env.prefix.replace('_', '-')}staging"
-        direct = s3_bucket_block(endpoint, "retail-faults")  # creates the bucket
-        s3_bucket_block_through(proxy.url, "retail-faults").save(block_name, overwrite=True)
+        direct = s3_bucket_block(moto_endpoint, "retail-faults")  # creates the bucket
+        s3_bucket_block(proxy.url, "retail-faults", create=False).save(block_name, overwrite=True)
         etl_env.monkeypatch.setenv("RETAIL_ETL_STAGING_STORE", "s3")
         etl_env.monkeypatch.setenv("RETAIL_ETL_S3_BUCKET_BLOCK", block_name)
 
@@ -472,4 +455,3 @@ def test_an_s3_endpoint_failing_mid_upload_fails_that_region_only(etl_env):
         _assert_day_exact(etl_env)
     finally:
         proxy.close()
-        server.stop()

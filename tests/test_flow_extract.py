@@ -72,7 +72,7 @@ def test_blocks_register_the_default_regions_and_load_without_printing_secrets(
     from prefect_sqlalchemy import SqlAlchemyConnector
 
     from blocks.sources import load_source_url
-    from retail_etl.cli import main
+    from cli.main import main
     from retail_etl.settings import get_settings
 
     urls = {

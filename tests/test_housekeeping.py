@@ -20,7 +20,7 @@ from retail_etl.housekeeping import (
     sweep_scratch,
 )
 from retail_etl.locks import FileLock, LockTimeoutError, is_locked
-from retail_etl.staging import LocalStagingStore, S3StagingStore
+from retail_etl.staging import LocalStagingStore
 
 DAY = date(2024, 1, 15)
 
@@ -111,24 +111,16 @@ def test_staged_batches_past_retention_are_deleted_locally(tmp_path):
 
 
 @pytest.mark.integration
-def test_staged_batches_past_retention_are_deleted_on_s3(tmp_path):
-    from tests.test_staging import s3_bucket_block, start_moto
-
-    server, endpoint = start_moto()
-    try:
-        block = s3_bucket_block(endpoint, "retail-retention")
-        store = S3StagingStore.from_block(block, scratch_dir=tmp_path / "scratch")
-        keys = _staged(store, DAY, "20240115_000000000003")
-        listed = store.list_modified("")
-        assert [k for k, _ in listed] == keys
-        assert all(abs(datetime.now(UTC) - written) < timedelta(minutes=5) for _, written in listed)
-        assert expire_staged(store, 14).staged_keys == []
-        later = datetime.now(UTC) + timedelta(days=15)
-        assert expire_staged(store, 14, now=later).staged_keys == keys
-        assert store.list_modified("") == []
-        assert sweep_leftovers(tmp_path / "runs", store, 14).empty
-    finally:
-        server.stop()
+def test_staged_batches_past_retention_are_deleted_on_s3(tmp_path, s3_store):
+    keys = _staged(s3_store, DAY, "20240115_000000000003")
+    listed = s3_store.list_modified("")
+    assert [k for k, _ in listed] == keys
+    assert all(abs(datetime.now(UTC) - written) < timedelta(minutes=5) for _, written in listed)
+    assert expire_staged(s3_store, 14).staged_keys == []
+    later = datetime.now(UTC) + timedelta(days=15)
+    assert expire_staged(s3_store, 14, now=later).staged_keys == keys
+    assert s3_store.list_modified("") == []
+    assert sweep_leftovers(tmp_path / "runs", s3_store, 14).empty
 
 
 def test_file_lock_waits_reports_the_holder_and_times_out(tmp_path):

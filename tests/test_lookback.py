@@ -74,8 +74,8 @@ def test_late_rows_are_found_by_the_next_days_run_with_no_manual_step(env):
 
 
 def test_audit_shows_a_drifted_day_and_changed_only_reprocesses_just_it(env, capsys):
+    from cli.main import main
     from flows.backfill import retail_sales_backfill
-    from retail_etl.cli import main
 
     for day in (D, D2):
         state, _ = run_day(day)

@@ -379,9 +379,12 @@ def test_the_volume_chart_draws_each_region_against_its_history_band() -> None:
     import re
 
     from retail_etl.charts import volume_chart_svg
+    from retail_etl.quality import history_baselines
 
     history = {"us_east": [*weekly(1000), (D - timedelta(days=1), 900)], "apac": []}
-    svg = volume_chart_svg(history, {"us_east": 400, "apac": 50}, D, DEFAULTS)
+    baselines = history_baselines(history, D, DEFAULTS)
+    assert baselines == {"us_east": 1000}  # the same-weekday mean; apac has no history
+    svg = volume_chart_svg(history, {"us_east": 400, "apac": 50}, D, DEFAULTS, baselines)
 
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert ">us_east<" in svg and ">apac<" in svg

@@ -17,6 +17,7 @@ from retail_etl.seed import seed_region
 from retail_etl.staging import LocalStagingStore, StagingError, partition_prefix
 from retail_etl.transform import transform_region
 from tests.pipeline import run_day
+from tests.plumbing import free_port, s3_bucket_block
 from tests.sources import execute
 
 DAY = date(2024, 1, 15)
@@ -234,40 +235,31 @@ def test_nothing_on_a_worker_creates_a_runner_or_a_cluster(dask_cluster):
 
 
 @pytest.mark.integration
-def test_flow_on_a_multi_process_dask_cluster_with_s3_staging(small_env, dask_cluster, monkeypatch):
-    from tests.test_staging import s3_bucket_block, start_moto
-
+def test_flow_on_a_multi_process_dask_cluster_with_s3_staging(
+    small_env, dask_cluster, monkeypatch, moto_endpoint
+):
     cluster, client = dask_cluster
-    server, endpoint = start_moto()
-    try:
-        block_name = f"{small_env.prefix.replace('_', '-')}staging"
-        s3_bucket_block(endpoint, "retail-dask").save(block_name, overwrite=True)
-        monkeypatch.setenv("RETAIL_ETL_STAGING_STORE", "s3")
-        monkeypatch.setenv("RETAIL_ETL_S3_BUCKET_BLOCK", block_name)
-        monkeypatch.setenv("RETAIL_ETL_TASK_RUNNER", "dask")
-        monkeypatch.setenv("RETAIL_ETL_DASK_ADDRESS", cluster.scheduler_address)
-        monkeypatch.setenv("RETAIL_ETL_EXTRACT_SPLITS", "2")
+    bucket = s3_bucket_block(moto_endpoint, "retail-dask")
+    block_name = f"{small_env.prefix.replace('_', '-')}staging"
+    bucket.save(block_name, overwrite=True)
+    monkeypatch.setenv("RETAIL_ETL_STAGING_STORE", "s3")
+    monkeypatch.setenv("RETAIL_ETL_S3_BUCKET_BLOCK", block_name)
+    monkeypatch.setenv("RETAIL_ETL_TASK_RUNNER", "dask")
+    monkeypatch.setenv("RETAIL_ETL_DASK_ADDRESS", cluster.scheduler_address)
+    monkeypatch.setenv("RETAIL_ETL_EXTRACT_SPLITS", "2")
 
-        state, _summary = run_day(DAY)
+    state, _summary = run_day(DAY)
 
-        assert state.is_completed(), state.message
-        _assert_loaded_exactly(small_env)
-        # the tasks ran in the worker processes, not in this one
-        processed = client.run(lambda dask_worker: dask_worker.state.transition_counter)
-        assert len(processed) == 2 and sum(processed.values()) > 0
-        keys = s3_bucket_block(endpoint, "retail-dask").list_objects("sales")
-        assert {k["Key"].split("region=")[1].split("/")[0] for k in keys} == {"us_east", "europe"}
-    finally:
-        server.stop()
+    assert state.is_completed(), state.message
+    _assert_loaded_exactly(small_env)
+    # the tasks ran in the worker processes, not in this one
+    processed = client.run(lambda dask_worker: dask_worker.state.transition_counter)
+    assert len(processed) == 2 and sum(processed.values()) > 0
+    keys = bucket.list_objects("sales")
+    assert {k["Key"].split("region=")[1].split("/")[0] for k in keys} == {"us_east", "europe"}
 
 
 # --------------------------------------------------------------------------- Dask preflight
-
-
-def _free_port() -> int:
-    from tests.prefect_server import free_port
-
-    return free_port()
 
 
 def test_dask_mode_without_a_prefect_api_url_says_what_to_set():
@@ -282,7 +274,7 @@ def test_dask_mode_without_a_prefect_api_url_says_what_to_set():
 def test_a_prefect_api_that_does_not_answer_is_named():
     from retail_etl.scaleout import prefect_api_problem, worker_api_problem
 
-    url = f"http://127.0.0.1:{_free_port()}/api"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
     problem = prefect_api_problem(url, 1.0)
     assert problem is not None and f"does not answer {url}/health" in problem
     on_worker = worker_api_problem(url, 1.0)
@@ -349,7 +341,7 @@ def _ledger(env) -> dict[str, tuple[str, str]]:
 def test_an_unreachable_scheduler_fails_the_run_with_ledger_rows_and_an_alert(
     small_env, etl_slack, monkeypatch
 ):
-    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("RETAIL_ETL_TASK_RUNNER", "dask")
     monkeypatch.setenv("RETAIL_ETL_DASK_ADDRESS", address)
     monkeypatch.setenv("RETAIL_ETL_DASK_CONNECT_TIMEOUT_SECONDS", "2")
@@ -477,7 +469,7 @@ def external_dask_cluster(prefect_server, tmp_path: Path) -> Iterator[str]:
 
     from tests.prefect_server import BIN, stop_group, tail
 
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     port = address.rsplit(":", 1)[1]
     env = prefect_server.env()
     commands = {

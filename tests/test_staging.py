@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -11,17 +11,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pydantic import SecretStr
 
+from blocks.targets import s3_staging_store
 from retail_etl import contract
 from retail_etl.settings import InvalidIdentifierError
 from retail_etl.staging import (
     LocalStagingStore,
-    S3StagingStore,
     StagingError,
     partition_prefix,
     staged_file_key,
 )
+from tests.plumbing import s3_bucket_block
 
 DAY = dt.date(2024, 1, 15)
 BATCH = "20240115_3f9a2c1b7d4e"
@@ -120,41 +120,11 @@ def write_parquet(path: Path, table: pa.Table) -> Path:
     return path
 
 
-def start_moto() -> tuple[Any, str]:
-    """A real S3 HTTP endpoint on loopback: (server, endpoint URL)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    return server, f"http://{host}:{port}"
-
-
-def s3_bucket_block(endpoint: str, bucket: str, folder: str = "staging") -> Any:
-    """prefect-aws blocks built in-process (no Prefect API needed), bucket created."""
-    from prefect_aws import AwsCredentials, S3Bucket
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    credentials = AwsCredentials(
-        aws_access_key_id="testing",
-        aws_secret_access_key=SecretStr("testing"),
-        region_name="us-east-1",
-        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint),
-    )
-    credentials.get_s3_client().create_bucket(Bucket=bucket)
-    return S3Bucket(bucket_name=bucket, credentials=credentials, bucket_folder=folder)
-
-
 def sorted_rows(table: pa.Table) -> list[dict[str, Any]]:
     return sorted(table.to_pylist(), key=lambda r: (r["region"], r["sale_id"]))
 
 
 # --------------------------------------------------------------------------- local store
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> LocalStagingStore:
-    return LocalStagingStore(tmp_path / "staging")
 
 
 def test_layout_and_file_sizing(tmp_path: Path, store: LocalStagingStore) -> None:
@@ -299,17 +269,10 @@ def test_names_are_validated(tmp_path: Path, store: LocalStagingStore) -> None:
 # --------------------------------------------------------------------------- S3 (moto server)
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    server, endpoint = start_moto()
-    yield endpoint
-    server.stop()
-
-
 @pytest.mark.integration
 def test_s3_store_through_the_s3bucket_block(tmp_path: Path, moto_endpoint: str) -> None:
     block = s3_bucket_block(moto_endpoint, "retail-staging-a")
-    store = S3StagingStore.from_block(block, scratch_dir=tmp_path / "scratch")
+    store = s3_staging_store(block, scratch_dir=tmp_path / "scratch")
     assert store.root_uri == "s3://retail-staging-a/staging/"
 
     src = write_parquet(tmp_path / "a.parquet", accepted_table("us_east", DAY, range(1, 11)))

@@ -131,7 +131,7 @@ def test_the_parent_run_tells_the_story(etl_env, etl_slack, monkeypatch):
 
 
 def test_cli_usage_errors_exit_2_without_a_flow_run(prefect_api, etl_env, capsys):
-    from retail_etl.cli import main
+    from cli.main import main
 
     before = len(_flow_runs())
     cases = [
@@ -167,7 +167,7 @@ def test_cli_usage_errors_exit_2_without_a_flow_run(prefect_api, etl_env, capsys
 
 
 def test_help_has_no_raw_markup(capsys):
-    from retail_etl.cli import main
+    from cli.main import main
 
     for argv in (["--help"], ["run", "--help"], ["backfill", "--help"]):
         with pytest.raises(SystemExit):
@@ -177,7 +177,7 @@ def test_help_has_no_raw_markup(capsys):
 
 
 def test_env_file_fills_settings_without_overriding_the_environment(tmp_path, monkeypatch):
-    from retail_etl.cli import load_env_file
+    from cli.main import load_env_file
 
     env_file = tmp_path / "worker.env"
     env_file.write_text(

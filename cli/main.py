@@ -155,7 +155,7 @@ def cmd_blocks_register(args: argparse.Namespace) -> int:
 
 def cmd_automations_install(args: argparse.Namespace) -> int:
     _quiet_offline_prefect()
-    from retail_etl.automations import ZOMBIE_AUTOMATION, install_failure_automation
+    from cli.automations import ZOMBIE_AUTOMATION, install_failure_automation
     from retail_etl.settings import get_settings
 
     for result in install_failure_automation(get_settings(fresh=True)):
@@ -178,7 +178,7 @@ def cmd_automations_install(args: argparse.Namespace) -> int:
 def _check_task_runner() -> None:
     """Dask mode without a Prefect API the workers can reach is a usage error: refused
     (exit 2) before any flow run starts. The flow checks again, and the cluster, itself."""
-    from retail_etl.scaleout import require_prefect_api
+    from blocks.prefect_api import require_prefect_api
     from retail_etl.settings import get_settings
 
     settings = get_settings(fresh=True)
