@@ -17,26 +17,26 @@ from typing import Any
 
 from retail_etl.alerts import AlertMessage
 from retail_etl.redact import scrub_secrets
-from retail_etl.settings import Settings
+from retail_etl.settings import RegistrationSettings, Settings
 
 SLACK_TIMEOUT_SECONDS = 10
 
 _log = logging.getLogger(__name__)
 
 
-def register_slack_block(settings: Settings) -> str | None:
+def register_slack_block(settings: Settings, stored: RegistrationSettings) -> str | None:
     """Create or update the Slack webhook block, if a webhook URL is configured."""
-    if settings.slack_webhook_url is None:
+    if stored.slack_webhook_url is None:
         return None
     from prefect_slack import SlackWebhook
 
-    SlackWebhook(url=settings.slack_webhook_url).save(settings.slack_block, overwrite=True)
+    SlackWebhook(url=stored.slack_webhook_url).save(settings.slack_block, overwrite=True)
     return settings.slack_block
 
 
-def register_slack_line(settings: Settings) -> str:
+def register_slack_line(settings: Settings, stored: RegistrationSettings) -> str:
     """Register the Slack block; a human line for ``retail-etl blocks register`` (no values)."""
-    name = register_slack_block(settings)
+    name = register_slack_block(settings, stored)
     if name:
         return f"saved SlackWebhook {name}"
     return "Slack not configured (RETAIL_ETL_SLACK_WEBHOOK_URL): alerts are only logged"

@@ -146,9 +146,9 @@ def cmd_blocks_register(args: argparse.Namespace) -> int:
     if args.env:  # the environment whose block names to write (over RETAIL_ETL_ENV)
         os.environ["RETAIL_ETL_ENV"] = args.env
     from blocks.register import register_all
-    from retail_etl.settings import get_settings
+    from retail_etl.settings import get_settings, load_registration_settings
 
-    for line in register_all(get_settings(fresh=True)):
+    for line in register_all(get_settings(fresh=True), load_registration_settings()):
         print(line)
     return 0
 

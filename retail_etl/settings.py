@@ -2,6 +2,10 @@
 
 Values come from environment variables prefixed ``RETAIL_ETL_`` (see README, "Configuration").
 Nothing else in the code reads the environment for configuration.
+
+Two classes: :class:`Settings`, what a run reads (it travels with flows and tasks), and
+:class:`RegistrationSettings`, the credentials only ``retail-etl blocks register`` reads to
+store them in blocks; they are never part of a run's settings.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -253,22 +257,6 @@ class Settings(BaseSettings):
         default="retail-etl-slack", validation_alias="RETAIL_ETL_SLACK_BLOCK"
     )
 
-    # Credentials that `retail-etl blocks register` stores in blocks (never read at run time).
-    s3_bucket_name: str | None = Field(default=None, description="Staging bucket (S3 store).")
-    s3_prefix: str = Field(default="retail-etl", description="Key prefix inside the bucket.")
-    s3_endpoint_url: str | None = Field(
-        default=None, description="Custom S3 endpoint (MinIO, tests)."
-    )
-    aws_access_key_id: SecretStr | None = None
-    aws_secret_access_key: SecretStr | None = None
-    aws_region_name: str | None = None
-    snowflake_account: str | None = None
-    snowflake_user: str | None = None
-    snowflake_password: SecretStr | None = None
-    snowflake_role: str | None = None
-    snowflake_warehouse: str | None = None
-    snowflake_database: str | None = None
-    snowflake_schema: str = "RETAIL"
     snowflake_login_timeout_seconds: int = Field(
         default=60, gt=0, description="Snowflake login bound."
     )
@@ -281,9 +269,6 @@ class Settings(BaseSettings):
         default=None,
         description="Snowflake storage integration the stage reaches S3 through (no AWS keys "
         "in SQL); without one, the stage must exist already.",
-    )
-    slack_webhook_url: SecretStr | None = Field(
-        default=None, description="Incoming-webhook URL stored in the Slack block (alerts)."
     )
 
     @field_validator("env", mode="before")
@@ -441,6 +426,34 @@ class Settings(BaseSettings):
         return self.staging_dir / "runs"
 
 
+class RegistrationSettings(BaseSettings):
+    """What ``retail-etl blocks register`` stores in blocks (bucket, keys, Snowflake login,
+    Slack webhook); each field maps to ``RETAIL_ETL_<FIELD>``. Read by that command only, so
+    these secrets never travel with a run: flows and tasks get :class:`Settings`, which
+    ignores these variables, and load the blocks by name."""
+
+    model_config = SettingsConfigDict(env_prefix="RETAIL_ETL_", extra="ignore")
+
+    s3_bucket_name: str | None = Field(default=None, description="Staging bucket (S3 store).")
+    s3_prefix: str = Field(default="retail-etl", description="Key prefix inside the bucket.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Custom S3 endpoint (MinIO, tests)."
+    )
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_region_name: str | None = None
+    snowflake_account: str | None = None
+    snowflake_user: str | None = None
+    snowflake_password: SecretStr | None = None
+    snowflake_role: str | None = None
+    snowflake_warehouse: str | None = None
+    snowflake_database: str | None = None
+    snowflake_schema: str = "RETAIL"
+    slack_webhook_url: SecretStr | None = Field(
+        default=None, description="Incoming-webhook URL stored in the Slack block (alerts)."
+    )
+
+
 def database_url(server_url: str, database: str) -> str:
     """The URL of ``database`` on the server of ``server_url`` (driver forced to psycopg2)."""
     from sqlalchemy.engine import make_url
@@ -452,10 +465,12 @@ def database_url(server_url: str, database: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def load_settings() -> Settings:
-    """Read the settings from the environment; a bad value raises :class:`SettingsError`."""
+_Loaded = TypeVar("_Loaded", bound=BaseSettings)
+
+
+def _load(settings_class: type[_Loaded]) -> _Loaded:
     try:
-        return Settings()
+        return settings_class()
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
@@ -463,6 +478,16 @@ def load_settings() -> Settings:
         )
         # Not chained: pydantic's error repeats every input value, secrets included.
         raise SettingsError(f"invalid configuration: {problems}") from None
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment; a bad value raises :class:`SettingsError`."""
+    return _load(Settings)
+
+
+def load_registration_settings() -> RegistrationSettings:
+    """Read what ``retail-etl blocks register`` stores (fresh each time; nothing caches it)."""
+    return _load(RegistrationSettings)
 
 
 @lru_cache(maxsize=1)

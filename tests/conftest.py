@@ -148,10 +148,10 @@ def etl_env(
 def etl_slack(etl_env, monkeypatch, slack_receiver):  # type: ignore[no-untyped-def]
     """The run's Slack block (unique name from ``etl_env``) pointing at the loopback receiver."""
     from blocks.notifications import register_slack_block
-    from retail_etl.settings import get_settings
+    from retail_etl.settings import get_settings, load_registration_settings
 
     monkeypatch.setenv("RETAIL_ETL_SLACK_WEBHOOK_URL", slack_receiver.url)
     settings = get_settings(fresh=True)
-    if register_slack_block(settings) != settings.slack_block:
+    if register_slack_block(settings, load_registration_settings()) != settings.slack_block:
         raise RuntimeError("the Slack block was not registered")
     return slack_receiver

@@ -304,12 +304,12 @@ def test_long_errors_are_shortened():
 def slack_settings(monkeypatch, slack_receiver):
     """A uniquely named Slack block pointing at the loopback receiver, registered."""
     from blocks.notifications import register_slack_block
-    from retail_etl.settings import get_settings
+    from retail_etl.settings import get_settings, load_registration_settings
 
     monkeypatch.setenv("RETAIL_ETL_SLACK_BLOCK", f"test-slack-{uuid.uuid4().hex[:10]}")
     monkeypatch.setenv("RETAIL_ETL_SLACK_WEBHOOK_URL", slack_receiver.url)
     settings = get_settings(fresh=True)
-    assert register_slack_block(settings) == settings.slack_block
+    assert register_slack_block(settings, load_registration_settings()) == settings.slack_block
     return settings
 
 
@@ -348,13 +348,13 @@ def test_send_alert_returns_false_and_logs_when_slack_is_down(
 
 def test_send_alert_returns_false_when_nothing_listens(prefect_api, monkeypatch, caplog):
     from blocks.notifications import register_slack_block, send_alert
-    from retail_etl.settings import get_settings
+    from retail_etl.settings import get_settings, load_registration_settings
 
     monkeypatch.setenv("RETAIL_ETL_SLACK_BLOCK", f"test-slack-{uuid.uuid4().hex[:10]}")
     url = f"http://127.0.0.1:{free_port()}/services/T/B/webhook-secret-nobody"
     monkeypatch.setenv("RETAIL_ETL_SLACK_WEBHOOK_URL", url)
     settings = get_settings(fresh=True)
-    register_slack_block(settings)
+    register_slack_block(settings, load_registration_settings())
 
     with caplog.at_level(logging.WARNING, logger="blocks.notifications"):
         assert send_alert(AlertMessage("t", "body"), settings) is False

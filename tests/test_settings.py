@@ -13,6 +13,7 @@ from retail_etl.settings import (
     InvalidIdentifierError,
     Settings,
     SettingsError,
+    load_registration_settings,
     load_settings,
 )
 from retail_etl.warehouse.sql import stage_table_name
@@ -99,3 +100,26 @@ def test_an_unknown_environment_is_refused_naming_the_choices(monkeypatch, value
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert f"RETAIL_ETL_ENV must be one of dev, staging, prod, got {value!r}" in str(info.value)
+
+
+REGISTRATION_SECRETS = {
+    "RETAIL_ETL_AWS_SECRET_ACCESS_KEY": "aws-very-secret",
+    "RETAIL_ETL_SNOWFLAKE_PASSWORD": "snowflake-very-secret",
+    "RETAIL_ETL_SLACK_WEBHOOK_URL": "https://hooks.example/T0/B0/slack-very-secret",
+}
+
+
+def test_registration_secrets_are_read_apart_from_the_run_settings(monkeypatch):
+    for variable, value in REGISTRATION_SECRETS.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("RETAIL_ETL_SNOWFLAKE_ACCOUNT", "acme-xy12345")
+
+    stored = load_registration_settings()
+    assert stored.aws_secret_access_key is not None and stored.snowflake_password is not None
+    assert stored.aws_secret_access_key.get_secret_value() == "aws-very-secret"
+    assert stored.snowflake_password.get_secret_value() == "snowflake-very-secret"
+    assert stored.snowflake_account == "acme-xy12345"
+    # what flows and tasks get holds none of it, not even masked
+    run_settings = load_settings().model_dump_json()
+    assert "very-secret" not in run_settings and "acme-xy12345" not in run_settings
+    assert not set(type(stored).model_fields) & set(Settings.model_fields)
