@@ -584,8 +584,8 @@ class S3StagingStore(_StoreBase):
     Writes: each file is written to a local scratch folder, then uploaded with boto3's managed
     transfer (multipart from disk: the object appears only when complete, memory stays small).
     Reads: a pyarrow ``S3FileSystem`` (no DuckDB httpfs needed, see :func:`arrow_s3_filesystem`).
-    Both are given, built from plain values; ``blocks.targets`` builds them from the S3Bucket
-    block.
+    The client and the filesystem are passed in; ``blocks.targets.s3_staging_store`` builds
+    them from the S3Bucket block.
     """
 
     def __init__(
