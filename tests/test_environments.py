@@ -20,7 +20,7 @@ def test_two_environments_register_their_blocks_without_collision(prefect_api, m
     from prefect_slack import SlackWebhook
 
     from blocks.sources import load_source_url
-    from retail_etl.cli import main
+    from cli.main import main
     from retail_etl.settings import get_settings
 
     prefix = f"test-{uuid.uuid4().hex[:8]}-"
@@ -55,7 +55,7 @@ def test_two_environments_register_their_blocks_without_collision(prefect_api, m
 
 
 def test_blocks_register_refuses_an_unknown_environment(monkeypatch, capsys):
-    from retail_etl.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("RETAIL_ETL_ENV", "dev")  # the CLI's --env sets it: restored after
     assert main(["blocks", "register", "--env", "production"]) == 2

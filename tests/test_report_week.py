@@ -43,8 +43,8 @@ def _reasons(env: PipelineEnv, start: date, end: date) -> dict[str, int]:
 
 
 def test_a_seeded_week_reads_as_the_tables_say(etl_env, etl_slack, monkeypatch, tmp_path, capsys):
+    from cli.main import main
     from flows.report import retail_sales_quality_report
-    from retail_etl.cli import main
     from retail_etl.report import QualityReport, render_markdown
     from tests.test_what_a_person_sees import _artifacts
 
