@@ -44,8 +44,6 @@ from tests.test_staging import (
     accepted_table,
     reject_table,
     retraction_table,
-    s3_bucket_block,
-    start_moto,
     write_parquet,
 )
 from tests.warehouse_faults import FaultPlan, InjectedFault
@@ -819,18 +817,9 @@ def test_duckdb_concurrent_loads_of_two_dates_queue_and_do_not_collide(
     assert warehouse.loaded_pairs(DAY, day2) == {("us_east", DAY), ("us_east", day2)}
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    server, endpoint = start_moto()
-    yield endpoint
-    server.stop()
-
-
 @pytest.mark.integration
-def test_duckdb_loads_from_the_s3_staging_store(tmp_path: Path, moto_endpoint: str) -> None:
-    store = S3StagingStore.from_block(
-        s3_bucket_block(moto_endpoint, "retail-staging-d"), scratch_dir=tmp_path / "scratch"
-    )
+def test_duckdb_loads_from_the_s3_staging_store(tmp_path: Path, s3_store: S3StagingStore) -> None:
+    store = s3_store
     wh = Warehouse(DuckDBDialect(tmp_path / "wh.duckdb", store), store)
     wh.ensure_schema()
     table = accepted_table("us_east", DAY, range(1, 11), batch_id=B1)
