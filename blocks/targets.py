@@ -121,6 +121,22 @@ def open_targets(settings: Settings) -> tuple[StagingStore, Warehouse]:
     return store, open_configured_warehouse(settings, store)
 
 
+class Targets:
+    """A run's staging store and warehouse, opened once and passed to its steps (a plain
+    class, so a flow can take it as a parameter)."""
+
+    def __init__(self, store: StagingStore, warehouse: Warehouse) -> None:
+        self.store = store
+        self.warehouse = warehouse
+
+    @classmethod
+    def open(cls, settings: Settings) -> Targets:
+        return cls(*open_targets(settings))
+
+    def __repr__(self) -> str:  # what a flow run's parameters show; no credentials
+        return f"Targets({self.store!r}, {self.warehouse!r})"
+
+
 def describe_warehouse(settings: Settings) -> str:
     if settings.warehouse == "duckdb":
         return f"DuckDB file {settings.duckdb_path.resolve()}"

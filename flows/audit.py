@@ -7,23 +7,23 @@ from decimal import Decimal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks.targets import open_targets
 from retail_etl.audit import AuditReport, audit_rows
 from retail_etl.backfill import date_range
 from retail_etl.redact import scrub_secrets
-from retail_etl.settings import Settings, get_settings
+from retail_etl.settings import get_settings
+from retail_etl.warehouse import Warehouse
 from tasks.sources import read_fingerprints
-from tasks.warehouse import ensure_schema_task, ledger_states_task
+from tasks.warehouse import ensure_schema_task, ledger_states_task, open_targets_task
 
 
-@task(name="fact-day-stats", retries=2, retry_delay_seconds=5)
+@task(name="fact-day-stats", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def fact_stats_task(
-    start: date, end: date, settings: Settings
+    warehouse: Warehouse, start: date, end: date
 ) -> dict[tuple[str, date], tuple[int, Decimal | None]]:
-    _, warehouse = open_targets(settings)
     return warehouse.fact_day_stats(start, end)
 
 
@@ -40,11 +40,12 @@ def retail_sales_audit(start_date: date, end_date: date, regions: list[str] | No
     date_range(start_date, end_date)  # refuses an inverted range
     settings = get_settings(fresh=True)
     chosen = regions or settings.regions
-    ensure_schema_task(settings)
+    warehouse = open_targets_task(settings).warehouse
+    ensure_schema_task(warehouse, settings.stale_stage_table_hours)
     stats, errors = read_fingerprints(chosen, start_date, end_date, settings, live=True)
     errors = {r: scrub_secrets(e) for r, e in errors.items()}
-    fact = fact_stats_task(start_date, end_date, settings)
-    ledger = ledger_states_task(start_date, end_date, settings)
+    fact = fact_stats_task(warehouse, start_date, end_date)
+    ledger = ledger_states_task(warehouse, start_date, end_date)
     report = AuditReport(audit_rows(start_date, end_date, chosen, stats, fact, ledger), errors)
     text = report.render()
     logger.info("%s", text)

@@ -12,12 +12,12 @@ from datetime import date
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.notifications import send_alert
-from blocks.targets import open_targets
 from flows.alert import flow_run_ui_url
 from flows.etl import run_planned_day
 from retail_etl.alerts import alert_note, build_backfill_alert
@@ -36,13 +36,13 @@ from retail_etl.backfill import (
     summary_rows,
 )
 from retail_etl.settings import get_settings
+from retail_etl.warehouse import Warehouse
 from tasks.sources import read_fingerprints
-from tasks.warehouse import ensure_schema_task, ledger_states_task
+from tasks.warehouse import ensure_schema_task, ledger_states_task, open_targets_task
 
 
-@task(name="loaded-pairs", retries=2, retry_delay_seconds=5)
-def loaded_pairs_task(start: date, end: date) -> set[tuple[str, date]]:
-    _, warehouse = open_targets(get_settings(fresh=True))
+@task(name="loaded-pairs", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def loaded_pairs_task(warehouse: Warehouse, start: date, end: date) -> set[tuple[str, date]]:
     warehouse.ensure_schema()
     return warehouse.loaded_pairs(start, end)
 
@@ -107,11 +107,15 @@ def retail_sales_backfill(
     start, end = start_date, end_date
     settings = get_settings(fresh=True)
     chosen = regions or settings.regions
-    loaded = loaded_pairs_task(start, end) if missing_only else set()
+    loaded: set[tuple[str, date]] = set()
     ledger: dict[tuple[str, date], LedgerState] = {}
+    if missing_only or changed_only:  # the warehouse, once for the plan (each day opens its own)
+        warehouse = open_targets_task(settings).warehouse
+        loaded = loaded_pairs_task(warehouse, start, end) if missing_only else set()
+        if changed_only:
+            ensure_schema_task(warehouse, settings.stale_stage_table_hours)
+            ledger = ledger_states_task(warehouse, start, end)
     if changed_only:
-        ensure_schema_task(settings)
-        ledger = ledger_states_task(start, end, settings)
         stats, errors = read_fingerprints(chosen, start, end, settings)
         for region, error in errors.items():
             logger.warning("Region %s: source fingerprint not read: %s", region, error)

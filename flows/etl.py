@@ -4,16 +4,16 @@ then load or alert. It only wires steps; the logic lives in ``retail_etl``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import replace
-from datetime import date
+from datetime import UTC, date, datetime
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
+from prefect.utilities.annotations import quote
 
-from blocks.targets import describe_warehouse
+from blocks.targets import Targets, describe_warehouse
 from flows.alert import alert
 from flows.load import load_batch
 from flows.transform import transform_batch
@@ -24,25 +24,29 @@ from retail_etl.backfill import BackfillDay, BackfillResult, plan_changed
 from retail_etl.closing import lookback_window, split_closed
 from retail_etl.housekeeping import RunDirClaim
 from retail_etl.locks import LockTimeoutError, holding
-from retail_etl.quality import QualityReport
-from retail_etl.redact import scrub_secrets
+from retail_etl.quality import QualityReport, QualityThresholds
 from retail_etl.run import (
     PipelineRunFailed,
     RunContext,
     RunSummary,
-    ledger_entries,
     new_run_context,
     summary_from_result,
 )
 from retail_etl.settings import Settings, get_settings
-from tasks.extract import ExtractionThread, publish_extract_artifact
+from retail_etl.warehouse import Warehouse
+from tasks.extract import (
+    collect_extracts,
+    extraction_seconds,
+    publish_extract_artifact,
+    submit_extracts,
+)
 from tasks.runners import ConfiguredTaskRunner, start_task_runner
 from tasks.schema import record_schemas_task
 from tasks.sources import read_fingerprints
-from tasks.transform import ExtractFeed
 from tasks.warehouse import (
     ensure_schema_task,
     ledger_states_task,
+    open_targets_task,
     record_ledger_task,
     record_quality_task,
     sweep_leftovers_task,
@@ -67,7 +71,9 @@ def etl_run_name() -> str:
 @flow(
     name="retail-sales-etl",
     flow_run_name=etl_run_name,
-    task_runner=ConfiguredTaskRunner(max_workers=8),  # threads or Dask: RETAIL_ETL_TASK_RUNNER
+    # threads or Dask (RETAIL_ETL_TASK_RUNNER); threads: RETAIL_ETL_MAX_CONCURRENT_EXTRACTS
+    # extraction tasks at once
+    task_runner=ConfiguredTaskRunner(),
     validate_parameters=True,
 )
 def retail_sales_etl(
@@ -94,15 +100,24 @@ def retail_sales_etl(
     logger.info("Batch %s: %s for regions %s", ctx.batch_id, ctx.run_date, ", ".join(ctx.regions))
     # This run's scratch folder is ours until the run ends; killed runs' leftovers are swept.
     run_dir = RunDirClaim(ctx.run_dir)
-    sweep_leftovers_task(settings, return_state=True)
+    # The staging store and the warehouse, once per run (their blocks loaded once).
+    opened = open_targets_task(settings, return_state=True)
+    if not opened.is_completed():
+        summary.fail_regions(
+            ctx.regions, "load_failed", f"the warehouse could not be opened: {opened.message}"
+        )
+        return _finish(summary, None, None, settings, run_dir, send_alerts=send_alerts)
+    targets = opened.result()
+    store, warehouse = targets.store, targets.warehouse
+    sweep_leftovers_task(
+        store, settings.runs_dir, settings.staging_retention_days, return_state=True
+    )
     # Tables and new contract columns, once per run (every later step assumes them).
-    prepared = ensure_schema_task(settings, return_state=True)
+    prepared = ensure_schema_task(warehouse, settings.stale_stage_table_hours, return_state=True)
     if not prepared.is_completed():
         error = f"the warehouse could not be prepared: {prepared.message}"
         summary.fail_regions(ctx.regions, "load_failed", error)
-        return _finish(
-            summary, None, settings, run_dir, ledger_for=ctx.regions, send_alerts=send_alerts
-        )
+        return _finish(summary, None, warehouse, settings, run_dir, send_alerts=send_alerts)
     # Threads or Dask, resolved here in the flow process before any extraction. A runner
     # that cannot run tasks (Dask: no Prefect API the workers reach, no scheduler, no
     # workers, a local cluster that cannot start) fails every region with its cause.
@@ -111,7 +126,7 @@ def retail_sales_etl(
     summary.stage_seconds["task_runner"] = time.perf_counter() - started
     if runner_error is not None:
         summary.fail_regions(ctx.regions, "extract_failed", runner_error)
-        return _finish(summary, None, settings, run_dir, send_alerts=send_alerts)
+        return _finish(summary, None, warehouse, settings, run_dir, send_alerts=send_alerts)
 
     # The right day, closed: a region whose business day has not ended (+ grace) waits.
     closed, deferrals = split_closed(ctx.regions, ctx.run_date, settings, closing.now_utc())
@@ -126,17 +141,14 @@ def retail_sales_etl(
         ctx.regions, window[0] if window else ctx.run_date, ctx.run_date, settings
     )
     summary.stage_seconds["fingerprint"] = time.perf_counter() - started
-    summary.fingerprint_errors = {r: scrub_secrets(e) for r, e in fingerprint_errors.items()}
-    ctx = replace(
-        ctx,
-        regions=tuple(closed),
-        source_fingerprints={r: stats[r][ctx.run_date].fingerprint for r in closed if r in stats},
-    )
-    report, crashed = _run_closed_regions(ctx, settings, summary) if ctx.regions else (None, [])
+    fingerprints = {r: stats[r][ctx.run_date].fingerprint for r in closed if r in stats}
+    summary.record_fingerprints(fingerprints, fingerprint_errors)
+    ctx = replace(ctx, regions=tuple(closed), source_fingerprints=fingerprints)
+    report = _run_closed_regions(ctx, settings, summary, targets) if ctx.regions else None
 
     # Lookback: earlier pairs whose source changed since their load, or deferred / failed.
     if window:
-        ledger = ledger_states_task(window[0], window[1], settings, return_state=True)
+        ledger = ledger_states_task(warehouse, window[0], window[1], return_state=True)
         if ledger.is_completed():
             plan, reasons = plan_changed(
                 window[0], window[1], list(summary.regions), ledger.result(), stats
@@ -145,24 +157,27 @@ def retail_sales_etl(
             summary.record_lookback(results, {f"{d} {r}": why for (r, d), why in reasons.items()})
         else:
             summary.ledger_errors.append(f"reading the ledger for the lookback: {ledger.message}")
-    return _finish(summary, report, settings, run_dir, ledger_for=crashed, send_alerts=send_alerts)
+    return _finish(summary, report, warehouse, settings, run_dir, send_alerts=send_alerts)
 
 
 def _run_closed_regions(
-    ctx: RunContext, settings: Settings, summary: RunSummary
-) -> tuple[QualityReport | None, list[str]]:
+    ctx: RunContext,
+    settings: Settings,
+    summary: RunSummary,
+    targets: Targets,
+) -> QualityReport | None:
     """Extract, transform, gate and load the run's (closed) regions, recording each step in
-    ``summary``; (the quality report if the gate ran, regions whose step crashed)."""
+    ``summary``; the quality report if the gate ran."""
     logger = get_run_logger()
+    warehouse = targets.warehouse
     # Extract: every region concurrently (RETAIL_ETL_EXTRACT_SPLITS: several tasks per
     # region, combined before the transform); a failed region is reported, the rest go on.
     # The transform subflow runs meanwhile and takes each region as soon as it lands.
+    started_at = datetime.now(UTC)
     started = time.perf_counter()
-    feed = ExtractFeed()
-    extraction = ExtractionThread(ctx, settings, feed)
-    extraction.start()
-    transform = transform_batch(feed, ctx, settings, return_state=True)
-    extracts, extract_failures = extraction.result()
+    extracting = submit_extracts(ctx, settings)
+    transform = transform_batch(quote(extracting), ctx, settings, return_state=True)
+    extracts, extract_failures = collect_extracts(extracting)
     if transform.is_completed():
         transformed, transform_errors = transform.result()
     else:  # the subflow itself broke: every extracted region is untransformed
@@ -170,94 +185,93 @@ def _run_closed_regions(
         transform_errors = dict.fromkeys(
             extracts, f"the transform subflow failed: {transform.message}"
         )
-    summary.stage_seconds["extract"] = extraction.seconds
+    extract_seconds = extraction_seconds(extracting, started_at)
+    summary.stage_seconds["extract"] = extract_seconds
     # (the time after the last extract landed; earlier regions overlapped the extraction)
-    summary.stage_seconds["transform"] = time.perf_counter() - started - extraction.seconds
+    summary.stage_seconds["transform"] = max(0.0, time.perf_counter() - started - extract_seconds)
     summary.record_extracts(extracts, {r: f.message for r, f in extract_failures.items()})
     publish_extract_artifact(ctx, summary, extracts)
+    if not extracts:
+        return None
     # Schema history: a new fingerprint that differs from the contract is warned about once.
-    report = None
-    crashed: list[str] = []  # regions whose step crashed: the parent writes their ledger rows
-    if extracts:
-        schemas = record_schemas_task(extracts, ctx, settings, return_state=True)
-        if schemas.is_completed():
-            summary.schema_warnings = schemas.result()
-        else:
-            summary.ledger_errors.append(f"recording source schemas failed: {schemas.message}")
-        summary.record_transforms(transformed, transform_errors)
+    schemas = record_schemas_task(warehouse, extracts, ctx, return_state=True)
+    if schemas.is_completed():
+        summary.schema_warnings = schemas.result()
+    else:
+        summary.ledger_errors.append(f"recording source schemas failed: {schemas.message}")
+    summary.record_transforms(transformed, transform_errors)
+    if not transformed:
+        return None
 
-        started = time.perf_counter()
-        gate = (
-            validate_batch(transformed, ctx, settings, return_state=True) if transformed else None
+    started = time.perf_counter()
+    thresholds = QualityThresholds.from_settings(settings)
+    gate = validate_batch(transformed, ctx, thresholds, targets, return_state=True)
+    summary.stage_seconds["validate"] = time.perf_counter() - started
+    if not gate.is_completed():
+        summary.fail_regions(
+            list(transformed), "gate_failed", f"the quality gate could not run: {gate.message}"
         )
-        summary.stage_seconds["validate"] = time.perf_counter() - started
-        if gate is not None and gate.is_completed():
-            report = gate.result()
-            summary.record_gate(report)
-        elif gate is not None:
-            crashed = list(transformed)
-            summary.fail_regions(
-                crashed, "gate_failed", f"the quality gate could not run: {gate.message}"
-            )
+        return None
+    report = gate.result()
+    summary.record_gate(report)
+    if report.verdict != "pass":
+        # A failed gate's measures are what an auditor needs most: kept like any batch's.
+        recorded = record_quality_task(warehouse, report.to_records(), return_state=True)
+        if not recorded.is_completed():
+            summary.ledger_errors.append(recorded.message or "recording dq_results failed")
+        return report
 
-        if report is not None and report.verdict == "pass":
-            started = time.perf_counter()
-            load = None
-            try:
-                with holding(
-                    settings.writer_lock_path,
-                    settings.warehouse_lock_timeout_seconds,
-                    on_wait=lambda holder: logger.warning(
-                        "Another run (%s) is writing to the warehouse: waiting for our turn",
-                        holder,
-                    ),
-                ):
-                    load = load_batch(
-                        transformed,
-                        report,
-                        ctx,
-                        settings,
-                        {r: e.seconds for r, e in extracts.items()},
-                        return_state=True,
-                    )
-                load_error = load.message if not load.is_completed() else None
-            except LockTimeoutError as exc:
-                load_error = f"{exc} (RETAIL_ETL_WAREHOUSE_LOCK_TIMEOUT_SECONDS)"
-            summary.stage_seconds["load"] = time.perf_counter() - started
-            if load is not None and load_error is None:
-                loaded = load.result()
-                summary.stage_seconds.update(loaded.stage_seconds)  # stage, merge, verify
-                summary.record_load(
-                    loaded.merges, loaded.errors, loaded.failed_checks, loaded.unverified
-                )
-                summary.ledger_errors.extend(loaded.ledger_errors)
-            else:  # the subflow itself broke: nothing it did can be trusted as loaded
-                crashed = list(transformed)
-                summary.fail_regions(crashed, "load_failed", f"the load failed: {load_error}")
-        elif report is not None:
-            # A failed gate's measures are what an auditor needs most: kept like any batch's.
-            recorded = record_quality_task(report.to_records(), settings, return_state=True)
-            if not recorded.is_completed():
-                summary.ledger_errors.append(recorded.message or "recording dq_results failed")
-    return report, crashed
+    started = time.perf_counter()
+    load = None
+    try:
+        with holding(
+            settings.writer_lock_path,
+            settings.warehouse_lock_timeout_seconds,
+            on_wait=lambda holder: logger.warning(
+                "Another run (%s) is writing to the warehouse: waiting for our turn", holder
+            ),
+        ):
+            load = load_batch(
+                transformed,
+                {r: summary.regions[r] for r in transformed},
+                report,
+                ctx,
+                targets,
+                return_state=True,
+            )
+        load_error = load.message if not load.is_completed() else None
+    except LockTimeoutError as exc:
+        load_error = f"{exc} (RETAIL_ETL_WAREHOUSE_LOCK_TIMEOUT_SECONDS)"
+    summary.stage_seconds["load"] = time.perf_counter() - started
+    if load is not None and load_error is None:
+        loaded = load.result()
+        summary.stage_seconds.update(loaded.stage_seconds)  # stage, merge, verify
+        summary.record_load(loaded.merges, loaded.errors, loaded.failed_checks)
+        summary.ledger_errors.extend(loaded.ledger_errors)
+    else:  # the subflow itself broke: nothing it did can be trusted as loaded
+        summary.fail_regions(list(transformed), "load_failed", f"the load failed: {load_error}")
+    return report
 
 
 def _finish(
     summary: RunSummary,
     report: QualityReport | None,
+    warehouse: Warehouse | None,
     settings: Settings,
     run_dir: RunDirClaim,
     *,
-    ledger_for: Sequence[str] = (),
     send_alerts: bool = True,
 ) -> State:
-    """Ledger rows the load did not write, the alert, the summary artifact, the run's folder,
-    the final state (its message says whether the problem was alerted)."""
+    """The ledger rows of regions not loaded, the alert, the summary artifact, the run's
+    folder, the final state (its message says whether the problem was alerted)."""
     logger = get_run_logger()
-    # Regions that never reached a MERGE still get a ledger row, so backfills find them.
-    unloaded = ledger_entries(summary, also=ledger_for)
-    if unloaded:
-        ledger_state = record_ledger_task(unloaded, settings, return_state=True)
+    # Every region whose run ended gets a ledger row, so backfills find it (a loaded one's
+    # was written with its MERGE).
+    entries = summary.ledger_entries()
+    if entries and warehouse is None:
+        summary.ledger_errors.append("the warehouse could not be opened")
+    elif entries and warehouse is not None:
+        ledger_state = record_ledger_task(warehouse, entries, return_state=True)
         if not ledger_state.is_completed():
             summary.ledger_errors.append(ledger_state.message or "recording the ledger failed")
     alerted = summary.needs_alert and send_alerts

@@ -1,28 +1,33 @@
 """Load subflow: stage parquet; per region one transaction (COPY/MERGE, retractions, rejects,
-ledger row); verify."""
+the 'loaded' ledger row); verify.
+
+Its tasks work on the run's store and warehouse, on threads of the flow process whatever
+``RETAIL_ETL_TASK_RUNNER`` says: one writer, and live connections do not travel.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 
+from blocks.targets import Targets
 from retail_etl import humanize, progress
 from retail_etl.contract import BATCH_REGION
 from retail_etl.quality import QualityReport
+from retail_etl.records import RegionRecord
 from retail_etl.redact import scrub_secrets
 from retail_etl.run import RunContext
-from retail_etl.settings import Settings
+from retail_etl.settings import get_settings
 from retail_etl.transform import RegionTransformResult
-from retail_etl.warehouse import CheckResult, LedgerEntry, MergeResult
-from retail_etl.warehouse.base import LedgerStatus
+from retail_etl.warehouse import CheckResult, MergeResult
 from tasks.results import collect
-from tasks.runners import ConfiguredTaskRunner
 from tasks.warehouse import (
     merge_regions_task,
-    record_ledger_task,
     record_quality_task,
     stage_region_task,
     verify_task,
@@ -42,51 +47,23 @@ class LoadOutcome:
     def failed_checks(self) -> list[CheckResult]:
         return [c for c in self.checks if not c.passed]
 
-    @property
-    def unverified(self) -> list[str]:
-        """Merged regions a failed post-load check speaks of (a batch-level one: all)."""
-        failed = self.failed_checks
-        batch_level = any(c.region == BATCH_REGION for c in failed)
-        return sorted(r for r in self.merges if batch_level or any(c.region == r for c in failed))
-
-
-def _ledger_entry(
-    ctx: RunContext, result: RegionTransformResult, status: LedgerStatus, error: str
-) -> LedgerEntry:
-    return LedgerEntry(
-        batch_id=ctx.batch_id,
-        region=result.region,
-        business_date=ctx.run_date,
-        status=status,
-        rows_extracted=result.rows_extracted,
-        rows_accepted=result.rows_accepted,
-        rows_rejected=result.rows_rejected,
-        rows_retracted=result.rows_retracted,
-        flow_run_id=ctx.flow_run_id,
-        error=error,
-    )
-
-
-def _record(outcome: LoadOutcome, entries: list[LedgerEntry], settings: Settings) -> None:
-    """Write ledger rows; a warehouse that cannot take them must not hide the run's result."""
-    state = record_ledger_task(entries, settings, return_state=True)
-    if not state.is_completed():
-        outcome.ledger_errors.append(state.message or "recording the ledger failed")
-
 
 @flow(
     name="load-batch",
     flow_run_name="load {ctx.run_date}",
-    task_runner=ConfiguredTaskRunner(max_workers=4),
+    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
+    validate_parameters=False,  # the run's store and warehouse are live objects
 )
 def load_batch(
     results: dict[str, RegionTransformResult],
+    records: Mapping[str, RegionRecord],
     report: QualityReport,
     ctx: RunContext,
-    settings: Settings,
-    extract_seconds: dict[str, float],
+    targets: Targets,
 ) -> LoadOutcome:
+    """``records``: the regions' records so far (their counts go into the ledger rows)."""
     logger = get_run_logger()
+    store, warehouse = targets.store, targets.warehouse
     outcome = LoadOutcome()
     started = time.perf_counter()
     regions = list(results)
@@ -94,7 +71,7 @@ def load_batch(
         progress.report(region, "loading")
     # Staging is independent per region; the warehouse takes one MERGE at a time.
     staged_futures = stage_region_task.map(
-        [results[r] for r in regions], ctx=unmapped(ctx), settings=unmapped(settings)
+        unmapped(store), [results[r] for r in regions], ctx=unmapped(ctx)
     )
     staged, stage_failures = collect(regions, staged_futures)
     for region, failure in stage_failures.items():
@@ -102,33 +79,22 @@ def load_batch(
     outcome.stage_seconds["stage"] = time.perf_counter() - started
     started = time.perf_counter()
     if staged:
-        future = merge_regions_task.submit(
-            {r: results[r] for r in staged}, staged, ctx, settings, extract_seconds
-        )
-        done, crashed = collect(["merge"], [future])
+        loads = [staged[r].to_load(ctx, records[r]) for r in staged]
+        done, crashed = collect(["merge"], [merge_regions_task.submit(warehouse, loads)])
         if done:
-            merged, errors = done["merge"]
-            outcome.merges.update(merged)
+            merges, errors = done["merge"]
+            outcome.merges.update(merges)
             outcome.errors.update(errors)
         else:  # e.g. the warehouse cannot be opened: no region was merged
-            outcome.errors.update({region: crashed["merge"].error for region in staged})
+            outcome.errors.update(dict.fromkeys(staged, crashed["merge"].error))
     outcome.stage_seconds["merge"] = time.perf_counter() - started
     started = time.perf_counter()
-    if outcome.errors:
-        _record(
-            outcome,
-            [
-                _ledger_entry(ctx, results[region], "load_failed", error)
-                for region, error in outcome.errors.items()
-            ],
-            settings,
-        )
     if outcome.merges:
         verified = verify_task(
-            list(outcome.merges.values()),
-            {r: results[r] for r in outcome.merges},
+            warehouse,
             ctx,
-            settings,
+            list(outcome.merges.values()),
+            {r: records[r] for r in outcome.merges},
             return_state=True,
         )
         if verified.is_completed():
@@ -144,36 +110,14 @@ def load_batch(
                     detail=scrub_secrets(verified.message or "verification failed to run"),
                 )
             ]
-    failed = outcome.failed_checks
-    unverified = outcome.unverified
-    if unverified:
-        # The MERGE committed, but the day is not trusted: the ledger says so, and a
-        # `backfill --missing-only` picks the region up again.
-        _record(
-            outcome,
-            [
-                _ledger_entry(
-                    ctx,
-                    results[region],
-                    "verify_failed",
-                    "; ".join(
-                        f"{c.name}: {c.detail}"
-                        for c in failed
-                        if c.region in (region, BATCH_REGION)
-                    ),
-                )
-                for region in unverified
-            ],
-            settings,
-        )
-    records = report.to_records() + [
+    dq_records = report.to_records() + [
         c.to_dq_record(ctx.batch_id, ctx.run_date, ctx.flow_run_id) for c in outcome.checks
     ]
-    recorded = record_quality_task(records, settings, return_state=True)
+    recorded = record_quality_task(warehouse, dq_records, return_state=True)
     if not recorded.is_completed():
         outcome.ledger_errors.append(recorded.message or "recording dq_results failed")
     create_table_artifact(
-        key=settings.artifact_key(f"load-{ctx.run_date.isoformat()}"),
+        key=get_settings().artifact_key(f"load-{ctx.run_date.isoformat()}"),
         table=[
             {
                 "region": m.region,

@@ -5,34 +5,36 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from blocks.targets import Targets
 from retail_etl import progress
-from retail_etl.quality import QualityReport, QualityThresholds, evaluate_batch
+from retail_etl.quality import QualityReport, QualityThresholds
 from retail_etl.run import RunContext
-from retail_etl.settings import Settings
+from retail_etl.settings import get_settings
 from retail_etl.transform import RegionTransformResult
+from tasks.quality import evaluate_batch_task
 from tasks.warehouse import read_history_task, read_stored_keys_task
 
 
-@flow(name="validate-batch", flow_run_name="validate {ctx.run_date}")
+@flow(
+    name="validate-batch",
+    flow_run_name="validate {ctx.run_date}",
+    validate_parameters=False,  # the run's targets are live objects
+)
 def validate_batch(
-    results: dict[str, RegionTransformResult], ctx: RunContext, settings: Settings
+    results: dict[str, RegionTransformResult],
+    ctx: RunContext,
+    thresholds: QualityThresholds,
+    targets: Targets,
 ) -> QualityReport:
     logger = get_run_logger()
     for region in results:
         progress.report(region, "validating")
-    thresholds = QualityThresholds.from_settings(settings)
-    history = read_history_task(list(results), ctx.run_date, settings)
-    stored_keys = read_stored_keys_task(list(results), ctx.run_date, settings)
-    report = evaluate_batch(
-        results,
-        business_date=ctx.run_date,
-        batch_id=ctx.batch_id,
-        thresholds=thresholds,
-        history=history,
-        stored_keys=stored_keys,
-    )
+    regions, warehouse = list(results), targets.warehouse
+    history = read_history_task(warehouse, regions, ctx.run_date, thresholds.history_days)
+    stored_keys = read_stored_keys_task(warehouse, regions, ctx.run_date)
+    report = evaluate_batch_task(results, ctx, thresholds, history, stored_keys)
     create_markdown_artifact(
-        key=settings.artifact_key(f"quality-{ctx.run_date.isoformat()}"),
+        key=get_settings().artifact_key(f"quality-{ctx.run_date.isoformat()}"),
         markdown=report.to_markdown(),
         description=f"Quality gate for {ctx.run_date} (batch {ctx.batch_id}): {report.verdict}",
     )

@@ -28,8 +28,9 @@ from retail_etl.backfill import (
     range_label,
 )
 from retail_etl.contract import BATCH_REGION
+from retail_etl.records import RegionRecord
 from retail_etl.redact import scrub_secrets
-from retail_etl.run import RegionOutcome, RunSummary
+from retail_etl.run import RunSummary
 
 if TYPE_CHECKING:
     from retail_etl.quality import QualityReport
@@ -392,7 +393,7 @@ def _render(
     return "\n".join(lines)
 
 
-def _rows_table(outcomes: Iterable[RegionOutcome]) -> list[str]:
+def _rows_table(outcomes: Iterable[RegionRecord]) -> list[str]:
     header = (
         f"{'region':<12} {'status':<15} {'extracted':>10} {'accepted':>10} "
         f"{'rejected':>9} {'retracted':>9} {'loaded':>10} {'removed':>8}"

@@ -14,6 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from retail_etl import humanize
+from retail_etl.contract import BATCH_REGION
+from retail_etl.records import (
+    LEDGER_STATUSES,
+    LedgerEntry,
+    RegionRecord,
+    RegionStatus,
+    ledger_entry,
+)
 from retail_etl.redact import scrub_secrets
 from retail_etl.settings import Settings, validate_identifier
 
@@ -105,7 +113,7 @@ def new_run_context(
 
 
 #: The counts shown per region (CLI summary, the run's summary artifact): label -> attribute
-#: of :class:`RegionOutcome`. A new count is one line here.
+#: of :class:`RegionRecord`. A new count is one line here.
 SUMMARY_COUNTS: dict[str, str] = {
     "extracted": "rows_extracted",
     "accepted": "rows_accepted",
@@ -130,49 +138,12 @@ DETAIL_ARTIFACTS: dict[str, tuple[str, str]] = {
 }
 
 
-RegionStatus = Literal[
-    "pending",
-    "extracted",
-    "transformed",
-    "extract_failed",
-    "transform_failed",
-    "gate_failed",
-    "loaded",
-    "load_failed",
-    "verify_failed",
-    "deferred",
-]
-
-
-@dataclass
-class RegionOutcome:
-    """Everything the run knows about one region, for the summary, the ledger and alerts."""
-
-    region: str
-    status: RegionStatus = "pending"
-    error: str | None = None
-    rows_extracted: int = 0
-    rows_accepted: int = 0
-    rows_rejected: int = 0
-    #: rows whose latest version retracts the sale (refunded, cancelled, deleted, ...)
-    rows_retracted: int = 0
-    rows_inserted: int = 0
-    rows_updated: int = 0
-    rows_unchanged: int = 0
-    #: rows the load removed from sales_fact (kept in sales_retractions)
-    rows_deleted: int = 0
-    extract_seconds: float = 0.0
-    transform_seconds: float = 0.0
-    load_seconds: float = 0.0
-    reject_reasons: dict[str, int] = field(default_factory=dict)
-
-
 @dataclass
 class RunSummary:
     run_date: date
     batch_id: str
     flow_run_id: str
-    regions: dict[str, RegionOutcome]
+    regions: dict[str, RegionRecord]
     gate_verdict: Literal["pass", "fail", "not_run"] = "not_run"
     failing_checks: list[str] = field(default_factory=list)
     verification_failures: list[str] = field(default_factory=list)
@@ -189,6 +160,8 @@ class RunSummary:
     fingerprint_errors: dict[str, str] = field(default_factory=dict)
     #: Start of the run's artifact keys (``Settings.env_prefix``: ``prod-`` in prod).
     artifact_prefix: str = ""
+    #: Merged regions a failed post-load check speaks of -> those checks (their ledger error).
+    check_failures: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def start(cls, ctx: RunContext, *, artifact_prefix: str = "") -> RunSummary:
@@ -196,7 +169,7 @@ class RunSummary:
             run_date=ctx.run_date,
             batch_id=ctx.batch_id,
             flow_run_id=ctx.flow_run_id,
-            regions={r: RegionOutcome(r) for r in ctx.regions},
+            regions={r: RegionRecord(r) for r in ctx.regions},
             artifact_prefix=artifact_prefix,
         )
 
@@ -208,6 +181,14 @@ class RunSummary:
             outcome = self.regions[deferral.region]
             outcome.status = "deferred"
             outcome.error = deferral.reason
+
+    def record_fingerprints(
+        self, fingerprints: Mapping[str, str], errors: Mapping[str, str]
+    ) -> None:
+        """The sources' fingerprints of the day, read before extracting (for the ledger)."""
+        for region, fingerprint in fingerprints.items():
+            self.regions[region].source_fingerprint = fingerprint
+        self.fingerprint_errors = {r: scrub_secrets(e) for r, e in errors.items()}
 
     def record_lookback(self, results: Sequence[Any], reasons: Mapping[str, str]) -> None:
         """Results (:class:`retail_etl.backfill.BackfillResult`) of the reprocessed pairs."""
@@ -262,9 +243,9 @@ class RunSummary:
         merges: Mapping[str, Any],
         errors: Mapping[str, str],
         failed_checks: Sequence[Any],
-        unverified: Sequence[str],
     ) -> None:
-        """``unverified``: merged regions a failed post-load check speaks of."""
+        """A merged region a failed post-load check speaks of (a batch-level one: every
+        merged region) is ``verify_failed``: the MERGE committed, but the day is not trusted."""
         for region, merge in merges.items():
             outcome = self.regions[region]
             outcome.status = "loaded"
@@ -277,11 +258,31 @@ class RunSummary:
         self.verification_failures.extend(
             f"{check.region}/{check.name}: {check.detail}" for check in failed_checks
         )
-        for region in unverified:
-            self.regions[region].status = "verify_failed"
+        for region in merges:
+            failed = [c for c in failed_checks if c.region in (region, BATCH_REGION)]
+            if failed:
+                self.regions[region].status = "verify_failed"
+                self.check_failures[region] = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+
+    def ledger_entries(self) -> list[LedgerEntry]:
+        """The ledger rows the run writes when it ends: one per region whose run ended, but
+        not the loaded ones (their row was written in the transaction of their MERGE)."""
+        gate = "quality gate failed: " + ", ".join(self.failing_checks)
+        return [
+            ledger_entry(
+                record,
+                batch_id=self.batch_id,
+                business_date=self.run_date,
+                flow_run_id=self.flow_run_id,
+                error=self.check_failures.get(record.region)
+                or (gate if record.status == "gate_failed" and record.error is None else None),
+            )
+            for record in self.regions.values()
+            if record.status in LEDGER_STATUSES and record.status != "loaded"
+        ]
 
     @property
-    def failed_regions(self) -> list[RegionOutcome]:
+    def failed_regions(self) -> list[RegionRecord]:
         return [o for o in self.regions.values() if o.status.endswith("_failed")]
 
     @property
@@ -348,7 +349,7 @@ class RunSummary:
         tail = f"; loaded: {', '.join(loaded)}" if loaded else "; nothing loaded"
         return False, f"{self.run_date}: " + "; ".join(parts) + tail + later + lookback
 
-    def ordered_regions(self) -> list[RegionOutcome]:
+    def ordered_regions(self) -> list[RegionRecord]:
         """Failed regions first (in run order), then the others."""
         outcomes = list(self.regions.values())
         return [o for o in outcomes if o.status.endswith("_failed")] + [
@@ -485,7 +486,7 @@ def timing_lines(stage_seconds: Mapping[str, float]) -> list[str]:
     return lines
 
 
-def _by_error(outcomes: Sequence[RegionOutcome]) -> str:
+def _by_error(outcomes: Sequence[RegionRecord]) -> str:
     """``us_east, europe (error); apac (other error)``: regions sharing an error named once."""
     groups: dict[str, list[str]] = {}
     for o in outcomes:
@@ -511,42 +512,3 @@ def _describe_check(check: Any) -> str:
     threshold = "" if check.threshold is None else f" vs threshold {check.threshold_text}"
     where = "batch" if check.region == "*" else check.region
     return f"{where}/{check.name} = {check.measured_text}{threshold}"
-
-
-def ledger_entries(summary: RunSummary, also: Sequence[str] = ()) -> list[Any]:
-    """Ledger rows for regions that never reached a MERGE (deferred, or extract, transform or
-    gate failed), and for the regions in ``also`` (a step that crashed before writing their rows).
-
-    Loaded and load-/verify-failed regions are otherwise recorded by the load subflow itself.
-    """
-    from retail_etl.warehouse.base import LedgerEntry
-
-    entries = []
-    for outcome in summary.regions.values():
-        if outcome.region not in also and outcome.status not in (
-            "extract_failed",
-            "transform_failed",
-            "gate_failed",
-            "deferred",
-        ):
-            continue
-        error = outcome.error
-        if outcome.status == "gate_failed" and outcome.error is None:
-            error = "quality gate failed: " + ", ".join(summary.failing_checks)
-        entries.append(
-            LedgerEntry(
-                batch_id=summary.batch_id,
-                region=outcome.region,
-                business_date=summary.run_date,
-                status=outcome.status,  # type: ignore[arg-type]
-                rows_extracted=outcome.rows_extracted,
-                rows_accepted=outcome.rows_accepted,
-                rows_rejected=outcome.rows_rejected,
-                rows_retracted=outcome.rows_retracted,
-                extract_seconds=outcome.extract_seconds,
-                transform_seconds=outcome.transform_seconds,
-                flow_run_id=summary.flow_run_id,
-                error=error,
-            )
-        )
-    return entries

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextvars
-import threading
-import time
-from collections.abc import Callable
-from datetime import date
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -106,101 +102,74 @@ def configured_extract_task(settings: Settings):  # type: ignore[no-untyped-def]
     )
 
 
-def extract_regions(
-    ctx: RunContext,
-    settings: Settings,
-    on_extracted: Callable[[str, RegionExtract], None] | None = None,
-) -> tuple[dict[str, RegionExtract], dict[str, TaskFailure]]:
-    """Extract every region of the run concurrently, each in ``settings.extract_splits_for``
-    tasks; (extracts by region, failures by region). A region with a failed split failed.
-
-    ``on_extracted(region, extract)`` is called (in this thread) as soon as a region's last
-    split lands, so the next step can start on it while other regions are still extracting.
-    """
+def submit_extracts(
+    ctx: RunContext, settings: Settings
+) -> dict[str, list[PrefectFuture[RegionExtract]]]:
+    """Submit every region's extraction, in ``settings.extract_splits_for`` tasks each; the
+    futures of each region's splits, in split order. How many run at once is the task
+    runner's concurrency (threads: ``RETAIL_ETL_MAX_CONCURRENT_EXTRACTS``)."""
     extract = configured_extract_task(settings)
-    queue = [
-        (r, k, n) for r in ctx.regions for n in [settings.extract_splits_for(r)] for k in range(n)
-    ]
-    keys: dict[int, str] = {}
-    running: list[PrefectFuture[Any]] = []
+    return {
+        region: [
+            extract.submit(region, ctx.run_date, ctx.extract_dir, settings, split=k, splits=n)
+            for k in range(n)
+        ]
+        for region in ctx.regions
+        for n in [settings.extract_splits_for(region)]
+    }
 
-    def submit_next() -> None:
-        region, k, n = queue.pop(0)
-        future = extract.submit(region, ctx.run_date, ctx.extract_dir, settings, split=k, splits=n)
-        keys[id(future)] = f"{region}/{k}"
-        running.append(future)
 
-    # At most max_concurrent_extracts at once (the rest start as these finish).
-    while queue and len(running) < settings.max_concurrent_extracts:
-        submit_next()
-    waiting = {region: settings.extract_splits_for(region) for region in ctx.regions}
-    landed: dict[str, list[PrefectFuture[Any]]] = {region: [] for region in ctx.regions}
-    extracts: dict[str, RegionExtract] = {}
-    failures: dict[str, TaskFailure] = {}
-    while running:
-        future = next(as_completed(running))
-        running.remove(future)
-        if queue:
-            submit_next()
-        region = keys[id(future)].split("/")[0]
-        landed[region].append(future)
+def landed_extracts(
+    extracting: Mapping[str, Sequence[PrefectFuture[RegionExtract]]],
+) -> Iterator[tuple[str, RegionExtract | TaskFailure]]:
+    """Each region as soon as its last split lands, in landing order: its extract, or what
+    failed (a region with a failed split failed)."""
+    region_of = {f.task_run_id: region for region, fs in extracting.items() for f in fs}
+    waiting = {region: len(fs) for region, fs in extracting.items()}
+    for future in as_completed([f for fs in extracting.values() for f in fs]):
+        region = region_of[future.task_run_id]
         waiting[region] -= 1
         if waiting[region]:
             continue
-        ordered = sorted(landed[region], key=lambda f: keys[id(f)])
-        done, failed = collect([keys[id(f)] for f in ordered], ordered)
-        if failed:
-            failures[region] = failed[min(failed)]
-            progress.report(region, "extract_failed", detail=failures[region].error[:120])
-            continue
-        try:
-            extracts[region] = combine_splits([done[key] for key in sorted(done, key=_split_no)])
-        except Exception as exc:
-            failures[region] = TaskFailure(region, f"{type(exc).__name__}: {exc}", 1)
-            continue
-        progress.report(region, "extracted", detail=humanize.seconds(extracts[region].seconds))
-        if on_extracted is not None:
-            on_extracted(region, extracts[region])
-    # regions in the run's order, whatever order they landed in
-    ordered_extracts = {r: extracts[r] for r in ctx.regions if r in extracts}
-    return ordered_extracts, {r: failures[r] for r in ctx.regions if r in failures}
+        outcome = region_extract(region, extracting[region])
+        if isinstance(outcome, TaskFailure):
+            progress.report(region, "extract_failed", detail=outcome.error[:120])
+        else:
+            progress.report(region, "extracted", detail=humanize.seconds(outcome.seconds))
+        yield region, outcome
 
 
-class ExtractionThread(threading.Thread):
-    """Runs :func:`extract_regions` beside the flow's main thread (inside the flow run's
-    context, so its tasks belong to the parent flow run), feeding each landed region to
-    ``feed`` and closing it at the end, whatever happens."""
-
-    def __init__(self, ctx: RunContext, settings: Settings, feed: Any) -> None:
-        super().__init__(name="extract-regions", daemon=True)
-        self._context = contextvars.copy_context()
-        self._args = (ctx, settings, feed)
-        self._outcome: tuple[dict[str, RegionExtract], dict[str, TaskFailure]] | None = None
-        self._error: BaseException | None = None
-        self.seconds = 0.0
-
-    def run(self) -> None:
-        ctx, settings, feed = self._args
-        started = time.perf_counter()
-        try:
-            self._outcome = self._context.run(extract_regions, ctx, settings, feed.put)
-        except BaseException as exc:  # re-raised in the flow's thread by result()
-            self._error = exc
-        finally:
-            self.seconds = time.perf_counter() - started
-            feed.close()
-
-    def result(self) -> tuple[dict[str, RegionExtract], dict[str, TaskFailure]]:
-        self.join()
-        if self._error is not None:
-            raise self._error
-        if self._outcome is None:  # pragma: no cover - run() always sets one of the two
-            raise RuntimeError("extraction thread ended without a result")
-        return self._outcome
+def region_extract(
+    region: str, splits: Sequence[PrefectFuture[RegionExtract]]
+) -> RegionExtract | TaskFailure:
+    """A region's extract from its splits' futures (waiting for them), or its failure: the
+    first failed split's, or the splits' disagreement."""
+    keys = [f"{region}/{k}" for k in range(len(splits))]
+    done, failed = collect(keys, splits)
+    if failed:
+        return failed[min(failed, key=keys.index)]
+    try:
+        return combine_splits([done[key] for key in keys])
+    except Exception as exc:
+        return TaskFailure(region, f"{type(exc).__name__}: {exc}", 1)
 
 
-def _split_no(key: str) -> int:
-    return int(key.split("/")[1])
+def collect_extracts(
+    extracting: Mapping[str, Sequence[PrefectFuture[RegionExtract]]],
+) -> tuple[dict[str, RegionExtract], dict[str, TaskFailure]]:
+    """Every region's extract (waiting for the rest), in the run's order; (extracts, failures)."""
+    outcomes = {region: region_extract(region, fs) for region, fs in extracting.items()}
+    extracts = {r: o for r, o in outcomes.items() if isinstance(o, RegionExtract)}
+    failures = {r: o for r, o in outcomes.items() if isinstance(o, TaskFailure)}
+    return extracts, failures
+
+
+def extraction_seconds(
+    extracting: Mapping[str, Sequence[PrefectFuture[RegionExtract]]], started: datetime
+) -> float:
+    """From ``started`` (the first submit) to the last split's final state."""
+    ends = [f.state.timestamp for fs in extracting.values() for f in fs]
+    return max(0.0, (max(ends, default=started) - started).total_seconds())
 
 
 def publish_extract_artifact(

@@ -115,7 +115,8 @@ class ConfiguredTaskRunner(TaskRunner[PrefectFuture[Any]]):
     run resolves it (:meth:`resolve`, or the first submit), never on entry: Prefect enters a
     copy on every Dask worker too. Flows declare ``task_runner=ConfiguredTaskRunner(max_workers=N)``."""
 
-    def __init__(self, max_workers: int = 8) -> None:
+    def __init__(self, max_workers: int | None = None) -> None:
+        """``max_workers``: threads at once (None: ``RETAIL_ETL_MAX_CONCURRENT_EXTRACTS``)."""
         super().__init__()
         self.max_workers = max_workers
         self._inner: TaskRunner[Any] | None = None
@@ -145,7 +146,9 @@ class ConfiguredTaskRunner(TaskRunner[PrefectFuture[Any]]):
             raise RuntimeError("The task runner must be started before submitting work.")
         with self._lock:
             if self._inner is None:
-                self._inner = build_task_runner(get_settings(fresh=True), self.max_workers)
+                settings = get_settings(fresh=True)
+                workers = self.max_workers or settings.max_concurrent_extracts
+                self._inner = build_task_runner(settings, workers)
             return self._inner
 
     @property

@@ -5,18 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from blocks.targets import open_targets
 from retail_etl.extract import RegionExtract
 from retail_etl.run import RunContext
 from retail_etl.schema import record_schema_changes
-from retail_etl.settings import Settings
-from retail_etl.warehouse import WarehouseError
+from retail_etl.warehouse import Warehouse, WarehouseError
 
 
-@task(name="record-source-schemas")
+@task(name="record-source-schemas", cache_policy=NO_CACHE)
 def record_schemas_task(
-    extracts: Mapping[str, RegionExtract], ctx: RunContext, settings: Settings
+    warehouse: Warehouse, extracts: Mapping[str, RegionExtract], ctx: RunContext
 ) -> list[str]:
     """Record each extracted region's schema fingerprint; return the warnings (new changes).
 
@@ -25,7 +24,6 @@ def record_schemas_task(
     """
     logger = get_run_logger()
     try:
-        _, warehouse = open_targets(settings)
         with warehouse.session():  # one connection for every region's fingerprint
             warnings = record_schema_changes(
                 warehouse, extracts, batch_id=ctx.batch_id, flow_run_id=ctx.flow_run_id

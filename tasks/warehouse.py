@@ -1,28 +1,35 @@
-"""Thin tasks over the staging store and the warehouse."""
+"""Thin tasks over the run's staging store and warehouse (opened once per run, passed in).
+
+They never cache (``NO_CACHE``): they do I/O, and a live store or warehouse has no stable
+hash. Tasks that take them run in the flow process (called, or on a thread pool).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from blocks.targets import open_staging_store, open_targets
+from blocks.targets import Targets
 from retail_etl.backfill import LedgerState
 from retail_etl.housekeeping import sweep_leftovers
+from retail_etl.records import RegionRecord
 from retail_etl.redact import scrub_secrets
 from retail_etl.run import RunContext
 from retail_etl.settings import InvalidIdentifierError, Settings
-from retail_etl.staging import StagedFile
+from retail_etl.staging import StagedFile, StagingStore
 from retail_etl.transform import RegionTransformResult
 from retail_etl.warehouse import (
     CheckResult,
     LedgerEntry,
     MergeResult,
     RegionLoad,
-    TransformCounts,
+    Warehouse,
     WarehouseError,
 )
 
@@ -35,75 +42,85 @@ class StagedRegion:
     rejects: tuple[StagedFile, ...]
     retractions: tuple[StagedFile, ...]
 
+    def to_load(self, ctx: RunContext, record: RegionRecord) -> RegionLoad:
+        """What the warehouse loads for the region (its record gives the ledger row)."""
+        return RegionLoad(
+            region=record.region,
+            business_date=ctx.run_date,
+            batch_id=ctx.batch_id,
+            files=self.sales,
+            flow_run_id=ctx.flow_run_id,
+            reject_files=self.rejects,
+            retraction_files=self.retractions,
+            record=record,
+        )
 
-@task(name="read-history")
+
+@task(name="open-targets", cache_policy=NO_CACHE, persist_result=False)  # live objects
+def open_targets_task(settings: Settings) -> Targets:
+    """The run's staging store and warehouse (their blocks loaded once per run)."""
+    return Targets.open(settings)
+
+
+@task(name="read-history", cache_policy=NO_CACHE)
 def read_history_task(
-    regions: Sequence[str], business_date: date, settings: Settings
+    warehouse: Warehouse, regions: Sequence[str], business_date: date, days: int
 ) -> dict[str, list[tuple[date, int]]]:
     """Accepted row counts of earlier loaded days, per region (for the volume check)."""
-    _, warehouse = open_targets(settings)
     with warehouse.session():  # one connection for every region's query
         return {
-            region: warehouse.accepted_history(region, business_date, settings.history_days)
-            for region in regions
+            region: warehouse.accepted_history(region, business_date, days) for region in regions
         }
 
 
-@task(name="read-stored-keys")
+@task(name="read-stored-keys", cache_policy=NO_CACHE)
 def read_stored_keys_task(
-    regions: Sequence[str], business_date: date, settings: Settings
+    warehouse: Warehouse, regions: Sequence[str], business_date: date
 ) -> dict[str, int]:
     """Rows sales_fact already holds per region for the day (for the missing-from-source check)."""
-    _, warehouse = open_targets(settings)
     with warehouse.session():
         return {region: warehouse.day_keys(region, business_date) for region in regions}
 
 
-@task(name="record-ledger")
-def record_ledger_task(entries: Sequence[LedgerEntry], settings: Settings) -> None:
-    _, warehouse = open_targets(settings)
+@task(name="record-ledger", cache_policy=NO_CACHE)
+def record_ledger_task(warehouse: Warehouse, entries: Sequence[LedgerEntry]) -> None:
     with warehouse.session():
         for entry in entries:
             warehouse.record_ledger(entry)
 
 
-@task(name="ledger-states", retries=2, retry_delay_seconds=5)
+@task(name="ledger-states", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def ledger_states_task(
-    start: date, end: date, settings: Settings
+    warehouse: Warehouse, start: date, end: date
 ) -> dict[tuple[str, date], LedgerState]:
     """Latest ledger status and source fingerprint of every (region, date) in [start, end]."""
-    _, warehouse = open_targets(settings)
     return warehouse.ledger_states(start, end)
 
 
-@task(name="prepare-warehouse")
-def ensure_schema_task(settings: Settings) -> list[str]:
-    _, warehouse = open_targets(settings)
+@task(name="prepare-warehouse", cache_policy=NO_CACHE)
+def ensure_schema_task(warehouse: Warehouse, stale_stage_table_hours: float) -> list[str]:
     with warehouse.session():
         added = warehouse.ensure_schema()
-        warehouse.drop_stale_stage_tables(settings.stale_stage_table_hours)
+        warehouse.drop_stale_stage_tables(stale_stage_table_hours)
     if added:
         get_run_logger().warning("Warehouse columns added (nullable): %s", ", ".join(added))
     return added
 
 
-@task(name="sweep-leftovers")
-def sweep_leftovers_task(settings: Settings) -> str:
+@task(name="sweep-leftovers", cache_policy=NO_CACHE)
+def sweep_leftovers_task(store: StagingStore, runs_dir: Path, retention_days: int) -> str:
     """Remove what killed runs left on disk and staged batches past retention."""
-    report = sweep_leftovers(
-        settings.runs_dir, open_staging_store(settings), settings.staging_retention_days
-    )
+    report = sweep_leftovers(runs_dir, store, retention_days)
     if not report.empty:
         get_run_logger().warning("Housekeeping: %s", report.describe())
     return report.describe()
 
 
-@task(name="stage-region", task_run_name="stage-{result.region}")
+@task(name="stage-region", task_run_name="stage-{result.region}", cache_policy=NO_CACHE)
 def stage_region_task(
-    result: RegionTransformResult, ctx: RunContext, settings: Settings
+    store: StagingStore, result: RegionTransformResult, ctx: RunContext
 ) -> StagedRegion:
     """Stage a region's accepted rows, rejects and retractions in the hive layout."""
-    store = open_staging_store(settings)
     sales = store.stage_dataset(
         "sales", ctx.run_date, result.region, ctx.batch_id, result.accepted_files
     )
@@ -116,44 +133,22 @@ def stage_region_task(
     return StagedRegion(tuple(sales), tuple(rejects), tuple(retractions))
 
 
-@task(name="merge-regions")
+@task(name="merge-regions", cache_policy=NO_CACHE)
 def merge_regions_task(
-    results: dict[str, RegionTransformResult],
-    staged: dict[str, StagedRegion],
-    ctx: RunContext,
-    settings: Settings,
-    extract_seconds: dict[str, float],
+    warehouse: Warehouse, loads: Sequence[RegionLoad]
 ) -> tuple[dict[str, MergeResult], dict[str, str]]:
     """Per region, in turn, one transaction: COPY + MERGE, retractions, the day's rejects
     replaced and the ledger row. All on one warehouse connection (DuckDB checkpoints once, Snowflake logs in
     once). A region that fails is rolled back and reported; the next region goes on.
     Returns (merges, errors) by region."""
     logger = get_run_logger()
-    _, warehouse = open_targets(settings)
     merges: dict[str, MergeResult] = {}
     errors: dict[str, str] = {}
     with warehouse.session():
-        for region, files in staged.items():
-            result = results[region]
+        for load in loads:
+            region = load.region
             try:
-                merge = warehouse.load_region(
-                    RegionLoad(
-                        region=region,
-                        business_date=ctx.run_date,
-                        batch_id=ctx.batch_id,
-                        files=files.sales,
-                        flow_run_id=ctx.flow_run_id,
-                        rows_extracted=result.rows_extracted,
-                        rows_accepted=result.rows_accepted,
-                        rows_rejected=result.rows_rejected,
-                        extract_seconds=extract_seconds.get(region, 0.0),
-                        transform_seconds=result.seconds,
-                        source_fingerprint=ctx.source_fingerprints.get(region),
-                        reject_files=files.rejects,
-                        retraction_files=files.retractions,
-                        rows_retracted=result.rows_retracted,
-                    )
-                )
+                merge = warehouse.load_region(load)
             except (WarehouseError, InvalidIdentifierError) as e:  # only this region
                 errors[region] = scrub_secrets(f"{type(e).__name__}: {e}")
                 logger.error("Region %s not loaded: %s", region, errors[region])
@@ -172,25 +167,17 @@ def merge_regions_task(
     return merges, errors
 
 
-@task(name="verify-load")
+@task(name="verify-load", cache_policy=NO_CACHE)
 def verify_task(
-    merges: Sequence[MergeResult],
-    results: dict[str, RegionTransformResult],
+    warehouse: Warehouse,
     ctx: RunContext,
-    settings: Settings,
+    merges: Sequence[MergeResult],
+    records: Mapping[str, RegionRecord],
 ) -> list[CheckResult]:
-    _, warehouse = open_targets(settings)
-    counts = {
-        region: TransformCounts(
-            r.rows_extracted, r.rows_accepted, r.rows_rejected, r.rows_retracted
-        )
-        for region, r in results.items()
-    }
     with warehouse.session():  # verify runs 2 + one query per region
-        return warehouse.verify(ctx.batch_id, ctx.run_date, merges, transform_counts=counts)
+        return warehouse.verify(ctx.batch_id, ctx.run_date, merges, records=records)
 
 
-@task(name="record-quality-results")
-def record_quality_task(records: list[dict[str, Any]], settings: Settings) -> int:
-    _, warehouse = open_targets(settings)
+@task(name="record-quality-results", cache_policy=NO_CACHE)
+def record_quality_task(warehouse: Warehouse, records: list[dict[str, Any]]) -> int:
     return warehouse.load_dq_results(records)

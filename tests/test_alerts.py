@@ -14,8 +14,9 @@ from retail_etl.alerts import (
     rerun_commands,
 )
 from retail_etl.quality import CheckResult, QualityReport
+from retail_etl.records import RegionRecord
 from retail_etl.redact import scrub_secrets
-from retail_etl.run import RegionOutcome, RunSummary
+from retail_etl.run import RunSummary
 from tests.plumbing import free_port
 
 DAY = date(2024, 1, 15)
@@ -30,7 +31,7 @@ def _summary(**region_updates: dict[str, object]) -> RunSummary:
         run_date=DAY,
         batch_id=BATCH,
         flow_run_id=FLOW_RUN,
-        regions={r: RegionOutcome(r) for r in REGIONS},
+        regions={r: RegionRecord(r) for r in REGIONS},
         gate_verdict="pass",
         warehouse="duckdb data/warehouse.duckdb",
     )

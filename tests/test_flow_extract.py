@@ -2,33 +2,62 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import date
 
 from retail_etl.settings import database_url
 from tests.pipeline import run_day
-from tests.sources import create_sales, execute, sale
+from tests.sources import create_sales, sale
 
 DAY = date(2024, 1, 15)
 REGIONS = ["us_east", "us_west", "europe", "apac"]
 
 
-def test_regions_are_extracted_concurrently(prefect_api, etl_env, make_database, monkeypatch):
+def test_regions_extract_at_once_and_each_is_transformed_as_soon_as_it_lands(
+    prefect_api, etl_env, make_database, monkeypatch
+):
+    """Told by events, not seconds: us_east's transform starts while the three other regions
+    are still extracting, all three at once (each waits inside its extraction until then)."""
+    import tasks.extract
+    import tasks.transform
+
     for region in REGIONS:
         url = make_database(region)
         etl_env.point_source(region, url)
-        create_sales(url, [sale(i) for i in range(1, 6)], table="sales_data")
-        # Each source takes 2 s to answer: run one after another, four take 8 s or more.
-        execute(
-            url,
-            "CREATE VIEW sales AS WITH pause AS MATERIALIZED (SELECT pg_sleep(2)) "
-            "SELECT s.* FROM sales_data s, pause",
-        )
+        create_sales(url, [sale(i) for i in range(1, 151)])  # over the gate's minimum
+    slow = set(REGIONS) - {"us_east"}
+    changed = threading.Condition()
+    extracting: set[str] = set()  # slow regions inside their extraction, waiting
+    transformed_first = threading.Event()
+    seen: dict[str, set[str] | bool] = {}
+    real_extract, real_transform = tasks.extract.extract_region, tasks.transform.transform_region
 
-    _state, summary = run_day(DAY)
+    def extract_region(url, region, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if region in slow:
+            with changed:
+                extracting.add(region)
+                changed.notify_all()
+            # bounded: without the overlap, us_east's transform never comes first
+            seen[region] = transformed_first.wait(timeout=60)
+        return real_extract(url, region, *args, **kwargs)
 
-    assert {r: o.rows_extracted for r, o in summary.regions.items()} == dict.fromkeys(REGIONS, 5)
-    assert all(o.status != "extract_failed" for o in summary.regions.values())
-    assert summary.stage_seconds["extract"] < 6.0
+    def transform_region(files, *, region, **kwargs):  # type: ignore[no-untyped-def]
+        if region == "us_east":
+            with changed:
+                changed.wait_for(lambda: extracting == slow, timeout=60)
+                seen["extracting"] = set(extracting)
+            transformed_first.set()
+        return real_transform(files, region=region, **kwargs)
+
+    monkeypatch.setattr(tasks.extract, "extract_region", extract_region)
+    monkeypatch.setattr(tasks.transform, "transform_region", transform_region)
+
+    state, summary = run_day(DAY)
+
+    assert state.is_completed(), state.message
+    assert seen == {"extracting": slow, **dict.fromkeys(slow, True)}
+    assert {r: o.rows_extracted for r, o in summary.regions.items()} == dict.fromkeys(REGIONS, 150)
+    assert {r: o.status for r, o in summary.regions.items()} == dict.fromkeys(REGIONS, "loaded")
 
 
 def test_failed_regions_are_named_retried_and_do_not_stop_the_others(

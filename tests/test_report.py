@@ -184,7 +184,7 @@ def _load(
     tmp_path: Path, store: LocalStagingStore, wh: Any, day: dt.date, batch: str, **kw: Any
 ) -> None:
     """One us_east day loaded as the load subflow does: accepted, rejects, retractions staged."""
-    from retail_etl.warehouse.base import RegionLoad
+    from retail_etl.records import RegionLoad, RegionRecord
 
     def staged(name: str, table: Any) -> tuple[Any, ...]:
         src = write_parquet(tmp_path / "transform" / f"{batch}-{name}.parquet", table)
@@ -200,7 +200,9 @@ def _load(
             batch_id=batch,
             files=staged("sales", sales),
             flow_run_id="flow-1",
-            rows_accepted=sales.num_rows,
+            record=RegionRecord(
+                "us_east", rows_accepted=sales.num_rows, rows_retracted=len(retractions)
+            ),
             reject_files=(
                 staged("rejects", reject_table("us_east", day, rejects, batch_id=batch))
                 if rejects
@@ -211,7 +213,6 @@ def _load(
                 if retractions
                 else ()
             ),
-            rows_retracted=len(retractions),
         )
     )
 

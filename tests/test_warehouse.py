@@ -24,6 +24,7 @@ import pyarrow as pa
 import pytest
 
 from retail_etl.backfill import LedgerState
+from retail_etl.records import RegionRecord
 from retail_etl.settings import InvalidIdentifierError
 from retail_etl.staging import LocalStagingStore, S3StagingStore, StagedTable, StagingStore
 from retail_etl.warehouse import Warehouse, sql
@@ -33,7 +34,6 @@ from retail_etl.warehouse.base import (
     TABLES,
     LedgerEntry,
     RegionLoad,
-    TransformCounts,
     WarehouseColumn,
     WarehouseError,
     WarehouseLoadError,
@@ -94,9 +94,12 @@ class Loader:
             batch_id=batch_id,
             files=tuple(files),
             flow_run_id="flow-1",
-            rows_extracted=table.num_rows + 1,
-            rows_accepted=table.num_rows,
-            rows_rejected=1,
+            record=RegionRecord(
+                region,
+                rows_extracted=table.num_rows + 1,
+                rows_accepted=table.num_rows,
+                rows_rejected=1,
+            ),
         )
 
     def stage_day(
@@ -111,7 +114,8 @@ class Loader:
         """A region's whole day as the load subflow passes it: accepted rows, rejects and
         retractions, with the transform's counts."""
         batch = self.stage(sales, region, batch_id)
-        extra: dict[str, Any] = {"rows_rejected": 0, "rows_retracted": 0}
+        files: dict[str, Any] = {}
+        counts = {"rows_rejected": 0, "rows_retracted": 0}
         sides: tuple[tuple[StagedTable, pa.Table | None], ...] = (
             ("rejects", rejects),
             ("retractions", retractions),
@@ -120,10 +124,11 @@ class Loader:
             if table is not None:
                 staged = self.stage(table, region, batch_id, table_name=name)
                 key = "reject_files" if name == "rejects" else "retraction_files"
-                extra[key] = staged.files
-                extra["rows_rejected" if name == "rejects" else "rows_retracted"] = table.num_rows
-        n = sales.num_rows + extra["rows_rejected"] + extra["rows_retracted"]
-        return dataclasses.replace(batch, rows_extracted=n, **extra)
+                files[key] = staged.files
+                counts["rows_rejected" if name == "rejects" else "rows_retracted"] = table.num_rows
+        n = sales.num_rows + counts["rows_rejected"] + counts["rows_retracted"]
+        record = RegionRecord(region, rows_extracted=n, rows_accepted=sales.num_rows, **counts)
+        return dataclasses.replace(batch, record=record, **files)
 
 
 @pytest.fixture
@@ -693,8 +698,11 @@ def test_verify_passes_on_good_loads_and_fails_on_planted_rows(
     apac = warehouse.load_region(
         loader.stage(accepted_table("apac", DAY, range(1, 4), batch_id=B1), "apac", B1)
     )
-    counts = {"us_east": TransformCounts(6, 5, 1), "apac": TransformCounts(4, 3, 1)}
-    checks = warehouse.verify(B1, DAY, [east, apac], transform_counts=counts)
+    counts = {
+        "us_east": RegionRecord("us_east", rows_extracted=6, rows_accepted=5, rows_rejected=1),
+        "apac": RegionRecord("apac", rows_extracted=4, rows_accepted=3, rows_rejected=1),
+    }
+    checks = warehouse.verify(B1, DAY, [east, apac], records=counts)
     assert all(c.passed for c in checks)
     assert {c.name for c in checks} == {
         "merge_reconciles",
@@ -736,7 +744,14 @@ def test_verify_passes_on_good_loads_and_fails_on_planted_rows(
     bad = {
         (c.name, c.region): c
         for c in warehouse.verify(
-            B1, DAY, [east, apac], transform_counts={"us_east": TransformCounts(7, 5, 1)}
+            B1,
+            DAY,
+            [east, apac],
+            records={
+                "us_east": RegionRecord(
+                    "us_east", rows_extracted=7, rows_accepted=5, rows_rejected=1
+                )
+            },
         )
         if not c.passed
     }
@@ -913,7 +928,10 @@ def test_fingerprints_in_the_ledger_and_fact_day_stats(
     table = accepted_table("us_east", DAY, range(1, 6), batch_id=B1)
     amount = sum(table.column("total_amount").to_pylist())
     batch = loader.stage(table, "us_east", B1)
-    warehouse.load_region(dataclasses.replace(batch, source_fingerprint="fp-1"))
+    record = dataclasses.replace(
+        batch.record or RegionRecord(batch.region), source_fingerprint="fp-1"
+    )
+    warehouse.load_region(dataclasses.replace(batch, record=record))
     later = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     warehouse.record_ledger(LedgerEntry("b-def", "us_west", DAY, "deferred", finished_at=later))
     warehouse.record_ledger(LedgerEntry("b-old", "europe", DAY, "loaded", source_fingerprint="old"))
@@ -988,8 +1006,12 @@ def test_retractions_leave_the_fact_are_kept_and_a_rerun_changes_nothing(
     (entry,) = [e for e in warehouse.ledger() if e["batch_id"] == B2]
     assert (entry["rows_extracted"], entry["rows_accepted"]) == (9, 6)
     assert (entry["rows_rejected"], entry["rows_retracted"], entry["rows_deleted"]) == (1, 2, 4)
-    counts = {"us_east": TransformCounts(9, 6, 1, 2)}
-    checks = warehouse.verify(B2, DAY, [result], transform_counts=counts)
+    counts = {
+        "us_east": RegionRecord(
+            "us_east", rows_extracted=9, rows_accepted=6, rows_rejected=1, rows_retracted=2
+        )
+    }
+    checks = warehouse.verify(B2, DAY, [result], records=counts)
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     assert first.deleted == europe.deleted == 0
 
@@ -998,7 +1020,7 @@ def test_retractions_leave_the_fact_are_kept_and_a_rerun_changes_nothing(
         again = warehouse.load_region(_day_with_changes(loader, batch_id))
         assert (again.inserted, again.updated, again.unchanged, again.deleted) == (0, 0, 6, 0)
         assert (fact(warehouse), warehouse.retractions()) == before
-        checks = warehouse.verify(batch_id, DAY, [again], transform_counts=counts)
+        checks = warehouse.verify(batch_id, DAY, [again], records=counts)
         assert all(c.passed for c in checks), [c for c in checks if not c.passed]
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from retail_etl.progress import ProgressDisplay, finished, listening, report
-from retail_etl.run import RegionOutcome, RunSummary, timing_lines
+from retail_etl.records import RegionRecord
+from retail_etl.run import RunSummary, timing_lines
 from tests.pipeline import run_day
 
 DAY = date(2024, 1, 15)
@@ -202,7 +203,7 @@ def test_env_file_fills_settings_without_overriding_the_environment(tmp_path, mo
 
 def _loaded_summary() -> RunSummary:
     summary = RunSummary(
-        DAY, "20240115_0123456789ab", "local", {"us_east": RegionOutcome("us_east")}
+        DAY, "20240115_0123456789ab", "local", {"us_east": RegionRecord("us_east")}
     )
     outcome = summary.regions["us_east"]
     outcome.status, outcome.rows_inserted, outcome.rows_updated = "loaded", 1_234_567, 8
@@ -312,7 +313,7 @@ def test_live_progress_on_a_terminal(etl_env, monkeypatch):
 
 def test_a_long_error_keeps_what_failed_and_its_cause_in_the_state_message():
     summary = RunSummary(
-        DAY, "20240115_0123456789ab", "local", {"us_east": RegionOutcome("us_east")}
+        DAY, "20240115_0123456789ab", "local", {"us_east": RegionRecord("us_east")}
     )
     outcome = summary.regions["us_east"]
     outcome.status = "load_failed"
@@ -321,7 +322,7 @@ def test_a_long_error_keeps_what_failed_and_its_cause_in_the_state_message():
         + " into sales_fact failed at step 'ledger'; rolled back" * 12
         + ", nothing merged: InvalidInputException: injected warehouse failure"
     )
-    summary.regions["apac"] = RegionOutcome("apac", "load_failed", outcome.error)
+    summary.regions["apac"] = RegionRecord("apac", "load_failed", outcome.error)
     ok, message = summary.outcome()
     assert not ok and len(message) < 700
     assert message.count("WarehouseLoadError") == 1  # both regions, one error

@@ -25,22 +25,28 @@ replaced.
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import date
+from typing import Any, Literal, get_args
 
 import pyarrow as pa
 
 from retail_etl import contract
-from retail_etl.settings import validate_identifier
-
-if TYPE_CHECKING:
-    from retail_etl.staging import StagedFile
+from retail_etl.records import LEDGER_STATUSES as LEDGER_STATUSES
+from retail_etl.records import CheckResult as CheckResult
+from retail_etl.records import LedgerEntry as LedgerEntry
+from retail_etl.records import LedgerStatus as LedgerStatus
+from retail_etl.records import MergeResult as MergeResult
+from retail_etl.records import RegionLoad as RegionLoad
+from retail_etl.records import RegionRecord as RegionRecord
+from retail_etl.records import loaded_ledger_entry as loaded_ledger_entry
+from retail_etl.records import merge_checks as merge_checks
+from retail_etl.records import merge_result as merge_result
+from retail_etl.records import schema_history_row as schema_history_row
+from retail_etl.records import utc_now as utc_now
 
 SALES_FACT = "sales_fact"
 SALES_REJECTS = "sales_rejects"
@@ -49,16 +55,6 @@ DQ_RESULTS = "dq_results"
 LEDGER = "etl_load_ledger"
 SCHEMA_HISTORY = "source_schema_history"
 
-LedgerStatus = Literal[
-    "loaded",
-    "load_failed",
-    "extract_failed",
-    "transform_failed",
-    "gate_failed",
-    "verify_failed",
-    "deferred",  # the region's business day was not closed yet: not extracted
-]
-LEDGER_STATUSES: tuple[str, ...] = get_args(LedgerStatus)
 DqStatus = Literal["pass", "warn", "fail", "skipped"]
 DQ_STATUSES: tuple[str, ...] = get_args(DqStatus)
 
@@ -210,207 +206,7 @@ DQ_RESULT_FIELDS: tuple[str, ...] = tuple(c.name for c in DQ_RESULTS_COLUMNS)
 # --------------------------------------------------------------------------- inputs and results
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One row of ``etl_load_ledger`` (the latest row per (region, date) is its state)."""
-
-    batch_id: str
-    region: str
-    business_date: date
-    status: LedgerStatus
-    rows_extracted: int | None = None
-    rows_accepted: int | None = None
-    rows_rejected: int | None = None
-    rows_inserted: int | None = None
-    rows_updated: int | None = None
-    rows_unchanged: int | None = None
-    extract_seconds: float | None = None
-    transform_seconds: float | None = None
-    load_seconds: float | None = None
-    flow_run_id: str | None = None
-    error: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    source_fingerprint: str | None = None
-    rows_retracted: int | None = None
-    rows_deleted: int | None = None
-
-    def validated(self) -> LedgerEntry:
-        """Check status and identifiers; fill ``finished_at`` with now if missing."""
-        if self.status not in LEDGER_STATUSES:
-            raise ValueError(
-                f"ledger status {self.status!r} for region {self.region!r} "
-                f"{self.business_date} is not one of {', '.join(LEDGER_STATUSES)}"
-            )
-        validate_identifier(self.region, "region")
-        if self.finished_at is None:
-            return replace(self, finished_at=utc_now())
-        return self
-
-    def row(self) -> tuple[Any, ...]:
-        """Values in :data:`LEDGER_COLUMNS` order."""
-        values = asdict(self)
-        return tuple(values[c.name] for c in LEDGER_COLUMNS)
-
-
-@dataclass(frozen=True)
-class RegionLoad:
-    """One region's batch, staged and ready to load: accepted rows (``files``), rejects and
-    retractions, with the counts for its ledger row."""
-
-    region: str
-    business_date: date
-    batch_id: str
-    files: tuple[StagedFile, ...]
-    flow_run_id: str | None = None
-    rows_extracted: int | None = None
-    rows_accepted: int | None = None
-    rows_rejected: int | None = None
-    extract_seconds: float | None = None
-    transform_seconds: float | None = None
-    started_at: datetime | None = None
-    #: the source's fingerprint of (region, business_date), read before the extract
-    source_fingerprint: str | None = None
-    reject_files: tuple[StagedFile, ...] = ()
-    retraction_files: tuple[StagedFile, ...] = ()
-    rows_retracted: int | None = None
-
-    @property
-    def staged_rows(self) -> int:
-        return sum(f.rows for f in self.files)
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    """What one region's MERGE did. ``inserted + updated + unchanged + duplicate_rows ==
-    staged_rows`` (duplicates of a key inside the batch are dropped before the MERGE)."""
-
-    region: str
-    business_date: date
-    batch_id: str
-    staged_rows: int
-    inserted: int
-    updated: int
-    unchanged: int
-    duplicate_rows: int
-    seconds: float
-    rows_accepted: int | None = None
-    #: rows removed from sales_fact (and recorded in sales_retractions)
-    deleted: int = 0
-    #: rejects that replaced the day's rejects of the region
-    rejects: int = 0
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One post-load check (``region='*'`` for batch-level checks)."""
-
-    name: str
-    region: str
-    measured: float
-    expected: float
-    passed: bool
-    detail: str = ""
-
-    def to_dq_record(
-        self, batch_id: str, business_date: date, flow_run_id: str | None
-    ) -> dict[str, Any]:
-        """As a ``dq_results`` row (status 'pass' or 'fail', threshold = expected)."""
-        return {
-            "batch_id": batch_id,
-            "business_date": business_date,
-            "region": self.region,
-            "check_name": self.name,
-            "measured": float(self.measured),
-            "threshold": float(self.expected),
-            "status": "pass" if self.passed else "fail",
-            "detail": self.detail,
-            "flow_run_id": flow_run_id,
-            "checked_at": utc_now(),
-        }
-
-
-@dataclass(frozen=True)
-class TransformCounts:
-    """Per-region counts from the transform, for ``extracted = accepted + rejected + retracted``."""
-
-    rows_extracted: int
-    rows_accepted: int
-    rows_rejected: int
-    rows_retracted: int = 0
-
-
-def merge_checks(
-    merge_results: Sequence[MergeResult],
-    transform_counts: Mapping[str, TransformCounts] | None = None,
-) -> list[CheckResult]:
-    """Checks computed from counts only (no query): per region
-
-    - ``merge_reconciles``: inserted + updated + unchanged == staged rows (duplicates of a key
-      inside the batch make this fail: they were dropped, not merged);
-    - ``batch_duplicate_keys``: 0 duplicate (region, sale_id) inside the staged batch;
-    - ``staged_equals_accepted``: staged rows == the transform's accepted rows (when known);
-    - ``extracted_equals_accepted_rejected_retracted`` (when ``transform_counts`` is given).
-    """
-    checks: list[CheckResult] = []
-    for r in merge_results:
-        merged = r.inserted + r.updated + r.unchanged
-        checks.append(
-            CheckResult(
-                "merge_reconciles",
-                r.region,
-                merged,
-                r.staged_rows,
-                merged == r.staged_rows,
-                f"inserted {r.inserted} + updated {r.updated} + unchanged {r.unchanged} = {merged}; "
-                f"staged {r.staged_rows}",
-            )
-        )
-        checks.append(
-            CheckResult(
-                "batch_duplicate_keys",
-                r.region,
-                r.duplicate_rows,
-                0,
-                r.duplicate_rows == 0,
-                f"{r.duplicate_rows} staged row(s) repeated a (region, sale_id) of the batch and "
-                "were dropped before the MERGE (latest updated_at kept)"
-                if r.duplicate_rows
-                else "no duplicate key in the staged batch",
-            )
-        )
-        accepted = r.rows_accepted
-        if transform_counts and r.region in transform_counts:
-            accepted = transform_counts[r.region].rows_accepted
-        if accepted is not None:
-            checks.append(
-                CheckResult(
-                    "staged_equals_accepted",
-                    r.region,
-                    r.staged_rows,
-                    accepted,
-                    r.staged_rows == accepted,
-                    f"staged {r.staged_rows} row(s), transform accepted {accepted}",
-                )
-            )
-    for region, counts in sorted((transform_counts or {}).items()):
-        total = counts.rows_accepted + counts.rows_rejected + counts.rows_retracted
-        checks.append(
-            CheckResult(
-                "extracted_equals_accepted_rejected_retracted",
-                region,
-                counts.rows_extracted,
-                total,
-                counts.rows_extracted == total,
-                f"extracted {counts.rows_extracted}, accepted {counts.rows_accepted} + "
-                f"rejected {counts.rows_rejected} + retracted {counts.rows_retracted} = {total}",
-            )
-        )
-    return checks
+# (what the warehouse takes and gives back lives in retail_etl.records)
 
 
 def normalize_dq_record(record: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -434,105 +230,6 @@ def normalize_dq_record(record: Mapping[str, Any]) -> tuple[Any, ...]:
             value = float(value)
             values[name] = None if math.isnan(value) else value
     return tuple(values.get(name) for name in DQ_RESULT_FIELDS)
-
-
-def merge_result(
-    batch: RegionLoad,
-    staged: int,
-    inserted: int,
-    updated: int,
-    unchanged: int,
-    duplicates: int,
-    started: float,
-    *,
-    deleted: int = 0,
-    rejects: int = 0,
-) -> MergeResult:
-    """The :class:`MergeResult` of a committed region load (both engines), logged."""
-    result = MergeResult(
-        region=batch.region,
-        business_date=batch.business_date,
-        batch_id=batch.batch_id,
-        staged_rows=staged,
-        inserted=inserted,
-        updated=updated,
-        unchanged=unchanged,
-        duplicate_rows=duplicates,
-        seconds=time.perf_counter() - started,
-        rows_accepted=batch.rows_accepted,
-        deleted=deleted,
-        rejects=rejects,
-    )
-    logging.getLogger("retail_etl.warehouse").info(
-        "loaded %s %s: %d staged, %d inserted, %d updated, %d unchanged, %d retracted from "
-        "sales_fact, %d rejects in %.2f s",
-        batch.region,
-        batch.business_date,
-        staged,
-        inserted,
-        updated,
-        unchanged,
-        deleted,
-        rejects,
-        result.seconds,
-    )
-    return result
-
-
-def loaded_ledger_entry(
-    batch: RegionLoad,
-    inserted: int,
-    updated: int,
-    unchanged: int,
-    seconds: float,
-    started_at: datetime,
-    deleted: int = 0,
-) -> LedgerEntry:
-    """The 'loaded' ledger row of a region load (written in the MERGE's transaction)."""
-    return LedgerEntry(
-        batch_id=batch.batch_id,
-        region=batch.region,
-        business_date=batch.business_date,
-        status="loaded",
-        rows_extracted=batch.rows_extracted,
-        rows_accepted=batch.rows_accepted,
-        rows_rejected=batch.rows_rejected,
-        rows_inserted=inserted,
-        rows_updated=updated,
-        rows_unchanged=unchanged,
-        extract_seconds=batch.extract_seconds,
-        transform_seconds=batch.transform_seconds,
-        load_seconds=seconds,
-        flow_run_id=batch.flow_run_id,
-        started_at=started_at,
-        finished_at=utc_now(),
-        source_fingerprint=batch.source_fingerprint,
-        rows_retracted=batch.rows_retracted,
-        rows_deleted=deleted,
-    )
-
-
-def schema_history_row(
-    region: str,
-    fingerprint: str,
-    columns: Mapping[str, str],
-    differences: str,
-    batch_id: str,
-    flow_run_id: str | None,
-) -> tuple[Any, ...]:
-    """A ``source_schema_history`` row in :data:`SCHEMA_HISTORY_COLUMNS` order."""
-    validate_identifier(region, "region")
-    if not fingerprint:
-        raise ValueError(f"empty schema fingerprint for region {region!r}")
-    return (
-        region,
-        fingerprint,
-        json.dumps(dict(columns), sort_keys=True),
-        differences,
-        batch_id,
-        utc_now(),
-        flow_run_id,
-    )
 
 
 class StepTimer:

@@ -51,8 +51,8 @@ from retail_etl.warehouse.base import (
     LedgerEntry,
     MergeResult,
     RegionLoad,
+    RegionRecord,
     StepTimer,
-    TransformCounts,
     WarehouseColumn,
     WarehouseError,
     describe_error,
@@ -492,7 +492,7 @@ class Warehouse:
         business_date: date,
         merge_results: Sequence[MergeResult],
         *,
-        transform_counts: Mapping[str, TransformCounts] | None = None,
+        records: Mapping[str, RegionRecord] | None = None,
     ) -> list[CheckResult]:
         """Post-load checks: :func:`merge_checks` plus, on the fact table,
 
@@ -505,7 +505,7 @@ class Warehouse:
           ``sales_retractions`` is still in ``sales_fact``.
         """
         d = self.dialect
-        checks = merge_checks(merge_results, transform_counts)
+        checks = merge_checks(merge_results, records)
         regions = sorted({r.region for r in merge_results})
         for region in regions:
             validate_identifier(region, "region")
