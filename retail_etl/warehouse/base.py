@@ -38,7 +38,6 @@ from retail_etl import contract
 from retail_etl.records import LEDGER_STATUSES as LEDGER_STATUSES
 from retail_etl.records import CheckResult as CheckResult
 from retail_etl.records import LedgerEntry as LedgerEntry
-from retail_etl.records import LedgerStatus as LedgerStatus
 from retail_etl.records import MergeResult as MergeResult
 from retail_etl.records import RegionLoad as RegionLoad
 from retail_etl.records import RegionRecord as RegionRecord
