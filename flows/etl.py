@@ -216,7 +216,9 @@ def _run_closed_regions(
     summary.record_gate(report)
     if report.verdict != "pass":
         # A failed gate's measures are what an auditor needs most: kept like any batch's.
-        recorded = record_quality_task(warehouse, report.to_records(), return_state=True)
+        recorded = record_quality_task(
+            warehouse, report.to_records(ctx.flow_run_id), return_state=True
+        )
         if not recorded.is_completed():
             summary.ledger_errors.append(recorded.message or "recording dq_results failed")
         return report

@@ -105,13 +105,13 @@ def load_batch(
                     name="verification_ran",
                     region=BATCH_REGION,
                     measured=0,
-                    expected=1,
-                    passed=False,
+                    threshold=1,
+                    status="fail",
                     detail=scrub_secrets(verified.message or "verification failed to run"),
                 )
             ]
-    dq_records = report.to_records() + [
-        c.to_dq_record(ctx.batch_id, ctx.run_date, ctx.flow_run_id) for c in outcome.checks
+    dq_records = report.to_records(ctx.flow_run_id) + [
+        c.dq_record(ctx.batch_id, ctx.run_date, ctx.flow_run_id) for c in outcome.checks
     ]
     recorded = record_quality_task(warehouse, dq_records, return_state=True)
     if not recorded.is_completed():

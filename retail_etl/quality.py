@@ -38,8 +38,9 @@ from typing import Any, Literal
 
 import duckdb
 
-from retail_etl import contract, humanize
+from retail_etl import contract
 from retail_etl.charts import volume_chart_markdown
+from retail_etl.records import CheckResult, CheckStatus, format_measure
 from retail_etl.settings import Settings, validate_identifier
 from retail_etl.transform import REJECT_RULES, RegionTransformResult, null_reason
 
@@ -55,15 +56,12 @@ __all__ = [
     "missing_from_source_check",
 ]
 
-Status = Literal["pass", "warn", "fail", "skipped"]
-
 
 class InvariantQueryError(RuntimeError):
     """The accepted parquet of a region could not be queried for the invariants."""
 
 
 _STATUS_ORDER: dict[str, int] = {"fail": 0, "warn": 1, "skipped": 2, "pass": 3}
-_RATIO_CHECKS = ("null_share_", "reject_rate", "history_volume", "missing_from_source_share")
 
 
 @dataclass(frozen=True)
@@ -97,32 +95,6 @@ class QualityThresholds:
     @classmethod
     def from_settings(cls, settings: Settings) -> QualityThresholds:
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    region: str  # '*' for batch-level checks
-    measured: float
-    threshold: float | None
-    status: Status
-    detail: str
-
-    @property
-    def is_ratio(self) -> bool:
-        """Whether measured and threshold are ratios. A skipped ``history_volume`` has no
-        deviation: it measures the region's accepted rows (and has no threshold)."""
-        if self.name == "history_volume" and self.threshold is None:
-            return False
-        return self.name.startswith(_RATIO_CHECKS)
-
-    @property
-    def measured_text(self) -> str:
-        return format_measure(self.name, self.measured, ratio=self.is_ratio)
-
-    @property
-    def threshold_text(self) -> str:
-        return format_measure(self.name, self.threshold, ratio=self.is_ratio)
 
 
 #: Columns of the report's region x check matrix: label -> check names (a group shows its
@@ -231,33 +203,9 @@ class QualityReport:
         ]
         return lines
 
-    def to_records(self) -> list[dict[str, Any]]:
-        """Rows for ``dq_results`` (the caller adds ``flow_run_id`` and ``checked_at``)."""
-        return [
-            {
-                "batch_id": self.batch_id,
-                "business_date": self.business_date,
-                "region": c.region,
-                "check_name": c.name,
-                "measured": float(c.measured),
-                "threshold": None if c.threshold is None else float(c.threshold),
-                "status": c.status,
-                "detail": c.detail,
-            }
-            for c in self.checks
-        ]
-
-
-def format_measure(name: str, value: float | None, *, ratio: bool | None = None) -> str:
-    """A check's measured value or threshold as people read it: ratios as percentages, counts
-    with separators. ``ratio`` overrides what the name says (:attr:`CheckResult.is_ratio`)."""
-    if value is None:
-        return "-"
-    if name.startswith(_RATIO_CHECKS) if ratio is None else ratio:
-        return humanize.share(value)
-    if float(value).is_integer():
-        return humanize.count(value)
-    return f"{value:,.4g}"
+    def to_records(self, flow_run_id: str | None = None) -> list[dict[str, Any]]:
+        """Rows for ``dq_results``."""
+        return [c.dq_record(self.batch_id, self.business_date, flow_run_id) for c in self.checks]
 
 
 def _md_escape(text: str) -> str:
@@ -315,7 +263,7 @@ def _null_share_checks(result: RegionTransformResult, limit: float) -> list[Chec
             out.append(CheckResult(name, result.region, 0.0, limit, "skipped", "no rows extracted"))
             continue
         share = nulls / result.rows_extracted
-        status: Status = "fail" if share > limit else "pass"
+        status: CheckStatus = "fail" if share > limit else "pass"
         out.append(
             CheckResult(
                 name,
@@ -443,7 +391,7 @@ def history_check(
             f"baseline is 0 ({method}): relative deviation undefined",
         )
     deviation = abs(accepted_rows - baseline) / baseline
-    status: Status = "pass"
+    status: CheckStatus = "pass"
     threshold = thresholds.history_fail_deviation
     if deviation > thresholds.history_fail_deviation:
         status = "fail" if thresholds.history_fail_mode == "fail" else "warn"

@@ -16,6 +16,7 @@ from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from retail_etl import humanize
 from retail_etl.settings import validate_identifier
 
 if TYPE_CHECKING:
@@ -195,32 +196,78 @@ class MergeResult:
     rejects: int = 0
 
 
+#: A check's verdict: the ``status`` of ``dq_results`` rows.
+CheckStatus = Literal["pass", "warn", "fail", "skipped"]
+CHECK_STATUSES: tuple[str, ...] = get_args(CheckStatus)
+#: Checks whose measured value and threshold are shares (shown as percentages).
+RATIO_CHECKS = ("null_share_", "reject_rate", "history_volume", "missing_from_source_share")
+
+
+def format_measure(name: str, value: float | None, *, ratio: bool | None = None) -> str:
+    """A check's measured value or threshold as people read it: ratios as percentages, counts
+    with separators. ``ratio`` overrides what the name says (:attr:`CheckResult.is_ratio`)."""
+    if value is None:
+        return "-"
+    if name.startswith(RATIO_CHECKS) if ratio is None else ratio:
+        return humanize.share(value)
+    if float(value).is_integer():
+        return humanize.count(value)
+    return f"{value:,.4g}"
+
+
 @dataclass(frozen=True)
 class CheckResult:
-    """One post-load check (``region='*'`` for batch-level checks)."""
+    """One check of a batch: a quality-gate check before the load or a post-load check
+    (``region='*'`` for batch-level checks); one ``dq_results`` row."""
 
     name: str
     region: str
     measured: float
-    expected: float
-    passed: bool
+    threshold: float | None
+    status: CheckStatus
     detail: str = ""
 
-    def to_dq_record(
-        self, batch_id: str, business_date: date, flow_run_id: str | None
+    @classmethod
+    def judged(
+        cls, name: str, region: str, measured: float, threshold: float, ok: bool, detail: str
+    ) -> CheckResult:
+        """A pass/fail check: ``ok`` decides the status."""
+        return cls(name, region, measured, threshold, "pass" if ok else "fail", detail)
+
+    @property
+    def passed(self) -> bool:
+        return self.status != "fail"
+
+    @property
+    def is_ratio(self) -> bool:
+        """Whether measured and threshold are ratios. A skipped ``history_volume`` has no
+        deviation: it measures the region's accepted rows (and has no threshold)."""
+        if self.name == "history_volume" and self.threshold is None:
+            return False
+        return self.name.startswith(RATIO_CHECKS)
+
+    @property
+    def measured_text(self) -> str:
+        return format_measure(self.name, self.measured, ratio=self.is_ratio)
+
+    @property
+    def threshold_text(self) -> str:
+        return format_measure(self.name, self.threshold, ratio=self.is_ratio)
+
+    def dq_record(
+        self, batch_id: str, business_date: date, flow_run_id: str | None = None
     ) -> dict[str, Any]:
-        """As a ``dq_results`` row (status 'pass' or 'fail', threshold = expected)."""
+        """As a ``dq_results`` row (the warehouse stamps ``checked_at``)."""
         return {
             "batch_id": batch_id,
             "business_date": business_date,
             "region": self.region,
             "check_name": self.name,
             "measured": float(self.measured),
-            "threshold": float(self.expected),
-            "status": "pass" if self.passed else "fail",
+            "threshold": None if self.threshold is None else float(self.threshold),
+            "status": self.status,
             "detail": self.detail,
             "flow_run_id": flow_run_id,
-            "checked_at": utc_now(),
         }
 
 
@@ -240,7 +287,7 @@ def merge_checks(
     for r in merge_results:
         merged = r.inserted + r.updated + r.unchanged
         checks.append(
-            CheckResult(
+            CheckResult.judged(
                 "merge_reconciles",
                 r.region,
                 merged,
@@ -251,7 +298,7 @@ def merge_checks(
             )
         )
         checks.append(
-            CheckResult(
+            CheckResult.judged(
                 "batch_duplicate_keys",
                 r.region,
                 r.duplicate_rows,
@@ -268,7 +315,7 @@ def merge_checks(
             accepted = records[r.region].rows_accepted
         if accepted is not None:
             checks.append(
-                CheckResult(
+                CheckResult.judged(
                     "staged_equals_accepted",
                     r.region,
                     r.staged_rows,
@@ -280,7 +327,7 @@ def merge_checks(
     for region, counts in sorted((records or {}).items()):
         total = counts.rows_accepted + counts.rows_rejected + counts.rows_retracted
         checks.append(
-            CheckResult(
+            CheckResult.judged(
                 "extracted_equals_accepted_rejected_retracted",
                 region,
                 counts.rows_extracted,

@@ -357,7 +357,7 @@ def test_an_empty_source_day_is_named_as_such() -> None:
 
 def test_records_for_dq_results() -> None:
     report = evaluate({"us_east": stats(extracted=50)})
-    records = report.to_records()
+    records = report.to_records("flow-1")
     assert len(records) == len(report.checks)
     first = next(r for r in records if r["check_name"] == "min_rows_region")
     assert first == {
@@ -369,6 +369,7 @@ def test_records_for_dq_results() -> None:
         "threshold": 100.0,
         "status": "fail",
         "detail": first["detail"],
+        "flow_run_id": "flow-1",
     }
     history_row = next(r for r in records if r["check_name"] == "history_volume")
     assert history_row["threshold"] is None and history_row["status"] == "skipped"

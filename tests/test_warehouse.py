@@ -762,7 +762,7 @@ def test_verify_passes_on_good_loads_and_fails_on_planted_rows(
     }
     assert bad[("fact_unique_keys", "*")].measured == 2
     assert bad[("loaded_rows_in_batch_dates", "*")].measured == 1
-    record = bad[("fact_unique_keys", "*")].to_dq_record(B1, DAY, "flow-1")
+    record = bad[("fact_unique_keys", "*")].dq_record(B1, DAY, "flow-1")
     assert record["status"] == "fail" and warehouse.load_dq_results([record]) == 1
 
 

@@ -30,11 +30,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import date
-from typing import Any, Literal, get_args
+from typing import Any
 
 import pyarrow as pa
 
 from retail_etl import contract
+from retail_etl.records import CHECK_STATUSES
 from retail_etl.records import LEDGER_STATUSES as LEDGER_STATUSES
 from retail_etl.records import CheckResult as CheckResult
 from retail_etl.records import LedgerEntry as LedgerEntry
@@ -53,9 +54,6 @@ SALES_RETRACTIONS = "sales_retractions"
 DQ_RESULTS = "dq_results"
 LEDGER = "etl_load_ledger"
 SCHEMA_HISTORY = "source_schema_history"
-
-DqStatus = Literal["pass", "warn", "fail", "skipped"]
-DQ_STATUSES: tuple[str, ...] = get_args(DqStatus)
 
 
 class WarehouseError(RuntimeError):
@@ -216,10 +214,10 @@ def normalize_dq_record(record: Mapping[str, Any]) -> tuple[Any, ...]:
     for required in ("batch_id", "business_date", "region", "check_name", "status"):
         if record.get(required) is None:
             raise ValueError(f"dq_results record is missing {required!r}: {dict(record)!r}")
-    if record["status"] not in DQ_STATUSES:
+    if record["status"] not in CHECK_STATUSES:
         raise ValueError(
             f"dq_results status {record['status']!r} of check {record['check_name']!r} is not "
-            f"one of {', '.join(DQ_STATUSES)}"
+            f"one of {', '.join(CHECK_STATUSES)}"
         )
     values = dict(record)
     values.setdefault("checked_at", utc_now())

@@ -515,7 +515,7 @@ class Warehouse:
             sql.fact_duplicate_keys_sql(d, len(regions)), [business_date, *regions, business_date]
         )
         checks.append(
-            CheckResult(
+            CheckResult.judged(
                 "fact_unique_keys",
                 contract.BATCH_REGION,
                 int(dups),
@@ -529,7 +529,7 @@ class Warehouse:
             sql.rows_outside_dates_sql(d, len(regions), 1), [batch_id, *regions, business_date]
         )
         checks.append(
-            CheckResult(
+            CheckResult.judged(
                 "loaded_rows_in_batch_dates",
                 contract.BATCH_REGION,
                 int(outside),
@@ -549,7 +549,7 @@ class Warehouse:
                 == [r.inserted, r.updated, r.unchanged, r.deleted]
             )
             checks.append(
-                CheckResult(
+                CheckResult.judged(
                     "ledger_recorded",
                     r.region,
                     1.0 if ok else 0.0,
@@ -564,7 +564,7 @@ class Warehouse:
                 sql.retracted_still_stored_sql(d), [r.region, batch_id, r.region]
             )
             checks.append(
-                CheckResult(
+                CheckResult.judged(
                     "retracted_keys_absent",
                     r.region,
                     int(left),
