@@ -97,7 +97,12 @@ def snowflake_connection(connector: Any, settings: Settings) -> SnowflakeConnect
             },
         )
 
-    return SnowflakeConnection(connect, database=connector.database, schema=connector.schema_)
+    return SnowflakeConnection(
+        connect,
+        database=connector.database,
+        schema=connector.schema_,
+        warehouse=connector.warehouse,
+    )
 
 
 def open_configured_warehouse(settings: Settings, store: StagingStore) -> Warehouse:

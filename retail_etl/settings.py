@@ -26,6 +26,10 @@ DEFAULT_REGIONS: tuple[str, ...] = ("us_east", "us_west", "europe", "apac")
 #: artifact keys of installs made before environments existed; the others prefix them.
 Environment = Literal["dev", "staging", "prod"]
 ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
+#: Snowflake's WAREHOUSE_SIZE values (the load may resize its warehouse to one of them).
+SnowflakeWarehouseSize = Literal[
+    "XSMALL", "SMALL", "MEDIUM", "LARGE", "XLARGE", "XXLARGE", "XXXLARGE", "X4LARGE"
+]
 IDENTIFIER_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DEFAULT_SERVER_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 # Prefect block document names: lowercase letters, digits and dashes only.
@@ -264,6 +268,34 @@ class Settings(BaseSettings):
         default=3600,
         gt=0,
         description="Snowflake STATEMENT_TIMEOUT_IN_SECONDS and LOCK_TIMEOUT of a run's sessions.",
+    )
+    # A region's load (its whole transaction) under contention: bounded retries with backoff.
+    load_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Attempts of a region's load transaction when it fails on a lock timeout "
+        "or a transient warehouse error (1: no retry).",
+    )
+    load_retry_delay_seconds: float = Field(
+        default=30,
+        ge=0,
+        description="Pause before the second attempt of a region's load; doubled each attempt.",
+    )
+    snowflake_load_lock_timeout_seconds: int = Field(
+        default=600,
+        gt=0,
+        description="Snowflake LOCK_TIMEOUT during a load: a MERGE waiting this long for a "
+        "lock fails and is retried (RETAIL_ETL_LOAD_ATTEMPTS).",
+    )
+    snowflake_load_warehouse: str | None = Field(
+        default=None,
+        description="Snowflake warehouse the load runs on (USE WAREHOUSE), separate from "
+        "analytics; default: the block's warehouse.",
+    )
+    snowflake_load_warehouse_size: SnowflakeWarehouseSize | None = Field(
+        default=None,
+        description="Resize the load's warehouse to this for the load and restore its "
+        "previous size after (also on failure).",
     )
     snowflake_storage_integration: str | None = Field(
         default=None,

@@ -139,12 +139,14 @@ def merge_regions_task(
 ) -> tuple[dict[str, MergeResult], dict[str, str]]:
     """Per region, in turn, one transaction: COPY + MERGE, retractions, the day's rejects
     replaced and the ledger row. All on one warehouse connection (DuckDB checkpoints once, Snowflake logs in
-    once). A region that fails is rolled back and reported; the next region goes on.
+    once, with the load's session settings). A region that fails on a lock timeout is retried
+    (RETAIL_ETL_LOAD_ATTEMPTS); one that still fails is rolled back and reported; the next
+    region goes on.
     Returns (merges, errors) by region."""
     logger = get_run_logger()
     merges: dict[str, MergeResult] = {}
     errors: dict[str, str] = {}
-    with warehouse.session():
+    with warehouse.loading():
         for load in loads:
             region = load.region
             try:

@@ -165,6 +165,7 @@ def engine(
     import snowflake.connector
 
     from retail_etl.warehouse.dialects.snowflake import SnowflakeConnection, SnowflakeDialect
+    from tests.fake_snowflake import FakeSnowflake
 
     with fakesnow.patch():
         # The production connection's current schema is the warehouse's: unqualified names.
@@ -174,7 +175,9 @@ def engine(
         setup = snowflake.connector.connect(database="retail_db", schema="public")
         setup.cursor().execute("CREATE SCHEMA IF NOT EXISTS retail_db.retail")
         setup.close()
-        connection = SnowflakeConnection(connect, database="retail_db", schema="retail")
+        connection = SnowflakeConnection(
+            FakeSnowflake(connect), database="retail_db", schema="retail"
+        )
         wh = Warehouse(SnowflakeDialect(connection, store), store)
         wh.ensure_schema()
         yield wh, sql_renderer("snowflake")

@@ -46,6 +46,7 @@ from tests.test_staging import (
     retraction_table,
     write_parquet,
 )
+from tests.fake_snowflake import FakeSnowflake
 from tests.warehouse_faults import FaultPlan, InjectedFault
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
@@ -137,12 +138,14 @@ def store(tmp_path: Path) -> LocalStagingStore:
 
 
 @pytest.fixture
-def fake_snowflake() -> Iterator[Callable[[], Any]]:
-    """A fresh in-memory fakesnow per test; returns the connection factory."""
+def fake_snowflake() -> Iterator[FakeSnowflake]:
+    """A fresh in-memory fakesnow per test; the connection factory, with its statement log."""
     fakesnow = pytest.importorskip("fakesnow")
     snowflake_connector = pytest.importorskip("snowflake.connector")
     with fakesnow.patch():
-        yield lambda: snowflake_connector.connect(database="retail_db", schema="public")
+        yield FakeSnowflake(
+            lambda: snowflake_connector.connect(database="retail_db", schema="public")
+        )
 
 
 @pytest.fixture(params=ENGINES)

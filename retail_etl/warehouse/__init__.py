@@ -20,7 +20,7 @@ from retail_etl.warehouse.base import (
     merge_checks,
 )
 from retail_etl.warehouse.dialect import Dialect, SqlDialect
-from retail_etl.warehouse.engine import Warehouse
+from retail_etl.warehouse.engine import LoadRetry, Warehouse
 
 if TYPE_CHECKING:
     from retail_etl.settings import Settings
@@ -32,6 +32,7 @@ __all__ = [
     "CheckResult",
     "Dialect",
     "LedgerEntry",
+    "LoadRetry",
     "MergeResult",
     "RegionLoad",
     "Warehouse",
@@ -67,7 +68,7 @@ def configured_dialect(
 
         return DuckDBDialect.from_settings(settings, store)
     from retail_etl.staging import S3StagingStore
-    from retail_etl.warehouse.dialects.snowflake import SnowflakeDialect
+    from retail_etl.warehouse.dialects.snowflake import SnowflakeDialect, SnowflakeLoadOptions
 
     if snowflake is None:
         raise ValueError(
@@ -75,8 +76,14 @@ def configured_dialect(
         )
     if not isinstance(store, S3StagingStore):
         raise ValueError("Snowflake loads from the S3 staging store (RETAIL_ETL_STAGING_STORE=s3)")
+    load = SnowflakeLoadOptions(
+        lock_timeout_s=settings.snowflake_load_lock_timeout_seconds,
+        statement_timeout_s=settings.snowflake_statement_timeout_seconds,
+        warehouse=settings.snowflake_load_warehouse,
+        warehouse_size=settings.snowflake_load_warehouse_size,
+    )
     return SnowflakeDialect(
-        snowflake, store, storage_integration=settings.snowflake_storage_integration
+        snowflake, store, storage_integration=settings.snowflake_storage_integration, load=load
     )
 
 
@@ -84,4 +91,5 @@ def open_warehouse(
     settings: Settings, store: StagingStore, *, snowflake: SnowflakeConnection | None = None
 ) -> Warehouse:
     """The configured warehouse (``settings.warehouse``); see :func:`configured_dialect`."""
-    return Warehouse(configured_dialect(settings, store, snowflake=snowflake), store)
+    retry = LoadRetry(attempts=settings.load_attempts, delay_s=settings.load_retry_delay_seconds)
+    return Warehouse(configured_dialect(settings, store, snowflake=snowflake), store, retry=retry)

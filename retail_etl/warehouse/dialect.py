@@ -8,7 +8,7 @@ The load algorithms live once in :mod:`retail_etl.warehouse.engine`; the SQL tex
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import pyarrow as pa
 
 from retail_etl.settings import validate_identifier
-from retail_etl.warehouse.base import WarehouseColumn
+from retail_etl.warehouse.base import RegionLoad, WarehouseColumn
 
 if TYPE_CHECKING:
     from retail_etl.staging import StagedFile
@@ -38,6 +38,7 @@ StatementKind = Literal[
     "dq_results",
     "schema_history",
     "drop_stage",
+    "session",  # session settings of a load: timeouts, query tag, its warehouse and size
 ]
 
 
@@ -95,6 +96,15 @@ class Dialect(Protocol):
     - ``merge_source(con, stage, duplicates)`` -> (MERGE source SQL, tables it created);
     - ``merge_counts(result)`` -> (inserted, updated), ``None`` for one the engine does not
       report, and the total of rows the MERGE changed.
+
+    Loads under contention:
+
+    - ``load_scope(con)``: a context around a batch's region loads (Snowflake: the load's
+      timeouts, its warehouse and size, restored after);
+    - ``region_scope(con, batch)``: a context around one attempt of a region's load (Snowflake:
+      the query tag naming batch and region);
+    - ``retryable(error)``: whether a failed load attempt may simply be run again (a lock
+      timeout, a busy file, a transient error; the load is one transaction, so this is safe).
     """
 
     name: str
@@ -138,6 +148,10 @@ class Dialect(Protocol):
     def merge_source(self, con: Any, stage: str, duplicates: int) -> tuple[str, list[str]]: ...
     def merge_counts(self, result: Result) -> tuple[int | None, int | None, int]: ...
 
+    def load_scope(self, con: Any) -> AbstractContextManager[None]: ...
+    def region_scope(self, con: Any, batch: RegionLoad) -> AbstractContextManager[None]: ...
+    def retryable(self, error: BaseException) -> bool: ...
+
 
 class SqlDialect:
     """Rendering shared by the dialects: validated identifiers quoted in the engine's case,
@@ -177,6 +191,12 @@ class SqlDialect:
 
     def table_options(self, table: str) -> str:
         return ""
+
+    def load_scope(self, con: Any) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def region_scope(self, con: Any, batch: RegionLoad) -> AbstractContextManager[None]:
+        return nullcontext()
 
 
 def arrow_type_name(

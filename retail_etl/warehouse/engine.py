@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -55,6 +56,7 @@ from retail_etl.warehouse.base import (
     StepTimer,
     WarehouseColumn,
     WarehouseError,
+    WarehouseLoadError,
     describe_error,
     load_error,
     loaded_ledger_entry,
@@ -71,12 +73,30 @@ log = logging.getLogger("retail_etl.warehouse")
 SideKind = Literal["rejects", "retractions"]
 
 
+@dataclass(frozen=True)
+class LoadRetry:
+    """How often a region's load transaction is attempted when it fails on an error the
+    dialect calls retryable (lock timeout, busy file, transient), and the pause before the
+    second attempt (doubled each time). ``sleep`` is the seam tests replace."""
+
+    attempts: int = 3
+    delay_s: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def pause(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        return self.delay_s * 2 ** (attempt - 1)
+
+
 class Warehouse:
     """The warehouse tables in one engine; ``dialect`` says which and how to reach it."""
 
-    def __init__(self, dialect: Dialect, store: StagingStore) -> None:
+    def __init__(
+        self, dialect: Dialect, store: StagingStore, *, retry: LoadRetry | None = None
+    ) -> None:
         self.dialect = dialect
         self.store = store
+        self.retry = retry or LoadRetry()
 
     def __repr__(self) -> str:  # the dialect's repr carries no credentials
         return f"Warehouse({self.dialect!r})"
@@ -88,6 +108,13 @@ class Warehouse:
         """Run several operations (a batch's loads) on one connection. Each operation keeps
         its own transaction; see the dialect's ``session`` for what else it saves."""
         with self.dialect.session():
+            yield self
+
+    @contextmanager
+    def loading(self) -> Iterator[Warehouse]:
+        """A :meth:`session` for a batch's region loads, in the dialect's load scope (Snowflake:
+        the load's timeouts, warehouse and size, the size restored after)."""
+        with self.dialect.session(), self.dialect.connect() as con, self.dialect.load_scope(con):
             yield self
 
     def _run(
@@ -196,7 +223,38 @@ class Warehouse:
     def load_region(self, batch: RegionLoad) -> MergeResult:
         """Stage tables, dedup guard, MERGE, retractions (removed rows kept in
         ``sales_retractions``), the day's rejects replaced and the 'loaded' ledger row, in one
-        transaction. Raises :class:`WarehouseLoadError` (rolled back) on any failure."""
+        transaction. Raises :class:`WarehouseLoadError` (rolled back) on any failure.
+
+        A failure the dialect calls retryable (a lock timeout, a busy file) runs the whole
+        attempt again, up to ``retry.attempts`` times with backoff: it was rolled back, so
+        nothing of it stays."""
+        attempt = 1
+        while True:
+            try:
+                return self._load_region_once(batch)
+            except WarehouseLoadError as e:
+                cause = e.__cause__
+                if (
+                    attempt >= self.retry.attempts
+                    or cause is None
+                    or not self.dialect.retryable(cause)
+                ):
+                    raise
+                pause = self.retry.pause(attempt)
+                log.warning(
+                    "region %s %s batch %s: attempt %d of %d failed (%s); retrying in %.0f s",
+                    batch.region,
+                    batch.business_date,
+                    batch.batch_id,
+                    attempt,
+                    self.retry.attempts,
+                    describe_error(cause),
+                    pause,
+                )
+                self.retry.sleep(pause)
+                attempt += 1
+
+    def _load_region_once(self, batch: RegionLoad) -> MergeResult:
         d = self.dialect
         region = validate_identifier(batch.region, "region")
         validate_batch_id(batch.batch_id)
@@ -219,8 +277,10 @@ class Warehouse:
         started_at = batch.started_at or utc_now()
         step = StepTimer()
         fill_step, side_step = d.fill_steps
-        with d.connect() as con:
+        with d.connect() as con, ExitStack() as scope:
             try:
+                step.start("session")
+                scope.enter_context(d.region_scope(con, batch))
                 step.start("create stage table")
                 d.create_stage_table(con, stage, SALES_STAGE_COLUMNS)
                 step.start(fill_step)

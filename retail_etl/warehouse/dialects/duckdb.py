@@ -320,6 +320,14 @@ class DuckDBDialect(DuckDBSql):
         self.execute(con, "dedup", text)
         return sql.plain_source_sql(self, dedup), [dedup]
 
+    def retryable(self, error: BaseException) -> bool:
+        """A write-write conflict, or the file held by another process mid-load (the
+        connection's own wait for a busy file, :class:`WarehouseBusyError`, is bounded
+        already and not repeated)."""
+        if isinstance(error, duckdb.TransactionException):
+            return True
+        return isinstance(error, duckdb.IOException) and _lock_holder(str(error)) is not None
+
     def merge_counts(self, result: Result) -> tuple[int | None, int | None, int]:
         """DuckDB reports one count: the rows the MERGE inserted or updated."""
         return None, None, int(result.rows[0][0]) if result.rows else 0

@@ -16,6 +16,7 @@ the SQL text that reaches query history). The stage reaches S3 through a STORAGE
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -30,6 +31,7 @@ from retail_etl.warehouse.dialect import Result, SqlDialect, StatementKind, arro
 
 if TYPE_CHECKING:
     from retail_etl.staging import StagedFile, StagingStore
+    from retail_etl.warehouse.base import RegionLoad
 
 log = logging.getLogger("retail_etl.warehouse.snowflake")
 
@@ -52,6 +54,23 @@ _TYPES = {
 }
 
 
+#: Errors after which a region's load transaction is simply run again: 000625 a lock wait
+#: timed out (LOCK_TIMEOUT), 000603 an internal error Snowflake asks to retry, 250001 / 250003
+#: the connection or a request failed on the network.
+RETRYABLE_ERRNOS = frozenset({625, 603, 250001, 250003})
+
+
+@dataclass(frozen=True)
+class SnowflakeLoadOptions:
+    """Session settings of a load: its lock and statement bounds, optionally its own
+    warehouse and a size for the load (``RETAIL_ETL_SNOWFLAKE_LOAD_*``)."""
+
+    lock_timeout_s: int = 600
+    statement_timeout_s: int = 3600
+    warehouse: str | None = None
+    warehouse_size: str | None = None
+
+
 @dataclass(frozen=True)
 class SnowflakeConnection:
     """How to reach Snowflake: a connection factory (``autocommit`` off) and where the tables
@@ -60,6 +79,8 @@ class SnowflakeConnection:
     connect: Callable[[], Connection]
     database: str | None = None
     schema: str = DEFAULT_SCHEMA
+    #: the connection's own warehouse (the block's), if named
+    warehouse: str | None = None
 
 
 def stage_url(store: StagingStore) -> str:
@@ -92,8 +113,18 @@ class SnowflakeDialect(SnowflakeSql):
         file_format_name: str = DEFAULT_FILE_FORMAT,
         url: str | None = None,
         storage_integration: str | None = None,
+        load: SnowflakeLoadOptions | None = None,
     ) -> None:
         super().__init__(database=connection.database, schema=connection.schema)
+        self.load = load or SnowflakeLoadOptions()
+        #: the warehouse a load runs on and resizes: the dedicated one, else the connection's
+        named = self.load.warehouse or connection.warehouse
+        self.load_warehouse = validate_identifier(named.lower(), "warehouse") if named else ""
+        if self.load.warehouse_size is not None and not self.load_warehouse:
+            raise ValueError(
+                "RETAIL_ETL_SNOWFLAKE_LOAD_WAREHOUSE_SIZE needs a warehouse to resize: set "
+                "RETAIL_ETL_SNOWFLAKE_LOAD_WAREHOUSE or the connector block's warehouse"
+            )
         self._connect = connection.connect
         self._session: Connection | None = None
         self.stage_name = validate_identifier(stage_name.lower(), "stage")
@@ -319,3 +350,102 @@ class SnowflakeDialect(SnowflakeSql):
         inserted = int(row.get("number of rows inserted") or 0)
         updated = int(row.get("number of rows updated") or 0)
         return inserted, updated, inserted + updated
+
+    # ------------------------------------------------------------------ loads under contention
+
+    @contextmanager
+    def load_scope(self, con: Connection) -> Iterator[None]:
+        """The load's bounds (a MERGE waiting ``lock_timeout_s`` for a lock fails and is
+        retried), its warehouse, and its size: the previous size is restored after the load,
+        also when it failed."""
+        self.execute(
+            con,
+            "session",
+            "ALTER SESSION SET LOCK_TIMEOUT = %s STATEMENT_TIMEOUT_IN_SECONDS = %s",
+            [self.load.lock_timeout_s, self.load.statement_timeout_s],
+        )
+        if self.load.warehouse is not None:
+            self.execute(con, "session", f"USE WAREHOUSE {self.ident(self.load_warehouse)}")
+        size = self.load.warehouse_size
+        if size is None:
+            yield
+            return
+        name = self.load_warehouse
+        previous = self._warehouse_size(con, name)
+        if previous is None:
+            raise WarehouseError(
+                f"warehouse {name} to resize for the load (RETAIL_ETL_SNOWFLAKE_LOAD_WAREHOUSE_SIZE) "
+                "is not visible to this role (SHOW WAREHOUSES)"
+            )
+        if previous.replace("-", "") == size:
+            yield
+            return
+        self._resize(con, name, size)
+        log.info("warehouse %s resized %s -> %s for the load", name, previous, size)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self._restore(con, name, previous, size, load_failed=failed)
+
+    def _restore(
+        self, con: Connection, name: str, previous: str, size: str, *, load_failed: bool
+    ) -> None:
+        """Back to the size before the load; a failed restore after a failed load is logged
+        (the load's error is the one raised), after a good load it raises."""
+        try:
+            self._resize(con, name, previous)
+        except Exception as e:
+            message = (
+                f"warehouse {name} could not be restored to size {previous} after the load "
+                f"(it is {size}; resize it by hand): {describe_error(e)}"
+            )
+            if load_failed:
+                log.error("%s", message)
+                return
+            raise WarehouseError(message) from e
+        log.info("warehouse %s restored to %s", name, previous)
+
+    def _warehouse_size(self, con: Connection, name: str) -> str | None:
+        """The size of warehouse ``name`` as ``SHOW WAREHOUSES`` reports it (upper case, e.g.
+        ``X-SMALL``, which ``WAREHOUSE_SIZE`` accepts back); None if it is not shown."""
+        shown = self.execute(con, "session", "SHOW WAREHOUSES LIKE %s", [self.catalog_name(name)])
+        for row in shown.rows:
+            record = dict(zip(shown.columns, row, strict=False))
+            if str(record.get("name", "")).lower() == name:
+                return str(record["size"]).upper()
+        return None
+
+    def _resize(self, con: Connection, name: str, size: str) -> None:
+        self.execute(
+            con, "session", f"ALTER WAREHOUSE {self.ident(name)} SET WAREHOUSE_SIZE = %s", [size]
+        )
+
+    @contextmanager
+    def region_scope(self, con: Connection, batch: RegionLoad) -> Iterator[None]:
+        """Every statement of a region's load carries a query tag naming the batch and the
+        region, so query history finds them (``QUERY_TAG`` is not a secret)."""
+        tag = json.dumps(
+            {
+                "app": "retail-etl",
+                "batch_id": batch.batch_id,
+                "region": batch.region,
+                "business_date": batch.business_date.isoformat(),
+            },
+            sort_keys=True,
+        )
+        self.execute(con, "session", "ALTER SESSION SET QUERY_TAG = %s", [tag])
+        try:
+            yield
+        finally:
+            try:
+                self.execute(con, "session", "ALTER SESSION UNSET QUERY_TAG")
+            except Exception:
+                log.warning("could not clear the query tag of %s", batch.region, exc_info=True)
+
+    def retryable(self, error: BaseException) -> bool:
+        """A lock timeout or a transient error (:data:`RETRYABLE_ERRNOS`)."""
+        return getattr(error, "errno", None) in RETRYABLE_ERRNOS
