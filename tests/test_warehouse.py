@@ -27,7 +27,7 @@ from retail_etl.backfill import LedgerState
 from retail_etl.records import RegionRecord
 from retail_etl.settings import InvalidIdentifierError
 from retail_etl.staging import LocalStagingStore, S3StagingStore, StagedTable, StagingStore
-from retail_etl.warehouse import Warehouse, sql
+from retail_etl.warehouse import LoadRetry, Warehouse, sql
 from retail_etl.warehouse.base import (
     SALES_FACT_COLUMNS,
     SALES_STAGE_COLUMNS,
@@ -39,14 +39,18 @@ from retail_etl.warehouse.base import (
     WarehouseLoadError,
 )
 from retail_etl.warehouse.dialects.duckdb import DuckDBDialect
-from retail_etl.warehouse.dialects.snowflake import SnowflakeConnection, SnowflakeDialect
+from retail_etl.warehouse.dialects.snowflake import (
+    SnowflakeConnection,
+    SnowflakeDialect,
+    SnowflakeLoadOptions,
+)
+from tests.fake_snowflake import FakeSnowflake
 from tests.test_staging import (
     accepted_table,
     reject_table,
     retraction_table,
     write_parquet,
 )
-from tests.fake_snowflake import FakeSnowflake
 from tests.warehouse_faults import FaultPlan, InjectedFault
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
@@ -1271,3 +1275,160 @@ def test_snowflake_stage_tables_a_killed_load_left_are_dropped_by_a_later_run(
     assert warehouse.drop_stale_stage_tables(older_than_hours=1) == [name]
     assert stage_tables(warehouse) == []
     assert [r["region"] for r in warehouse.fact_rows()] == []  # the permanent tables stay
+
+
+# --------------------------------------------------------------------------- loads under
+# contention: the region's whole transaction retried on a lock timeout; Snowflake's session
+
+
+def lock_timeout(engine: str) -> Callable[[str], BaseException]:
+    """The engine's own error for a lock that was not granted in time."""
+    if engine == "duckdb":
+        import duckdb
+
+        return lambda message: duckdb.IOException(
+            f'{message}: Could not set lock on file "wh.duckdb": Conflicting lock is held in '
+            "/usr/bin/python3 (PID 4242)"
+        )
+    from snowflake.connector.errors import ProgrammingError
+
+    return lambda message: ProgrammingError(
+        msg=f"{message}: Statement has locked table SALES_FACT and this lock has not yet been "
+        "released",
+        errno=625,
+        sqlstate="57014",
+    )
+
+
+def _retrying(wh: Warehouse, sleeps: list[float], attempts: int = 3) -> Warehouse:
+    return Warehouse(wh.dialect, wh.store, retry=LoadRetry(attempts, 2.0, sleeps.append))
+
+
+def test_a_lock_timeout_is_retried_and_the_third_attempt_loads_exactly_once(
+    warehouse: Warehouse, loader: Loader, engine: str
+) -> None:
+    sleeps: list[float] = []
+    wh = _retrying(warehouse, sleeps)
+    table = accepted_table("us_east", DAY, range(1, 11), batch_id=B1)
+    plan = FaultPlan("merge", times=2, error=lock_timeout(engine))
+    plan.apply(wh.dialect)
+
+    result = wh.load_region(loader.stage(table, "us_east", B1))
+
+    assert plan.seen == 3 and plan.failed == 2  # two attempts failed, the third merged
+    assert sleeps == [2.0, 4.0]  # backoff doubles
+    assert (result.inserted, result.updated) == (10, 0)
+    assert accepted_view(fact(wh)) == expected_rows(table)
+    assert ledger_statuses(wh, B1) == ["loaded"]  # one ledger row: the failed attempts left none
+    with wh.session():
+        assert stage_tables(wh) == []
+
+
+def test_retries_are_bounded(warehouse: Warehouse, loader: Loader, engine: str) -> None:
+    sleeps: list[float] = []
+    wh = _retrying(warehouse, sleeps, attempts=2)
+    batch = loader.stage(accepted_table("us_east", DAY, range(1, 6), batch_id=B1), "us_east", B1)
+    locked = FaultPlan("merge", times=None, error=lock_timeout(engine))
+    locked.apply(wh.dialect)
+    with pytest.raises(WarehouseLoadError, match="step 'merge'"):
+        wh.load_region(batch)
+    assert locked.failed == 2 and sleeps == [2.0]
+    assert fact(wh) == [] and ledger_statuses(wh, B1) == []
+
+
+def test_an_error_that_is_not_a_lock_timeout_is_not_retried(
+    warehouse: Warehouse, loader: Loader
+) -> None:
+    sleeps: list[float] = []
+    wh = _retrying(warehouse, sleeps)
+    batch = loader.stage(accepted_table("us_east", DAY, range(1, 6), batch_id=B1), "us_east", B1)
+    broken = FaultPlan("merge", times=None)
+    broken.apply(wh.dialect)
+    with pytest.raises(WarehouseLoadError) as info:
+        wh.load_region(batch)
+    assert isinstance(info.value.__cause__, InjectedFault)
+    assert broken.failed == 1 and sleeps == []
+
+
+def _snowflake_loading(
+    fake_snowflake: FakeSnowflake, store: LocalStagingStore, **load: Any
+) -> Warehouse:
+    connection = SnowflakeConnection(fake_snowflake, "retail_db", "retail", warehouse="etl_wh")
+    dialect = SnowflakeDialect(connection, store, load=SnowflakeLoadOptions(**load))
+    wh = Warehouse(dialect, store, retry=LoadRetry(1))
+    wh.ensure_schema()
+    return wh
+
+
+def test_snowflake_load_sets_its_bounds_and_tags_every_region_with_batch_and_region(
+    fake_snowflake: FakeSnowflake, store: LocalStagingStore, loader: Loader
+) -> None:
+    wh = _snowflake_loading(
+        fake_snowflake, store, lock_timeout_s=120, statement_timeout_s=900, warehouse="load_wh"
+    )
+    loads = [
+        loader.stage(accepted_table(r, DAY, range(1, 4), batch_id=B1), r, B1)
+        for r in ("us_east", "europe")
+    ]
+    fake_snowflake.statements.clear()
+    with wh.loading():
+        for load in loads:
+            wh.load_region(load)
+
+    session = [(t, p) for t, p in fake_snowflake.statements if t.startswith(("ALTER", "USE"))]
+    tags = [
+        {"app": "retail-etl", "batch_id": B1, "business_date": "2024-01-15", "region": r}
+        for r in ("us_east", "europe")
+    ]
+    assert session == [
+        ("ALTER SESSION SET LOCK_TIMEOUT = %s STATEMENT_TIMEOUT_IN_SECONDS = %s", [120, 900]),
+        ('USE WAREHOUSE "LOAD_WH"', None),
+        ("ALTER SESSION SET QUERY_TAG = %s", [json.dumps(tags[0], sort_keys=True)]),
+        ("ALTER SESSION UNSET QUERY_TAG", None),
+        ("ALTER SESSION SET QUERY_TAG = %s", [json.dumps(tags[1], sort_keys=True)]),
+        ("ALTER SESSION UNSET QUERY_TAG", None),
+    ]
+    # every statement of a region's load ran while its tag was set
+    merges = [i for i, (t, _) in enumerate(fake_snowflake.statements) if t.startswith("MERGE")]
+    tag_at = [i for i, (t, _) in enumerate(fake_snowflake.statements) if "QUERY_TAG" in t]
+    assert tag_at[0] < merges[0] < tag_at[1] < tag_at[2] < merges[1] < tag_at[3]
+    assert {r["region"] for r in fact(wh)} == {"us_east", "europe"}
+
+
+def test_snowflake_resize_for_the_load_is_restored_after_a_failure(
+    fake_snowflake: FakeSnowflake, store: LocalStagingStore, loader: Loader
+) -> None:
+    wh = _snowflake_loading(fake_snowflake, store, warehouse_size="XLARGE")
+    batch = loader.stage(accepted_table("us_east", DAY, range(1, 4), batch_id=B1), "us_east", B1)
+    FaultPlan("merge").apply(wh.dialect)
+    fake_snowflake.statements.clear()
+    with pytest.raises(WarehouseLoadError), wh.loading():
+        wh.load_region(batch)
+    resizes = fake_snowflake.sent("ALTER WAREHOUSE")
+    assert resizes == [
+        ('ALTER WAREHOUSE "ETL_WH" SET WAREHOUSE_SIZE = %s', ["XLARGE"]),
+        ('ALTER WAREHOUSE "ETL_WH" SET WAREHOUSE_SIZE = %s', ["X-SMALL"]),
+    ]
+    assert fake_snowflake.warehouses["ETL_WH"] == "X-SMALL"
+    assert fact(wh) == [] and ledger_statuses(wh, B1) == []
+
+    # after a good load too; a restore that fails after a good load is an error naming it
+    with wh.loading():
+        wh.load_region(batch)
+    assert fake_snowflake.warehouses["ETL_WH"] == "X-SMALL"
+    fake_snowflake.fail_on = lambda text, params: (
+        RuntimeError("insufficient privileges") if params == ["X-SMALL"] else None
+    )
+    with pytest.raises(WarehouseError, match="etl_wh could not be restored to size X-SMALL"):
+        with wh.loading():
+            pass
+    assert fake_snowflake.warehouses["ETL_WH"] == "XLARGE"
+
+
+def test_snowflake_resize_needs_a_warehouse_name(store: LocalStagingStore) -> None:
+    with pytest.raises(ValueError, match="RETAIL_ETL_SNOWFLAKE_LOAD_WAREHOUSE"):
+        SnowflakeDialect(
+            SnowflakeConnection(lambda: None, "retail_db", "retail"),
+            store,
+            load=SnowflakeLoadOptions(warehouse_size="XLARGE"),
+        )

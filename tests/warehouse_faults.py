@@ -5,7 +5,7 @@ X" fail without touching SQL text or call frames."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -29,8 +29,12 @@ class FaultPlan:
         nth: int = 1,
         times: int | None = 1,
         message: str = "injected warehouse failure",
+        error: Callable[[str], BaseException] = InjectedFault,
     ) -> None:
+        """``error``: builds the exception raised (e.g. the engine's own lock-timeout error,
+        which the dialect classifies as retryable)."""
         self.kind, self.nth, self.times, self.message = kind, nth, times, message
+        self.error = error
         self.seen = 0
         self.failed = 0
         self._lock = threading.Lock()
@@ -52,7 +56,7 @@ class FaultPlan:
             con: Any, kind: StatementKind, sql_text: str, params: Sequence[Any] = ()
         ) -> Result:
             if kind == self.kind and self._due():
-                raise InjectedFault(f"{self.message} ({kind} statement {self.seen})")
+                raise self.error(f"{self.message} ({kind} statement {self.seen})")
             return real(con, kind, sql_text, params)
 
         dialect.execute = execute  # type: ignore[method-assign]
