@@ -23,19 +23,20 @@ a heap of small files (every file but the last holds at least half of ``target_f
 The transform writes its output that way, so a day is staged without touching its rows; any
 other input takes the rewrite, which checks and conforms every row.
 
-Reruns and stale files: a partition (table, date, region) belongs to the batch that staged it
-last. The new files are written first (each appears atomically: local write + rename, or one S3
-upload), then every other file in that exact partition is deleted. So after a successful
-``stage_dataset`` the partition holds exactly the returned files, and a later glob-based reader
-(Snowflake external table, ``read_parquet('sales/**')``) never double counts. A crash between
-the two steps can leave the previous batch's files next to the new ones until the next staging
-of that partition; the warehouses never glob: COPY / ``read_parquet`` get the explicit keys
-returned here, so a stale file is never loaded. (Deleting first would instead leave a window
-with no complete file set at all.) Two runs staging the same (date, region) at the same moment
-are not supported: the later one removes the earlier one's files. If staging fails half way,
-the files it already wrote are removed again; a rerun of the *same* batch id overwrites
-same-named files in place, so after such a failure that partition must be staged again before
-it is loaded (the load only ever runs after a successful ``stage_dataset``).
+Reruns and kept batches: a partition (table, date, region) keeps every batch's files until
+they pass retention (``RETAIL_ETL_STAGING_RETENTION_DAYS``, see ``retail_etl.housekeeping``),
+so a batch whose load failed can be resumed from its own files (``retail-etl resume``) even
+after a newer batch of that day was staged. A batch's files are named ``<batch_id>-<n>``;
+staging a batch writes its new files first (each appears atomically: local write + rename, or
+one S3 upload), then deletes only that batch's other files in the partition (a rerun of the
+same batch with fewer files). Readers never glob: COPY / ``read_parquet`` get the explicit keys
+of one batch (returned here, or listed in the batch's manifest, ``retail_etl.manifest``), so
+another batch's files are never loaded; a glob over a partition (``read_parquet('sales/**')``,
+an external table) sees every kept batch and must filter on ``batch_id``. Two runs staging
+the same batch id at the same moment are not supported. If staging fails half way, the files
+it already wrote are removed again; a rerun of the *same* batch id overwrites same-named files
+in place, so after such a failure that partition must be staged again before it is loaded
+(the load only ever runs after a successful ``stage_dataset``).
 """
 
 from __future__ import annotations
@@ -165,6 +166,14 @@ class StagingStore(Protocol):
         ...
 
     def delete_keys(self, keys: Sequence[str]) -> None: ...
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write a small object (a manifest) atomically."""
+        ...
+
+    def read_bytes(self, key: str) -> bytes | None:
+        """A whole object's content, or None if there is no such key."""
+        ...
 
     def uri(self, key: str) -> str: ...
 
@@ -424,9 +433,10 @@ class _StoreBase:
                 self._discard([f.key for f in staged])
                 raise
         new_keys = {f.key for f in staged}
-        stale = [k for k in self.list_keys(prefix) if k not in new_keys]
+        own = f"{prefix}{batch_id}-"  # other batches' files stay until retention
+        stale = [k for k in self.list_keys(prefix) if k.startswith(own) and k not in new_keys]
         if stale:
-            log.info("removing %d stale staged file(s) under %s", len(stale), prefix)
+            log.info("removing %d stale file(s) of batch %s under %s", len(stale), batch_id, prefix)
             self.delete_keys(stale)
         log.info(
             "staged %s %s region %s: %d row(s) in %d file(s)",
@@ -535,6 +545,17 @@ class LocalStagingStore(_StoreBase):
     def delete_keys(self, keys: Sequence[str]) -> None:
         for key in keys:
             self._path(key).unlink(missing_ok=True)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        scratch = self._scratch_dir()
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=scratch, delete=False) as tmp:
+            tmp.write(data)
+        self._publish(Path(tmp.name), key)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        path = self._path(key)
+        return path.read_bytes() if path.is_file() else None
 
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
@@ -660,6 +681,18 @@ class S3StagingStore(_StoreBase):
                     f"deleting {len(errors)} stale staged object(s) from s3://{self.bucket} "
                     f"failed, e.g. {first.get('Key')}: {first.get('Code')}"
                 )
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=data)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+        except Exception as e:
+            if getattr(e, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return bytes(response["Body"].read())
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"

@@ -197,12 +197,12 @@ def test_rerun_leaves_no_stale_files(tmp_path: Path, store: LocalStagingStore) -
     prefix = partition_prefix("sales", DAY, "us_east")
     assert store.list_keys(prefix) == [f.key for f in again] == [f"{prefix}{BATCH}-0.parquet"]
 
-    # a newer batch of the same day replaces the older batch's files
+    # a newer batch of the same day is staged next to the older one, which stays (resume)
     newer = "20240115_000000000bbb"
     latest = store.stage_dataset("sales", DAY, "us_east", newer, [src], target_file_rows=6)
-    assert store.list_keys(prefix) == [f.key for f in latest]
-    assert all(newer in k for k in store.list_keys(prefix))
-    assert store.read_table(store.list_keys(prefix)).num_rows == 10
+    assert store.list_keys(prefix) == sorted([f.key for f in again] + [f.key for f in latest])
+    assert store.read_table([f.key for f in latest]).num_rows == 10
+    assert store.read_table([f.key for f in again]).num_rows == 10
 
     assert store.list_keys(partition_prefix("sales", DAY, "us_west")) == [
         f.key for f in other_region
@@ -289,7 +289,8 @@ def test_s3_store_through_the_s3bucket_block(tmp_path: Path, moto_endpoint: str)
     # rows readable back through pyarrow's S3 filesystem (what DuckDB loads from)
     assert sorted_rows(store.read_table([f.key for f in files])) == sorted_rows(pq.read_table(src))
 
-    # rerun of a newer batch: stale objects removed, neighbours kept
+    # a newer batch: the older one stays until retention (resume); a rerun of the same batch
+    # with fewer files removes its own stale ones
     other = store.stage_dataset(
         "sales",
         DAY,
@@ -299,9 +300,15 @@ def test_s3_store_through_the_s3bucket_block(tmp_path: Path, moto_endpoint: str)
     )
     newer = "20240115_000000000bbb"
     latest = store.stage_dataset("sales", DAY, "us_east", newer, [src])
+    again = store.stage_dataset("sales", DAY, "us_east", BATCH, [src])
     keys = sorted(
         o["Key"]
         for o in client.list_objects_v2(Bucket="retail-staging-a", Prefix="staging/")["Contents"]
     )
-    assert keys == sorted([f"staging/{latest[0].key}", f"staging/{other[0].key}"])
+    staged = [*latest, *other, *again]
+    assert keys == sorted(f"staging/{f.key}" for f in staged)
+    # small objects (manifests) round-trip; a missing key reads as None
+    store.write_bytes("manifests/x.json", b'{"a": 1}')
+    assert store.read_bytes("manifests/x.json") == b'{"a": 1}'
+    assert store.read_bytes("manifests/missing.json") is None
     assert list((tmp_path / "scratch").iterdir()) == []
