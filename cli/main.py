@@ -220,6 +220,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Load a staged batch whose load failed, without extracting; exit 0 if it ends loaded."""
+    _quiet_offline_prefect()
+    from flows.resume import retail_sales_resume
+
+    print(f"resuming batch {args.batch} ...", flush=True)
+    with _without_heartbeat():
+        state = retail_sales_resume(batch_id=args.batch, return_state=True)
+    print(state.message or state.name)
+    return 0 if state.is_completed() else 1
+
+
 def _default_date() -> date:
     """The run's own default: the day before now in RETAIL_ETL_TIMEZONE."""
     from retail_etl.closing import business_date_for, now_utc
@@ -448,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="days before --date re-checked for late changes (default RETAIL_ETL_LOOKBACK_DAYS)",
     )
     run.set_defaults(usage=run.format_usage, func=cmd_run, check=check_run)
+
+    resume = sub.add_parser(
+        "resume", help="load a staged batch whose load failed, without extracting again"
+    )
+    resume.add_argument("--batch", required=True, help="the batch id (in the failure alert)")
+    resume.set_defaults(usage=resume.format_usage, func=cmd_resume)
 
     backfill = sub.add_parser("backfill", help="run the pipeline for every date of a range")
     backfill.add_argument("--start", type=_date, required=True)

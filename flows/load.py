@@ -71,7 +71,10 @@ def load_batch(
         progress.report(region, "loading")
     # Staging is independent per region; the warehouse takes one MERGE at a time.
     staged_futures = stage_region_task.map(
-        unmapped(store), [results[r] for r in regions], ctx=unmapped(ctx)
+        unmapped(store),
+        [results[r] for r in regions],
+        ctx=unmapped(ctx),
+        record=[records[r] for r in regions],
     )
     staged, stage_failures = collect(regions, staged_futures)
     for region, failure in stage_failures.items():

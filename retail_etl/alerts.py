@@ -42,6 +42,7 @@ __all__ = [
     "build_alert_message",
     "build_backfill_alert",
     "rerun_commands",
+    "resume_commands",
 ]
 
 #: In the final state message of a failed run whose problem a person has already been told
@@ -63,6 +64,7 @@ def alert_note(*, sent: bool, by_backfill: bool = False) -> str:
 
 FLOW_NAME = "retail-sales-etl"
 DAILY_DEPLOYMENT = f"{FLOW_NAME}/daily"
+RESUME_DEPLOYMENT = "retail-sales-resume/resume"
 MAX_ERROR_CHARS = 400
 MAX_CHECKS_SHOWN = 12
 _NOT_LOADED_REASON = {
@@ -121,6 +123,17 @@ def rerun_commands(summary: RunSummary) -> list[str]:
             listed = ",".join(f'"{r}"' for r in regions)
             deployment += f" -p 'regions=[{listed}]'"
     return [cli, deployment]
+
+
+def resume_commands(summary: RunSummary) -> list[str]:
+    """When a region's load failed after staging: the commands that load the staged batch
+    without extracting again (``retail-etl resume``), offered before a rerun."""
+    if not any(o.status == "load_failed" for o in summary.regions.values()):
+        return []
+    return [
+        f"retail-etl resume --batch {summary.batch_id}",
+        f"prefect deployment run '{RESUME_DEPLOYMENT}' -p batch_id={summary.batch_id}",
+    ]
 
 
 def build_alert_message(
@@ -384,6 +397,13 @@ def _render(
     else:
         lines.append(f"{f.bullet}{f.bold('Not loaded')}: nothing")
 
+    resume = resume_commands(summary)
+    if resume:
+        lines.append("")
+        lines.append(
+            f"{f.bold('Resume')} the load from the staged, validated batch (no extraction):"
+        )
+        lines.extend(f"{f.bullet}{f.code(command)}" for command in resume)
     if _rerun_regions(summary):
         cli, deployment = rerun_commands(summary)
         lines.append("")

@@ -41,6 +41,7 @@ in place, so after such a failure that partition must be staged again before it 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -73,6 +74,7 @@ BATCH_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]{0,47}$")
 ROW_GROUP_ROWS = 262_144
 READ_BATCH_ROWS = 65_536
 COMPRESSION = "snappy"  # read by DuckDB and Snowflake alike
+CHECKSUM_CHUNK_BYTES = 8 * 1024 * 1024
 
 
 class StagingError(RuntimeError):
@@ -173,6 +175,10 @@ class StagingStore(Protocol):
 
     def read_bytes(self, key: str) -> bytes | None:
         """A whole object's content, or None if there is no such key."""
+        ...
+
+    def checksum(self, key: str) -> str:
+        """SHA-256 (hex) of an object's content, streamed; FileNotFoundError if missing."""
         ...
 
     def uri(self, key: str) -> str: ...
@@ -557,6 +563,13 @@ class LocalStagingStore(_StoreBase):
         path = self._path(key)
         return path.read_bytes() if path.is_file() else None
 
+    def checksum(self, key: str) -> str:
+        digest = hashlib.sha256()
+        with self._path(key).open("rb") as f:
+            while chunk := f.read(CHECKSUM_CHUNK_BYTES):
+                digest.update(chunk)
+        return digest.hexdigest()
+
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
 
@@ -693,6 +706,18 @@ class S3StagingStore(_StoreBase):
                 return None
             raise
         return bytes(response["Body"].read())
+
+    def checksum(self, key: str) -> str:
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+        except Exception as e:
+            if getattr(e, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise FileNotFoundError(self.uri(key)) from e
+            raise
+        digest = hashlib.sha256()
+        for chunk in response["Body"].iter_chunks(CHECKSUM_CHUNK_BYTES):
+            digest.update(chunk)
+        return digest.hexdigest()
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"

@@ -18,8 +18,10 @@ from prefect.cache_policies import NO_CACHE
 from blocks.targets import Targets
 from retail_etl.backfill import LedgerState
 from retail_etl.housekeeping import sweep_leftovers
+from retail_etl.manifest import write_manifest
 from retail_etl.records import RegionRecord
 from retail_etl.redact import scrub_secrets
+from retail_etl.resume import ResumePlan, batch_date, plan_resume
 from retail_etl.run import RunContext
 from retail_etl.settings import InvalidIdentifierError, Settings
 from retail_etl.staging import StagedFile, StagingStore
@@ -118,9 +120,10 @@ def sweep_leftovers_task(store: StagingStore, runs_dir: Path, retention_days: in
 
 @task(name="stage-region", task_run_name="stage-{result.region}", cache_policy=NO_CACHE)
 def stage_region_task(
-    store: StagingStore, result: RegionTransformResult, ctx: RunContext
+    store: StagingStore, result: RegionTransformResult, ctx: RunContext, record: RegionRecord
 ) -> StagedRegion:
-    """Stage a region's accepted rows, rejects and retractions in the hive layout."""
+    """Stage a region's accepted rows, rejects and retractions in the hive layout, then the
+    batch's manifest (files, rows, checksums, the record), so the load can be resumed."""
     sales = store.stage_dataset(
         "sales", ctx.run_date, result.region, ctx.batch_id, result.accepted_files
     )
@@ -129,6 +132,14 @@ def stage_region_task(
     )
     retractions = store.stage_dataset(
         "retractions", ctx.run_date, result.region, ctx.batch_id, result.retraction_files
+    )
+    write_manifest(
+        store,
+        batch_id=ctx.batch_id,
+        business_date=ctx.run_date,
+        record=record,
+        flow_run_id=ctx.flow_run_id,
+        staged={"sales": sales, "rejects": rejects, "retractions": retractions},
     )
     return StagedRegion(tuple(sales), tuple(rejects), tuple(retractions))
 
@@ -183,3 +194,11 @@ def verify_task(
 @task(name="record-quality-results", cache_policy=NO_CACHE)
 def record_quality_task(warehouse: Warehouse, records: list[dict[str, Any]]) -> int:
     return warehouse.load_dq_results(records)
+
+
+@task(name="plan-resume", cache_policy=NO_CACHE)
+def plan_resume_task(
+    store: StagingStore, warehouse: Warehouse, batch_id: str, flow_run_id: str | None
+) -> ResumePlan:
+    """What resuming ``batch_id`` does: its manifests, staged files checked, the ledger read."""
+    return plan_resume(store, batch_id, warehouse.ledger(batch_date(batch_id)), flow_run_id)
