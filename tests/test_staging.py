@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -307,6 +308,12 @@ def test_s3_store_through_the_s3bucket_block(tmp_path: Path, moto_endpoint: str)
     )
     staged = [*latest, *other, *again]
     assert keys == sorted(f"staging/{f.key}" for f in staged)
+    assert (
+        store.checksum(files[0].key)
+        == hashlib.sha256(store.read_bytes(files[0].key) or b"").hexdigest()
+    )
+    with pytest.raises(FileNotFoundError):
+        store.checksum("sales/missing.parquet")
     # small objects (manifests) round-trip; a missing key reads as None
     store.write_bytes("manifests/x.json", b'{"a": 1}')
     assert store.read_bytes("manifests/x.json") == b'{"a": 1}'
