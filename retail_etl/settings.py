@@ -267,7 +267,8 @@ class Settings(BaseSettings):
     snowflake_statement_timeout_seconds: int = Field(
         default=3600,
         gt=0,
-        description="Snowflake STATEMENT_TIMEOUT_IN_SECONDS and LOCK_TIMEOUT of a run's sessions.",
+        description="Snowflake STATEMENT_TIMEOUT_IN_SECONDS and LOCK_TIMEOUT of a run's sessions "
+        "(a load's LOCK_TIMEOUT: snowflake_load_lock_timeout_seconds).",
     )
     # A region's load (its whole transaction) under contention: bounded retries with backoff.
     load_attempts: int = Field(
