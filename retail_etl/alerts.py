@@ -111,12 +111,20 @@ class _Check(Protocol):
     def threshold_text(self) -> str: ...
 
 
+def _deployment(summary: RunSummary, flow_and_name: str) -> str:
+    """``flow/name`` of the run's environment (``prod-`` etc. in front of the name)."""
+    flow, name = flow_and_name.split("/")
+    return f"{flow}/{summary.artifact_prefix}{name}"
+
+
 def rerun_commands(summary: RunSummary) -> list[str]:
     """Commands that rerun the regions that were not loaded cleanly (loads are idempotent)."""
     day = summary.run_date.isoformat()
     regions = _rerun_regions(summary)
     cli = f"retail-etl run --date {day}"
-    deployment = f"prefect deployment run '{DAILY_DEPLOYMENT}' -p run_date={day}"
+    deployment = (
+        f"prefect deployment run '{_deployment(summary, DAILY_DEPLOYMENT)}' -p run_date={day}"
+    )
     if regions:
         cli += f" --regions {','.join(regions)}"
         if len(regions) < len(summary.regions):
@@ -132,7 +140,8 @@ def resume_commands(summary: RunSummary) -> list[str]:
         return []
     return [
         f"retail-etl resume --batch {summary.batch_id}",
-        f"prefect deployment run '{RESUME_DEPLOYMENT}' -p batch_id={summary.batch_id}",
+        f"prefect deployment run '{_deployment(summary, RESUME_DEPLOYMENT)}' "
+        f"-p batch_id={summary.batch_id}",
     ]
 
 

@@ -12,6 +12,7 @@ from retail_etl.alerts import (
     AlertMessage,
     build_alert_message,
     rerun_commands,
+    resume_commands,
 )
 from retail_etl.quality import CheckResult, QualityReport
 from retail_etl.records import RegionRecord
@@ -168,6 +169,18 @@ def test_rerun_of_every_region_uses_the_plain_deployment_command():
     )
     assert rerun_commands(summary)[0] == (
         "retail-etl run --date 2024-01-15 --regions us_east,us_west,europe,apac"
+    )
+
+
+def test_rerun_and_resume_commands_name_the_environments_deployments():
+    summary = _summary(apac={"status": "load_failed", "error": "MERGE failed"})
+    summary.artifact_prefix = "prod-"
+
+    assert rerun_commands(summary)[1].startswith(
+        "prefect deployment run 'retail-sales-etl/prod-daily' -p run_date=2024-01-15"
+    )
+    assert resume_commands(summary)[1] == (
+        f"prefect deployment run 'retail-sales-resume/prod-resume' -p batch_id={summary.batch_id}"
     )
 
 
