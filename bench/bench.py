@@ -4,10 +4,12 @@
     .venv/bin/python bench/bench.py --rows 20000000      # the 10x day
     .venv/bin/python bench/bench.py --skip-dlt --profile /tmp/prof   # ours only, with pyinstrument
     .venv/bin/python bench/bench.py --skip-dlt --task-runners threads,dask --repeat 3  # Dask vs threads
+    .venv/bin/python bench/bench.py --skip-dlt --regions 50   # the same total rows over 50 regions
 
 What it does, in one invocation:
 
-1. Seeds a day of ``--rows`` rows (all rows, dirt included) over ``--regions`` into databases
+1. Seeds a day of ``--rows`` rows (all rows, dirt included) over ``--regions`` (names, or a
+   count N: the four default regions, then ``region_05`` .. ``region_<N>``) into databases
    ``retail_bench_<random>_<region>`` on the local PostgreSQL (127.0.0.1 only).
 2. Starts a persistent ``prefect server`` on 127.0.0.1:<free port> with a temporary
    PREFECT_HOME (as deployments run: the flow talks to a long-lived API) and measures, apart,
@@ -491,6 +493,18 @@ class Results:
     by_runner: dict[str, list[Measured]] = field(default_factory=dict)
 
 
+def region_names(spec: str) -> list[str]:
+    """``--regions``: comma-separated names, or a count N (the default four, then
+    ``region_05`` ..), so 4, 9 and 50 regions share the same total rows."""
+    if spec.strip().isdigit():
+        count = int(spec)
+        if count < 1:
+            raise SystemExit("--regions: at least one region")
+        extra = [f"region_{i:02d}" for i in range(len(REGIONS) + 1, count + 1)]
+        return [*REGIONS, *extra][:count]
+    return [r.strip() for r in spec.split(",") if r.strip()]
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.0f} MB"
 
@@ -583,7 +597,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=2_000_000, help="rows of the day, all regions")
-    parser.add_argument("--regions", default=",".join(REGIONS))
+    parser.add_argument(
+        "--regions",
+        default=",".join(REGIONS),
+        help="comma-separated region names, or a count N (same total --rows over N regions)",
+    )
     parser.add_argument("--date", default=DAY.isoformat())
     parser.add_argument("--pg-port", type=int, default=5432, help="local PostgreSQL port")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each tool (median shown)")
@@ -632,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.report).write_text(json.dumps(report, default=str))
         return 0 if report.get("ok", True) else 1
 
-    regions = [r.strip() for r in args.regions.split(",") if r.strip()]
+    regions = region_names(args.regions)
     url = server_url(args.pg_port)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="retail-etl-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -312,3 +312,51 @@ def test_a_failed_post_load_check_fails_the_run_by_name_and_alerts(env, etl_slac
         "SELECT status FROM etl_load_ledger WHERE region = 'us_east' ORDER BY finished_at DESC LIMIT 1"
     ) == [("verify_failed",)]
     assert len(etl_slack.texts) == 1 and "fact_unique_keys" in etl_slack.texts[0]
+
+
+FIFTY = [*REGIONS, *(f"region_{i:02d}" for i in range(5, 51))]
+
+
+def test_a_fifty_region_day_loads_and_reconciles_every_region(env, monkeypatch):
+    # Regions are configuration: 50 of them (tiny days) go through the same run.
+    from blocks.sources import register_source_blocks
+    from retail_etl.settings import get_settings
+
+    monkeypatch.setenv("RETAIL_ETL_REGIONS", ",".join(FIFTY))
+    # 300 rows a region: the planted dirt's share varies more than on a real day
+    monkeypatch.setenv("RETAIL_ETL_MAX_REJECT_RATE", "0.2")
+    register_source_blocks(get_settings(fresh=True))
+    fifty = PipelineEnv(env.server_url, env.prefix, FIFTY, env.tmp, monkeypatch)
+    fifty.seed(rows=300)
+
+    state, summary = run_day(DAY)
+
+    assert state.is_completed(), state.message
+    assert sorted(summary.regions) == sorted(FIFTY)
+    facts = {
+        region: (count, total)
+        for region, count, total in fifty.warehouse(
+            "SELECT region, count(*), sum(total_amount) FROM sales_fact WHERE sale_date = ? "
+            "GROUP BY region",
+            [DAY],
+        )
+    }
+    for region in FIFTY:
+        expected = fifty.expected_accepted(region, DAY)
+        outcome = summary.regions[region]
+        assert outcome.status == "loaded", region
+        assert outcome.rows_extracted == 300
+        assert outcome.rows_extracted == (
+            outcome.rows_accepted + outcome.rows_rejected + outcome.rows_retracted
+        ), region
+        assert facts[region] == (len(expected), sum(row[8] for row in expected)), region
+        assert outcome.rows_inserted == len(expected)
+    ledger = fifty.warehouse(
+        "SELECT region, status, rows_extracted, rows_accepted, rows_rejected, rows_retracted "
+        "FROM etl_load_ledger WHERE business_date = ? ORDER BY region",
+        [DAY],
+    )
+    assert [(r[0], r[1]) for r in ledger] == [(r, "loaded") for r in sorted(FIFTY)]
+    assert all(r[2] == r[3] + r[4] + r[5] for r in ledger)
+    failed = fifty.warehouse("SELECT count(*) FROM dq_results WHERE status = 'fail'")[0][0]
+    assert failed == 0

@@ -599,13 +599,20 @@ class Warehouse:
                 f"{business_date}",
             )
         )
+        # One query each over the batch's regions (not two per region).
+        latest: dict[str, tuple[Any, ...]] = {}
+        for ledger_row in self._fetch(sql.ledger_for_batch_sql(d), [batch_id]):
+            latest.setdefault(ledger_row[0], tuple(ledger_row[1:]))
+        still_stored = {
+            str(region): int(n)
+            for region, n in self._fetch(sql.retracted_still_stored_sql(d), [batch_id])
+        }
         for r in merge_results:
-            rows = self._fetch(sql.ledger_for_batch_sql(d), [batch_id, r.region])
-            latest = rows[0] if rows else None
+            row = latest.get(r.region)
             ok = (
-                latest is not None
-                and latest[0] == "loaded"
-                and [None if v is None else int(v) for v in latest[1:]]
+                row is not None
+                and row[0] == "loaded"
+                and [None if v is None else int(v) for v in row[1:]]
                 == [r.inserted, r.updated, r.unchanged, r.deleted]
             )
             checks.append(
@@ -617,21 +624,19 @@ class Warehouse:
                     ok,
                     "latest ledger row is 'loaded' with the MERGE counts"
                     if ok
-                    else f"latest ledger row of batch {batch_id}: {latest!r}",
+                    else f"latest ledger row of batch {batch_id}: {row!r}",
                 )
             )
-            ((left,),) = self._fetch(
-                sql.retracted_still_stored_sql(d), [r.region, batch_id, r.region]
-            )
+            left = still_stored.get(r.region, 0)
             checks.append(
                 CheckResult.judged(
                     "retracted_keys_absent",
                     r.region,
-                    int(left),
+                    left,
                     0,
-                    int(left) == 0,
+                    left == 0,
                     f"{r.deleted} row(s) removed from {SALES_FACT} into {SALES_RETRACTIONS}; "
-                    f"{int(left)} key(s) batch {batch_id} retracted are still stored",
+                    f"{left} key(s) batch {batch_id} retracted are still stored",
                 )
             )
         return checks

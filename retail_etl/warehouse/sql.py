@@ -305,9 +305,16 @@ def delete_retracted_sql(t: Dialect) -> str:
 
 
 def retracted_still_stored_sql(t: Dialect) -> str:
-    """Params: (region, batch_id, region) -> ``sales_fact`` rows whose key that batch recorded
-    in ``sales_retractions`` (0 after its load)."""
-    return f"SELECT COUNT(*) {_fact_rows_retracted_by_batch(t)}"
+    """Params: (batch_id,) -> (region, count) of ``sales_fact`` rows whose key that batch
+    recorded in ``sales_retractions``, for every region that has any (none after its load).
+    One query for the batch's regions: the fact table is scanned once, not once per region."""
+    region, sale_id = t.ident("region"), t.ident("sale_id")
+    return (
+        f"SELECT f.{region}, COUNT(*) FROM {t.table(SALES_FACT)} f "
+        f"JOIN (SELECT DISTINCT {region}, {sale_id} FROM {t.table(SALES_RETRACTIONS)} "
+        f"WHERE {t.ident('batch_id')} = {t.param}) r "
+        f"ON f.{region} = r.{region} AND f.{sale_id} = r.{sale_id} GROUP BY f.{region}"
+    )
 
 
 def day_keys_sql(t: Dialect) -> str:
@@ -416,12 +423,14 @@ def ledger_sql(t: Dialect, *, by_date: bool) -> str:
 
 
 def ledger_for_batch_sql(t: Dialect) -> str:
-    """Params: (batch_id, region): that batch's ledger rows, latest first."""
-    cols = t.cols(["status", "rows_inserted", "rows_updated", "rows_unchanged", "rows_deleted"])
+    """Params: (batch_id,): that batch's ledger rows of every region, each region's latest
+    first (region, status, rows_inserted, rows_updated, rows_unchanged, rows_deleted)."""
+    cols = t.cols(
+        ["region", "status", "rows_inserted", "rows_updated", "rows_unchanged", "rows_deleted"]
+    )
     return (
-        f"SELECT {cols} FROM {t.table(LEDGER)} "
-        f"WHERE {t.ident('batch_id')} = {t.param} AND {t.ident('region')} = {t.param} "
-        f"ORDER BY {t.ident('finished_at')} DESC NULLS LAST"
+        f"SELECT {cols} FROM {t.table(LEDGER)} WHERE {t.ident('batch_id')} = {t.param} "
+        f"ORDER BY {t.ident('region')}, {t.ident('finished_at')} DESC NULLS LAST"
     )
 
 
