@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
@@ -119,24 +121,44 @@ def submit_extracts(
     }
 
 
-def landed_extracts(
+def landed_batches(
     extracting: Mapping[str, Sequence[PrefectFuture[RegionExtract]]],
-) -> Iterator[tuple[str, RegionExtract | TaskFailure]]:
-    """Each region as soon as its last split lands, in landing order: its extract, or what
-    failed (a region with a failed split failed)."""
-    region_of = {f.task_run_id: region for region, fs in extracting.items() for f in fs}
-    waiting = {region: len(fs) for region, fs in extracting.items()}
-    for future in as_completed([f for fs in extracting.values() for f in fs]):
-        region = region_of[future.task_run_id]
-        waiting[region] -= 1
-        if waiting[region]:
-            continue
-        outcome = region_extract(region, extracting[region])
-        if isinstance(outcome, TaskFailure):
-            progress.report(region, "extract_failed", detail=outcome.error[:120])
-        else:
-            progress.report(region, "extracted", detail=humanize.seconds(outcome.seconds))
-        yield region, outcome
+    wait_turn: Callable[[], None],
+) -> Iterator[list[tuple[str, RegionExtract | TaskFailure]]]:
+    """The regions in batches, as they land: wait until at least one more region's last split
+    has landed, call ``wait_turn`` (the consumer's previous batch finishing), then yield every
+    region landed by then (in the run's order), as its extract or what failed (a region with
+    a failed split failed). One region lands alone when the consumer is idle; many small ones
+    that landed while it worked come together (one task for them, not one each)."""
+    remaining = {region: list(fs) for region, fs in extracting.items()}
+    finished: set[UUID] = set()  # task runs of the splits that have landed
+    changed = threading.Condition()
+
+    def mark(future: PrefectFuture[RegionExtract]) -> None:
+        with changed:
+            finished.add(future.task_run_id)
+            changed.notify_all()
+
+    def landed() -> list[str]:
+        return [r for r, fs in remaining.items() if all(f.task_run_id in finished for f in fs)]
+
+    for future in (f for fs in remaining.values() for f in fs):
+        future.add_done_callback(mark)
+    while remaining:
+        with changed:
+            changed.wait_for(landed)
+        wait_turn()
+        with changed:
+            regions = landed()
+        batch = []
+        for region in regions:
+            outcome = region_extract(region, remaining.pop(region))
+            if isinstance(outcome, TaskFailure):
+                progress.report(region, "extract_failed", detail=outcome.error[:120])
+            else:
+                progress.report(region, "extracted", detail=humanize.seconds(outcome.seconds))
+            batch.append((region, outcome))
+        yield batch
 
 
 def region_extract(

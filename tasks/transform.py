@@ -5,16 +5,53 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.runtime import task_run
 
 from retail_etl import humanize, progress
 from retail_etl.extract import RegionExtract
 from retail_etl.run import RunContext
 from retail_etl.settings import get_settings
-from retail_etl.transform import RegionTransformResult, transform_region
+from retail_etl.transform import RegionTransformResult, TransformError, transform_region
 
 
-@task(name="transform-region", task_run_name="transform-{extract.region}")
-def transform_region_task(
+def _transform_run_name() -> str:
+    regions = [e.region for e in task_run.parameters["extracts"]]
+    return f"transform-{regions[0]}" + (f"-and-{len(regions) - 1}-more" if len(regions) > 1 else "")
+
+
+@task(name="transform-regions", task_run_name=_transform_run_name)
+def transform_regions_task(
+    extracts: list[RegionExtract],
+    ctx: RunContext,
+    *,
+    memory_limit: str,
+    threads: int,
+    max_file_rows: int,
+) -> tuple[dict[str, RegionTransformResult], dict[str, str]]:
+    """The regions' extracts in turn, in one task (the regions that landed together: one task
+    run's overhead for many small regions, not one each). A region whose data does not
+    transform fails alone; returns (results, errors) by region."""
+    results: dict[str, RegionTransformResult] = {}
+    errors: dict[str, str] = {}
+    for extract in extracts:
+        try:
+            results[extract.region] = _transform_one(
+                extract,
+                ctx,
+                memory_limit=memory_limit,
+                threads=threads,
+                max_file_rows=max_file_rows,
+            )
+        except (TransformError, OSError) as e:
+            errors[extract.region] = f"{type(e).__name__}: {e}"
+            progress.report(extract.region, "transform_failed", detail=errors[extract.region][:120])
+            get_run_logger().error(
+                "Region %s not transformed: %s", extract.region, errors[extract.region]
+            )
+    return results, errors
+
+
+def _transform_one(
     extract: RegionExtract, ctx: RunContext, *, memory_limit: str, threads: int, max_file_rows: int
 ) -> RegionTransformResult:
     progress.report(extract.region, "transforming")
