@@ -520,7 +520,16 @@ def _spread(values: list[float]) -> str:
 def _print_ours(m: Measured, rows: int) -> None:
     r = m.report
     stages = r.get("stage_seconds", {})
-    names = ["task_runner", "extract", "transform", "validate", "stage", "merge", "verify"]
+    names = [
+        "task_runner",
+        "fingerprint",
+        "extract",
+        "transform",
+        "validate",
+        "stage",
+        "merge",
+        "verify",
+    ]
     labels = {"merge": "copy+merge", "task_runner": "runner start"}
     parts = [f"{labels.get(n, n)} {stages[n]:.2f}" for n in names if n in stages]
     flow = r.get("flow_seconds", float("nan"))
