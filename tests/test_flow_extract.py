@@ -164,3 +164,29 @@ def test_env_credentials_read_the_environment_and_ignore_blocks(prefect_api, etl
     assert origin == f"local default database {etl_env.prefix}europe"
     assert europe.get_secret_value() == etl_env.source_url("europe")
     assert load_source_url("apac", settings)[1] == "RETAIL_ETL_SOURCE_URL_APAC"
+
+
+def test_a_region_that_fails_to_transform_fails_alone(prefect_api, etl_env, monkeypatch):
+    """Regions that land together share a transform task; one region's bad data fails only
+    that region, named, and the others load."""
+    import tasks.transform
+    from retail_etl.transform import ReconciliationError
+
+    etl_env.seed(rows=300)
+    real_transform = tasks.transform.transform_region
+
+    def transform_region(files, *, region, **kwargs):  # type: ignore[no-untyped-def]
+        if region == "europe":
+            raise ReconciliationError(f"region {region}: 1 row unaccounted for")
+        return real_transform(files, region=region, **kwargs)
+
+    monkeypatch.setattr(tasks.transform, "transform_region", transform_region)
+
+    state, summary = run_day(DAY)
+
+    assert state.is_failed()
+    europe = summary.regions["europe"]
+    assert europe.status == "transform_failed"
+    assert europe.error == "ReconciliationError: region europe: 1 row unaccounted for"
+    others = {r: o.status for r, o in summary.regions.items() if r != "europe"}
+    assert others == dict.fromkeys(set(REGIONS) - {"europe"}, "loaded")
