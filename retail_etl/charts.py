@@ -47,15 +47,12 @@ def volume_chart_svg(
     start = business_date - timedelta(days=thresholds.history_days)
     span = max(1, (business_date - start).days)
     plot_w = _WIDTH - _LEFT - _RIGHT
-    height = _TOP + _PANEL * len(today) + 24
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
-        'font-family="sans-serif" font-size="11">',
-        f'<rect width="{_WIDTH}" height="{height}" fill="#1f2937"/>',
-        f'<text x="{_LEFT}" y="14" fill="#e5e7eb">accepted rows per day, {start.isoformat()} to '
-        f"{business_date.isoformat()}; band: warn &#177;{thresholds.history_warn_deviation:.0%}, "
-        f"fail &#177;{thresholds.history_fail_deviation:.0%} around the baseline</text>",
-    ]
+    parts = _svg_start(
+        len(today),
+        f"accepted rows per day, {start.isoformat()} to {business_date.isoformat()}; band: "
+        f"warn &#177;{thresholds.history_warn_deviation:.0%}, "
+        f"fail &#177;{thresholds.history_fail_deviation:.0%} around the baseline",
+    )
     for index, (region, rows_today) in enumerate(today.items()):
         top = _TOP + index * _PANEL
         points = sorted((d, n) for d, n in history.get(region, ()) if start <= d < business_date)
@@ -124,6 +121,18 @@ def volume_chart_svg(
     return "".join(parts)
 
 
+def _svg_start(panels: int, title: str) -> list[str]:
+    """The opening of a chart of ``panels`` region panels: the svg element, its background
+    and the title line."""
+    height = _TOP + _PANEL * panels + 24
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<rect width="{_WIDTH}" height="{height}" fill="#1f2937"/>',
+        f'<text x="{_LEFT}" y="14" fill="#e5e7eb">{title}</text>',
+    ]
+
+
 def _x(day: date, start: date, span: int, plot_w: int) -> float:
     return _LEFT + plot_w * (day - start).days / span
 
@@ -152,14 +161,10 @@ def daily_volume_svg(
     trailing median each day is compared with (the weekly quality report)."""
     span = max(1, (end - start).days)
     plot_w = _WIDTH - _LEFT - _RIGHT
-    height = _TOP + _PANEL * len(series) + 24
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
-        'font-family="sans-serif" font-size="11">',
-        f'<rect width="{_WIDTH}" height="{height}" fill="#1f2937"/>',
-        f'<text x="{_LEFT}" y="14" fill="#e5e7eb">accepted rows per day, {start.isoformat()} to '
-        f"{end.isoformat()}; dashed: trailing median</text>",
-    ]
+    parts = _svg_start(
+        len(series),
+        f"accepted rows per day, {start.isoformat()} to {end.isoformat()}; dashed: trailing median",
+    )
     for index, (region, raw_points) in enumerate(series.items()):
         top = _TOP + index * _PANEL
         points = sorted((d, n) for d, n in raw_points if start <= d <= end)
