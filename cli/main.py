@@ -529,12 +529,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Prefect's ephemeral API gets 20 s to start by default; a fresh install's first start (byte
+#: compiling, database migrations) on a small machine takes longer and failed ``make demo``.
+EPHEMERAL_STARTUP_TIMEOUT_SECONDS = "120"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.env_file:
             load_env_file(args.env_file)
+        os.environ.setdefault(
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+        )
         check = getattr(args, "check", None)
         if check is not None:
             check(args)
