@@ -340,5 +340,6 @@ def test_the_cli_gives_the_ephemeral_api_time_to_start_unless_told(monkeypatch, 
         monkeypatch.delenv(name, raising=False)
     else:
         monkeypatch.setenv(name, given)
-    assert main(["run", "--date", "2024-13-45"]) == 2  # refused before any flow starts
+    # refused before any flow starts
+    assert main(["backfill", "--start", "2024-01-20", "--end", "2024-01-10"]) == 2
     assert os.environ[name] == (given or EPHEMERAL_STARTUP_TIMEOUT_SECONDS)
