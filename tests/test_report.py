@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from retail_etl.report import (
+    LEDGER_COUNTS,
     GateIssue,
     QualityReport,
     ReasonTrend,
@@ -30,17 +31,7 @@ from retail_etl.warehouse.dialect import SqlDialect
 from tests.test_staging import accepted_table, reject_table, retraction_table, write_parquet
 
 D1, D2, D3 = dt.date(2024, 1, 15), dt.date(2024, 1, 16), dt.date(2024, 1, 17)
-EMPTY = dict.fromkeys(
-    (
-        "rows_extracted",
-        "rows_accepted",
-        "rows_rejected",
-        "rows_retracted",
-        "rows_inserted",
-        "rows_updated",
-        "rows_deleted",
-    )
-)
+EMPTY = dict.fromkeys(LEDGER_COUNTS)
 
 
 def _day(
@@ -141,11 +132,6 @@ def test_default_window_is_the_seven_business_days_before_the_run() -> None:
 
 
 # --------------------------------------------------------------------------- both engines
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> LocalStagingStore:
-    return LocalStagingStore(tmp_path / "staging")
 
 
 @pytest.fixture(params=["duckdb", "snowflake"])

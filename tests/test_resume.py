@@ -25,11 +25,6 @@ B2 = "20240115_00000000000b"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> LocalStagingStore:
-    return LocalStagingStore(tmp_path / "staging")
-
-
-@pytest.fixture
 def warehouse(tmp_path: Path, store: LocalStagingStore) -> Warehouse:
     wh = Warehouse(DuckDBDialect(tmp_path / "wh.duckdb", store, threads=1), store)
     wh.ensure_schema()
