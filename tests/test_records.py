@@ -10,6 +10,7 @@ import pytest
 
 from retail_etl.records import (
     LEDGER_STATUSES,
+    CheckResult,
     LedgerEntry,
     RegionLoad,
     RegionRecord,
@@ -111,9 +112,8 @@ def test_a_batch_level_check_fails_every_merged_region_and_a_failed_gate_is_name
 
     gated = _summary("us_east")
     gated.regions["us_east"].status = "transformed"
-    report = SimpleNamespace(verdict="fail", failing=[])
-    gated.record_gate(report)
-    gated.failing_checks = ["us_east/min_rows_region = 5 vs threshold 100"]
+    failing = CheckResult.judged("min_rows_region", "us_east", 5, 100, False, "5 rows")
+    gated.record_gate(SimpleNamespace(verdict="fail", failing=[failing]))
     (row,) = gated.ledger_entries()
     assert row.status == "gate_failed"
     assert row.error == "quality gate failed: us_east/min_rows_region = 5 vs threshold 100"
