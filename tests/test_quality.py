@@ -273,30 +273,26 @@ def test_region_without_files_measures_zero() -> None:
 # --- report output ------------------------------------------------------------------------------
 
 
-def _section(md: str, title: str) -> list[str]:
-    """The table rows (after header and separator) of the ``### title`` section."""
+def _lines(md: str, title: str, start: str) -> list[str]:
+    """The lines starting with ``start`` in the ``### title`` section."""
     lines = md.splitlines()
-    start = lines.index(f"### {title}")
-    rows = []
-    for line in lines[start + 1 :]:
+    section = []
+    for line in lines[lines.index(f"### {title}") + 1 :]:
         if line.startswith("### "):
             break
-        if line.startswith("| "):
-            rows.append(line)
-    return rows[2:]
+        if line.startswith(start):
+            section.append(line)
+    return section
+
+
+def _section(md: str, title: str) -> list[str]:
+    """The table rows (after header and separator) of the ``### title`` section."""
+    return _lines(md, title, "| ")[2:]
 
 
 def _items(md: str, title: str) -> list[str]:
     """The list items of the ``### title`` section."""
-    lines = md.splitlines()
-    start = lines.index(f"### {title}")
-    items = []
-    for line in lines[start + 1 :]:
-        if line.startswith("### "):
-            break
-        if line.startswith("- "):
-            items.append(line)
-    return items
+    return _lines(md, title, "- ")
 
 
 def test_markdown_puts_verdict_then_failing_and_warning_checks_with_thresholds() -> None:
