@@ -111,3 +111,15 @@ def run_day(day: date, regions: list[str] | None = None) -> tuple[Any, Any]:
     state = retail_sales_etl(run_date=day, regions=regions, return_state=True)
     result = state.result(raise_on_failure=False)
     return state, summary_from_result(result) or result
+
+
+def flow_run_artifacts(flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts a flow run created, by key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in artifacts}

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from retail_etl.settings import ENVIRONMENTS
+from tests.pipeline import flow_run_artifacts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +102,6 @@ def test_the_report_runs_monday_morning_in_the_business_timezone():
 def test_artifact_keys_carry_the_environment(prefect_api, monkeypatch, tmp_path):
     from flows.report import retail_sales_quality_report
     from retail_etl.run import RunContext, RunSummary
-    from tests.test_what_a_person_sees import _artifacts
 
     day = dt.date(2024, 1, 15)
     ctx = RunContext(day, ("us_east",), "20240115_0123456789ab", "local", tmp_path)
@@ -120,7 +120,7 @@ def test_artifact_keys_carry_the_environment(prefect_api, monkeypatch, tmp_path)
         start_date=day, end_date=day, notify=False, return_state=True
     )
     assert state.is_completed(), state.message
-    assert set(_artifacts(state.state_details.flow_run_id)) == {
+    assert set(flow_run_artifacts(state.state_details.flow_run_id)) == {
         "staging-quality-report-2024-01-15-2024-01-15"
     }
     assert "1 region-day(s) missing" in (state.message or "")

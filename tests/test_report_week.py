@@ -8,7 +8,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from tests.pipeline import PipelineEnv, run_day
+from tests.pipeline import PipelineEnv, flow_run_artifacts, run_day
 
 PREVIOUS, D15, D16, D17, D18 = (date(2024, 1, 14) + timedelta(days=n) for n in range(5))
 REGIONS = ["us_east", "europe"]
@@ -46,7 +46,6 @@ def test_a_seeded_week_reads_as_the_tables_say(etl_env, etl_slack, monkeypatch, 
     from cli.main import main
     from flows.report import retail_sales_quality_report
     from retail_etl.report import QualityReport, render_markdown
-    from tests.test_what_a_person_sees import _artifacts
 
     env = etl_env
     env.regions = REGIONS
@@ -120,7 +119,7 @@ def test_a_seeded_week_reads_as_the_tables_say(etl_env, etl_slack, monkeypatch, 
     ]
     # the artifact and the Slack summary
     key = f"quality-report-{D15}-{D18}"
-    artifact = _artifacts(state.state_details.flow_run_id)[key]
+    artifact = flow_run_artifacts(state.state_details.flow_run_id)[key]
     assert artifact.data.startswith(f"# Data quality report {D15} to {D18}")
     assert "data:image/svg+xml;base64," in artifact.data
     slack = etl_slack.wait_for(lambda text: "Weekly data quality" in text, timeout=10)

@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -19,32 +19,26 @@ import pytest
 from retail_etl.progress import ProgressDisplay, finished, listening, report
 from retail_etl.records import RegionRecord
 from retail_etl.run import RunSummary, timing_lines
-from tests.pipeline import run_day
+from tests.pipeline import flow_run_artifacts, run_day
 
 DAY = date(2024, 1, 15)
 BIN = Path(sys.executable).parent
 
 
-def _artifacts(flow_run_id):  # type: ignore[no-untyped-def]
+def _flow_runs_since(moment: datetime):  # type: ignore[no-untyped-def]
+    """The flow runs expected to start between ``moment`` and now: every one created since,
+    not a capped page of all (the session's server holds the runs of every test before)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
 
     with get_client(sync_client=True) as client:
-        return {
-            a.key: a
-            for a in client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                expected_start_time=FlowRunFilterExpectedStartTime(
+                    after_=moment, before_=datetime.now(UTC)
                 )
             )
-        }
-
-
-def _flow_runs():  # type: ignore[no-untyped-def]
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(limit=200)
+        )
 
 
 def test_the_parent_run_tells_the_story(etl_env, etl_slack, monkeypatch):
@@ -80,7 +74,7 @@ def test_the_parent_run_tells_the_story(etl_env, etl_slack, monkeypatch):
     assert state.message.endswith("; loaded: us_east, us_west, apac; alerted on Slack")
     assert len(etl_slack.texts) == 1
 
-    artifacts = _artifacts(parent_id)
+    artifacts = flow_run_artifacts(parent_id)
     assert set(artifacts) == {"summary-2024-01-15", "extract-2024-01-15"}
     md = artifacts["summary-2024-01-15"].data
     headline = "retail-sales-etl 2024-01-15: FAILED, 3/4 region(s) loaded"
@@ -134,7 +128,7 @@ def test_the_parent_run_tells_the_story(etl_env, etl_slack, monkeypatch):
 def test_cli_usage_errors_exit_2_without_a_flow_run(prefect_api, etl_env, capsys):
     from cli.main import main
 
-    before = len(_flow_runs())
+    before = datetime.now(UTC)
     cases = [
         (["run", "--regions", "us_east,mars"], "unknown region(s) mars"),
         (
@@ -164,7 +158,7 @@ def test_cli_usage_errors_exit_2_without_a_flow_run(prefect_api, etl_env, capsys
     assert (
         "RETAIL_ETL_* settings: invalid configuration: max_reject_rate" in capsys.readouterr().err
     )
-    assert len(_flow_runs()) == before
+    assert _flow_runs_since(before) == []
 
 
 def test_help_has_no_raw_markup(capsys):
