@@ -344,6 +344,7 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     summary = summary_from_result(state.result(raise_on_failure=False))
     if summary is None:
         return {"ok": False, "error": f"{state.name}: {state.message}"}
+    spans = task_spans(state.state_details.flow_run_id)
     import duckdb
 
     from retail_etl.settings import get_settings
@@ -368,7 +369,54 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
         "region_load_seconds": {r: o.load_seconds for r, o in summary.regions.items()},
         "region_extract_seconds": {r: o.extract_seconds for r, o in summary.regions.items()},
         "region_transform_seconds": {r: o.transform_seconds for r, o in summary.regions.items()},
+        "task_spans": spans,
     }
+
+
+def task_spans(flow_run_id: Any) -> list[tuple[str, float, float]]:
+    """(name, start epoch, end epoch) of every task run of the flow run and of its subflows,
+    read back from the Prefect API, in start order (the gaps between them: orchestration)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    spans: list[tuple[str, float, float]] = []
+    with get_client(sync_client=True) as client:
+        runs, frontier = [flow_run_id], [flow_run_id]
+        while frontier:  # subflows, then theirs
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
+                )
+            )
+            frontier = [c.id for c in children]
+            runs += frontier
+        for task in client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)), limit=10_000
+        ):
+            if task.start_time and task.end_time:
+                spans.append((task.name, task.start_time.timestamp(), task.end_time.timestamp()))
+    return sorted(spans, key=lambda s: s[1])
+
+
+def idle_gaps(
+    spans: list[tuple[str, float, float]], start: float, end: float, *, at_least: float = 0.05
+) -> list[tuple[float, float, str, str]]:
+    """Intervals of [start, end] in which no task run ran, of ``at_least`` seconds or more:
+    (offset from start, seconds, the task that ended before, the one that started after)."""
+    gaps: list[tuple[float, float, str, str]] = []
+    busy_until, last = start, "flow start"
+    for name, t0, t1 in spans:
+        if t0 - busy_until >= at_least:
+            gaps.append((busy_until - start, t0 - busy_until, last, name))
+        if t1 > busy_until:
+            busy_until, last = t1, name
+    if end - busy_until >= at_least:
+        gaps.append((busy_until - start, end - busy_until, last, "flow end"))
+    return gaps
 
 
 def child_dlt(args: argparse.Namespace) -> dict[str, Any]:
@@ -562,6 +610,18 @@ def _print_ours(m: Measured, rows: int) -> None:
             busy.append(f"{labels.get(n, n)} {cpu / max(stages[n], 1e-9):.2f}")
             at += stages[n]
     print(f"  peak RSS by stage (MB): {', '.join(peaks)}")
+    start = r.get("flow_started_epoch", 0.0)
+    gaps = idle_gaps([tuple(s) for s in r.get("task_spans", [])], start, start + flow)
+    if gaps:
+        top = sorted(gaps, key=lambda g: -g[1])[:6]
+        print(
+            f"  idle gaps (no task run running; >= 0.05 s): {len(gaps)}, "
+            f"{sum(g[1] for g in gaps):.2f} s in all; largest: "
+            + "; ".join(
+                f"{secs:.2f} s at +{at:.1f} s ({before} -> {after})"
+                for at, secs, before, after in top
+            )
+        )
     print(f"  cores busy by stage (ours, not PostgreSQL; {cores} = all): {', '.join(busy)}")
     print(
         f"  flow run (extract..verify): {flow:.2f} s, {rows / flow:,.0f} rows/s; "

@@ -22,6 +22,8 @@ from retail_etl import closing, progress
 from retail_etl.alerts import alert_note
 from retail_etl.backfill import BackfillDay, BackfillResult, plan_changed
 from retail_etl.closing import lookback_window, split_closed
+from retail_etl.extract import RegionExtract
+from retail_etl.fingerprint import SourceDayStats
 from retail_etl.housekeeping import RunDirClaim
 from retail_etl.locks import LockTimeoutError, holding
 from retail_etl.quality import QualityReport, QualityThresholds
@@ -33,10 +35,12 @@ from retail_etl.run import (
     summary_from_result,
 )
 from retail_etl.settings import Settings, get_settings
+from retail_etl.transform import RegionTransformResult
 from retail_etl.warehouse import Warehouse
 from tasks.extract import (
     collect_extracts,
     extraction_seconds,
+    fingerprinted_in_extract,
     publish_extract_artifact,
     submit_extracts,
 )
@@ -133,18 +137,28 @@ def retail_sales_etl(
     summary.record_deferred(deferrals)
     for deferral in deferrals:
         logger.warning("%s", deferral.reason)
-    # Source fingerprints, before extracting: one query per region over the lookback + the day.
+    # Source fingerprints of the lookback + the day, one query per region: a region extracted
+    # in one task reads them in its extraction's snapshot; the others (deferred, or extracted
+    # in splits) here, before any extraction starts.
     days = settings.lookback_days if lookback_days is None else lookback_days
     window = lookback_window(ctx.run_date, days)
-    started = time.perf_counter()
-    stats, fingerprint_errors = read_fingerprints(
-        ctx.regions, window[0] if window else ctx.run_date, ctx.run_date, settings
+    stats_start = window[0] if window else ctx.run_date
+    ahead = [r for r in ctx.regions if r not in closed or not fingerprinted_in_extract(r, settings)]
+    stats: dict[str, dict[date, SourceDayStats]] = {}
+    fingerprint_errors: dict[str, str] = {}
+    if ahead:
+        started = time.perf_counter()
+        stats, fingerprint_errors = read_fingerprints(ahead, stats_start, ctx.run_date, settings)
+        summary.stage_seconds["fingerprint"] = time.perf_counter() - started
+    summary.record_fingerprints(
+        {r: stats[r][ctx.run_date].fingerprint for r in closed if r in stats}, fingerprint_errors
     )
-    summary.stage_seconds["fingerprint"] = time.perf_counter() - started
-    fingerprints = {r: stats[r][ctx.run_date].fingerprint for r in closed if r in stats}
-    summary.record_fingerprints(fingerprints, fingerprint_errors)
-    ctx = replace(ctx, regions=tuple(closed), source_fingerprints=fingerprints)
-    report = _run_closed_regions(ctx, settings, summary, targets) if ctx.regions else None
+    ctx = replace(ctx, regions=tuple(closed))
+    if ctx.regions:
+        report, extracted_stats = _run_closed_regions(ctx, settings, summary, targets, stats_start)
+        stats.update(extracted_stats)
+    else:
+        report = None
 
     # Lookback: earlier pairs whose source changed since their load, or deferred / failed.
     if window:
@@ -165,17 +179,17 @@ def _run_closed_regions(
     settings: Settings,
     summary: RunSummary,
     targets: Targets,
-) -> QualityReport | None:
+    stats_start: date,
+) -> tuple[QualityReport | None, dict[str, dict[date, SourceDayStats]]]:
     """Extract, transform, gate and load the run's (closed) regions, recording each step in
-    ``summary``; the quality report if the gate ran."""
-    logger = get_run_logger()
-    warehouse = targets.warehouse
+    ``summary``; (the quality report if the gate ran, the source stats of
+    [``stats_start``, run date] the extracted regions read in their snapshots)."""
     # Extract: every region concurrently (RETAIL_ETL_EXTRACT_SPLITS: several tasks per
     # region, combined before the transform); a failed region is reported, the rest go on.
     # The transform subflow runs meanwhile and takes each region as soon as it lands.
     started_at = datetime.now(UTC)
     started = time.perf_counter()
-    extracting = submit_extracts(ctx, settings)
+    extracting = submit_extracts(ctx, settings, stats_start)
     transform = transform_batch(quote(extracting), ctx, settings, return_state=True)
     extracts, extract_failures = collect_extracts(extracting)
     if transform.is_completed():
@@ -190,7 +204,28 @@ def _run_closed_regions(
     # (the time after the last extract landed; earlier regions overlapped the extraction)
     summary.stage_seconds["transform"] = max(0.0, time.perf_counter() - started - extract_seconds)
     summary.record_extracts(extracts, {r: f.message for r, f in extract_failures.items()})
+    stats = {r: e.day_stats for r, e in extracts.items() if e.day_stats is not None}
+    summary.record_fingerprints({r: s[ctx.run_date].fingerprint for r, s in stats.items()}, {})
     publish_extract_artifact(ctx, summary, extracts)
+    report = _gate_and_load(
+        ctx, settings, summary, targets, extracts, transformed, transform_errors
+    )
+    return report, stats
+
+
+def _gate_and_load(
+    ctx: RunContext,
+    settings: Settings,
+    summary: RunSummary,
+    targets: Targets,
+    extracts: dict[str, RegionExtract],
+    transformed: dict[str, RegionTransformResult],
+    transform_errors: dict[str, str],
+) -> QualityReport | None:
+    """The extracted regions' source schemas recorded, the transforms' outcomes, then gate
+    and load; the quality report if the gate ran."""
+    logger = get_run_logger()
+    warehouse = targets.warehouse
     if not extracts:
         return None
     # Schema history: a new fingerprint that differs from the contract is warned about once.

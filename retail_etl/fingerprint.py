@@ -12,14 +12,18 @@ sum and max alone, 0.23 s for a hash of the key, version, state and amounts only
 ``hash_record_extended`` of the whole table row, 0.66 s for a
 hash of each row's text; the extract's ``COPY`` of the same day costs PostgreSQL 0.47 s.
 
-The fingerprint stored with a load is read *before* the extract: a change committed in between
-makes the stored fingerprint older than the loaded data, so the next check reprocesses the day
-once more (harmless); read after, such a change would be missed.
+The fingerprint stored with a load describes exactly the rows loaded: a region extracted in one
+task reads it in the extraction's own snapshot (one REPEATABLE READ transaction: this query,
+then the COPY; :func:`retail_etl.extract.extract_region`), so it costs no stage of its own. A
+region extracted in splits (separate snapshots) reads it *before* the extraction starts: a
+change committed in between makes the stored fingerprint older than the loaded data, so the
+next check reprocesses the day once more (harmless); read after, such a change would be missed.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -30,8 +34,8 @@ from psycopg2 import sql
 
 from retail_etl import pg
 from retail_etl.contract import SOURCE_TABLE
-from retail_etl.extract import ExtractionError, inspect_source
 from retail_etl.schema import ExtractionPlan, plan_extraction
+from retail_etl.source import ExtractionError, inspect_source, pg_message
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,15 @@ def read_source_stats(
             cur.execute(stats_query(plan, start, end, live=live), (start, end))
             rows = cur.fetchall()
     except psycopg2.Error as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExtractionError(f"{where}: reading the source fingerprint failed: {message}") from exc
+        raise ExtractionError(
+            f"{where}: reading the source fingerprint failed: {pg_message(exc)}"
+        ) from exc
+    return day_stats(rows, start, end)
+
+
+def day_stats(rows: Sequence[Sequence[Any]], start: date, end: date) -> dict[date, SourceDayStats]:
+    """Every date of [start, end] from the rows of :func:`stats_query` (a date without rows:
+    :data:`EMPTY_DAY`)."""
     stats = {start + timedelta(days=n): EMPTY_DAY for n in range((end - start).days + 1)}
     for sale_date, count, total, max_updated, row_hash, live_rows, live_amount in rows:
         stats[sale_date] = SourceDayStats(

@@ -62,7 +62,7 @@ class RegionRecord:
     transform_seconds: float = 0.0
     load_seconds: float = 0.0
     reject_reasons: dict[str, int] = field(default_factory=dict)
-    #: the source's fingerprint of the day, read before the extract
+    #: the source's fingerprint of the day, read in the extraction's snapshot (or before it)
     source_fingerprint: str | None = None
 
 

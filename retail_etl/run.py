@@ -57,8 +57,6 @@ class RunContext:
     batch_id: str
     flow_run_id: str
     run_dir: Path
-    #: region -> the source's fingerprint of run_date, read before the extract (ledger)
-    source_fingerprints: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def extract_dir(self) -> Path:
@@ -185,10 +183,11 @@ class RunSummary:
     def record_fingerprints(
         self, fingerprints: Mapping[str, str], errors: Mapping[str, str]
     ) -> None:
-        """The sources' fingerprints of the day, read before extracting (for the ledger)."""
+        """The sources' fingerprints of the day (for the ledger), read in the extraction's
+        snapshot or before it; the regions whose fingerprints could not be read."""
         for region, fingerprint in fingerprints.items():
             self.regions[region].source_fingerprint = fingerprint
-        self.fingerprint_errors = {r: scrub_secrets(e) for r, e in errors.items()}
+        self.fingerprint_errors.update({r: scrub_secrets(e) for r, e in errors.items()})
 
     def record_lookback(self, results: Sequence[Any], reasons: Mapping[str, str]) -> None:
         """Results (:class:`retail_etl.backfill.BackfillResult`) of the reprocessed pairs."""

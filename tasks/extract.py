@@ -43,6 +43,7 @@ def extract_region_task(
     settings: Settings,
     split: int = 0,
     splits: int = 1,
+    stats_window: tuple[date, date] | None = None,
 ) -> RegionExtract:
     logger = get_run_logger()
     try:
@@ -73,6 +74,7 @@ def extract_region_task(
             aliases=settings.column_aliases_for(region),
             split=split,
             splits=splits,
+            stats_window=stats_window,
             on_rows=lambda rows: progress.report(region, "extracting", rows=rows, split=split),
         )
     except Exception as exc:
@@ -104,16 +106,35 @@ def configured_extract_task(settings: Settings):  # type: ignore[no-untyped-def]
     )
 
 
+def fingerprinted_in_extract(region: str, settings: Settings) -> bool:
+    """Whether the region's extraction reads the day's fingerprints in its own snapshot: a
+    region extracted in one task. Splits are separate snapshots, so a split region's
+    fingerprints are read before its extraction starts (older than any split's rows: a change
+    in between is found again by the next check, never missed)."""
+    return settings.extract_splits_for(region) == 1
+
+
 def submit_extracts(
-    ctx: RunContext, settings: Settings
+    ctx: RunContext, settings: Settings, stats_start: date
 ) -> dict[str, list[PrefectFuture[RegionExtract]]]:
     """Submit every region's extraction, in ``settings.extract_splits_for`` tasks each; the
     futures of each region's splits, in split order. How many run at once is the task
-    runner's concurrency (threads: ``RETAIL_ETL_MAX_CONCURRENT_EXTRACTS``)."""
+    runner's concurrency (threads: ``RETAIL_ETL_MAX_CONCURRENT_EXTRACTS``). A region in one
+    task also reads the source's stats of [``stats_start``, run date] in its snapshot
+    (:func:`fingerprinted_in_extract`)."""
     extract = configured_extract_task(settings)
+    window = (stats_start, ctx.run_date)
     return {
         region: [
-            extract.submit(region, ctx.run_date, ctx.extract_dir, settings, split=k, splits=n)
+            extract.submit(
+                region,
+                ctx.run_date,
+                ctx.extract_dir,
+                settings,
+                split=k,
+                splits=n,
+                stats_window=window if fingerprinted_in_extract(region, settings) else None,
+            )
             for k in range(n)
         ]
         for region in ctx.regions

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg2.sql
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from retail_etl import extract
+from retail_etl import extract, pg
 from retail_etl.contract import extract_arrow_schema
-from retail_etl.extract import ExtractionError, extract_region
+from retail_etl.extract import extract_region
+from retail_etl.fingerprint import EMPTY_DAY, read_source_stats
 from retail_etl.schema import SchemaContractError
+from retail_etl.source import ExtractionError
 from tests.sources import create_sales, execute, sale
 
 DAY = date(2024, 1, 15)
@@ -234,3 +239,56 @@ def test_the_copy_pipe_is_enlarged_where_the_platform_allows() -> None:
         os.close(write_fd)
     assert size >= min(extract.PIPE_BYTES, limit)
     assert size > 64 * 1024 or limit <= 64 * 1024
+
+
+def test_the_days_stats_are_read_in_the_extractions_snapshot(make_database, tmp_path):
+    url = make_database("src")
+    create_sales(url, [sale(1), sale(2, status="pending"), sale(3, sale_date=DAY - timedelta(1))])
+    window = (DAY - timedelta(days=2), DAY)
+
+    result = extract_region(url, "us_east", DAY, tmp_path, stats_window=window)
+
+    # the same stats as the fingerprint read on its own, for every date of the window
+    assert result.day_stats == read_source_stats(url, "us_east", *window)
+    assert result.day_stats is not None and result.day_stats[DAY].rows == 2
+    assert result.day_stats[DAY - timedelta(days=2)] == EMPTY_DAY
+    assert extract_region(url, "us_east", DAY, tmp_path).day_stats is None  # not asked
+
+
+def test_a_row_committed_between_the_stats_and_the_copy_is_in_neither(make_database, tmp_path):
+    """The snapshot query and the COPY see one snapshot: a sale committed while the snapshot
+    query runs is neither counted nor extracted (read committed would extract it, and the
+    stored fingerprint would then claim a day without it)."""
+    url = make_database("src")
+    create_sales(url, [sale(1)])
+    inserted = threading.Event()
+
+    def insert_while_the_snapshot_query_runs() -> None:
+        time.sleep(0.3)
+        execute(url, "INSERT INTO sales SELECT * FROM sales WHERE sale_id = 1")
+        inserted.set()
+
+    slow_count = extract.SnapshotQuery(
+        psycopg2.sql.SQL("SELECT count(*), pg_sleep(1.0)::text FROM sales"), ()
+    )
+    read_fd, write_fd = os.pipe()
+    producer = extract._CopyProducer(
+        url,
+        psycopg2.sql.SQL("COPY (SELECT sale_id FROM sales) TO STDOUT"),
+        write_fd,
+        before=slow_count,
+    )
+    writer = threading.Thread(target=insert_while_the_snapshot_query_runs)
+    producer.start()
+    writer.start()
+    with os.fdopen(read_fd, "rb") as source:
+        copied = source.read().decode().split()
+    producer.join(10)
+    writer.join(10)
+
+    assert producer.error is None and inserted.is_set()
+    assert producer.before_rows == [(1, "")]
+    assert copied == ["1"]  # the inserted copy of sale 1 came after the snapshot
+    with pg.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM sales")
+        assert cur.fetchone() == (2,)  # it was committed meanwhile

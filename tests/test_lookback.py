@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from retail_etl.fingerprint import read_source_stats
 from tests.pipeline import run_day
 
 D = date(2024, 1, 15)
@@ -34,11 +35,16 @@ def _an_accepted_sale(env, region, day):  # type: ignore[no-untyped-def]
 
 
 def test_late_rows_are_found_by_the_next_days_run_with_no_manual_step(env):
-    state, _ = run_day(D)
+    state, summary_of_first = run_day(D)
     assert state.is_completed(), state.message
     first = _ledger(env, D)
     assert sorted(r[0] for r in first) == sorted(REGIONS)
     assert all(status == "loaded" and fp for _, status, fp in first)
+    # each read in its extraction's snapshot: the source's fingerprint of the day as extracted
+    assert {r: fp for r, _, fp in first} == {
+        r: read_source_stats(env.source_url(r), r, D, D)[D].fingerprint for r in REGIONS
+    }
+    assert "fingerprint" not in summary_of_first.stage_seconds  # no stage of its own
 
     # After the load: a late sale arrives in us_west, a sale is refunded in apac.
     (late_id,) = env.source("us_west", "SELECT max(sale_id) + 1000 FROM sales")[0]

@@ -173,7 +173,7 @@ LEDGER_COLUMNS: tuple[WarehouseColumn, ...] = (
     _timestamp("started_at"),
     _timestamp("finished_at"),
     # Appended columns (ensure_schema adds them, NULL in older rows):
-    _varchar("source_fingerprint"),  # the source's fingerprint of the day, read before extract
+    _varchar("source_fingerprint"),  # the source's fingerprint of the day, as extracted
     _int("rows_retracted"),  # rows of the extract whose latest version retracts the sale
     _int("rows_deleted"),  # rows this load removed from sales_fact (kept in sales_retractions)
 )
