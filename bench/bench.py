@@ -394,11 +394,21 @@ def task_spans(flow_run_id: Any) -> list[tuple[str, float, float]]:
             )
             frontier = [c.id for c in children]
             runs += frontier
-        for task in client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)), limit=10_000
-        ):
-            if task.start_time and task.end_time:
-                spans.append((task.name, task.start_time.timestamp(), task.end_time.timestamp()))
+        offset, page = 0, 200  # the API's largest page
+        while True:
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)),
+                limit=page,
+                offset=offset,
+            )
+            spans += [
+                (t.name, t.start_time.timestamp(), t.end_time.timestamp())
+                for t in tasks
+                if t.start_time and t.end_time
+            ]
+            if len(tasks) < page:
+                break
+            offset += page
     return sorted(spans, key=lambda s: s[1])
 
 
