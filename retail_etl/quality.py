@@ -21,9 +21,11 @@ Checks (thresholds from :class:`retail_etl.settings.Settings`, defaults in brack
   region instead of mass-deleting its day as ``missing_from_source``. Skipped when nothing is
   stored for the day yet. See :func:`missing_from_source_check`.
 - ``no_duplicate_keys``, ``no_rule_violations``, ``sale_date_is_business_date`` (per region,
-  on the accepted parquet): any offending row fails. Violations are a NULL critical column, a
-  :data:`~retail_etl.transform.REJECT_RULES` rule (sale date apart), derived metrics that do not
-  match, or a row of another region.
+  on the accepted parquet as written): any offending row fails. Violations are a NULL critical
+  column, a :data:`~retail_etl.rules.REJECT_RULES` rule (sale date apart), derived metrics that
+  do not match, or a row of another region. The transform measures them when it reads its
+  accepted files back (:func:`retail_etl.rules.measure_accepted`,
+  ``RegionTransformResult.accepted_measures``); the gate reads no file.
 - Ratio checks with no extracted rows are skipped (``min_rows_region`` fails instead).
 """
 
@@ -32,21 +34,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import date, timedelta
-from pathlib import Path
 from statistics import fmean
 from typing import Any, Literal
-
-import duckdb
 
 from retail_etl import contract
 from retail_etl.charts import volume_chart_markdown
 from retail_etl.records import CheckResult, CheckStatus, format_measure
-from retail_etl.settings import Settings, validate_identifier
-from retail_etl.transform import REJECT_RULES, RegionTransformResult, null_reason
+from retail_etl.rules import AcceptedMeasures
+from retail_etl.settings import Settings
+from retail_etl.transform import RegionTransformResult
 
 __all__ = [
     "CheckResult",
-    "InvariantQueryError",
     "QualityReport",
     "QualityThresholds",
     "evaluate_batch",
@@ -55,10 +54,6 @@ __all__ = [
     "invariant_checks",
     "missing_from_source_check",
 ]
-
-
-class InvariantQueryError(RuntimeError):
-    """The accepted parquet of a region could not be queried for the invariants."""
 
 
 _STATUS_ORDER: dict[str, int] = {"fail": 0, "warn": 1, "skipped": 2, "pass": 3}
@@ -412,97 +407,43 @@ def history_check(
 
 # --- invariants on the accepted parquet ---------------------------------------------------------
 
-_RULES_FOR_VIOLATIONS = {k: v for k, v in REJECT_RULES.items() if k != "sale_date_mismatch"}
-
-
-def _violation_terms() -> dict[str, str]:
-    """Name -> SQL predicate of an accepted row that should not exist (sale_date checked apart)."""
-    terms = {null_reason(c): f"{c} IS NULL" for c in contract.CRITICAL_COLUMNS}
-    terms.update(
-        {name: f"coalesce(({pred}), false)" for name, pred in _RULES_FOR_VIOLATIONS.items()}
-    )
-    terms["derived_metrics_mismatch"] = (
-        "gross_amount IS DISTINCT FROM CAST(quantity AS DECIMAL(38,0)) * unit_price "
-        "OR net_amount IS DISTINCT FROM gross_amount - discount "
-        "OR discount IS NULL OR tax IS NULL OR effective_discount_rate IS NULL"
-    )
-    terms["region_mismatch"] = "region IS DISTINCT FROM owner"  # the region whose file it is
-    return terms
-
 
 def invariant_checks(
-    accepted_files_by_region: Mapping[str, Sequence[Path]],
+    measures_by_region: Mapping[str, AcceptedMeasures],
     business_date: date,
 ) -> list[CheckResult]:
-    """Query the regions' accepted parquet: duplicates, rule violations, foreign sale dates.
+    """Judge the invariants the transform measured on each region's accepted parquet:
+    duplicates, rule violations, foreign sale dates.
 
     Each measured value is a row count that must be 0; ``no_rule_violations`` counts rows that
-    break at least one term (detail: count per term). A region without files measures 0.
-    One query over every region's files, grouped by region (not one query per region: at 50
-    small regions the queries' fixed cost was most of the gate's time).
+    break at least one term (detail: count per term). Reads no file.
     """
-    terms = _violation_terms()
-    any_term = " OR ".join(f"({pred})" for pred in terms.values())
-    per_term = ", ".join(f"count(*) FILTER (WHERE {pred})" for pred in terms.values())
-    paths: list[str] = []
-    owners: list[str] = []
-    for region, files in accepted_files_by_region.items():
-        validate_identifier(region, "region")
-        paths += [str(f) for f in files]
-        owners += [region] * len(files)
-    # Predicates are package constants; values are bound parameters.
-    sql = (
-        "SELECT owner, count(*), count(sale_id) - count(DISTINCT sale_id), "  # noqa: S608
-        "count(*) FILTER (WHERE sale_date IS DISTINCT FROM $business_date), "
-        f"count(*) FILTER (WHERE {any_term}), {per_term} "
-        "FROM read_parquet($files, hive_partitioning = false, filename = true) p "
-        "JOIN (SELECT unnest($files) AS file_path, unnest($owners) AS owner) f "
-        "ON p.filename = f.file_path GROUP BY owner"
-    )
-    measured: dict[str, list[int]] = {}
-    if paths:
-        con = duckdb.connect(":memory:")
-        try:
-            rows = con.execute(
-                sql, {"files": paths, "owners": owners, "business_date": business_date}
-            ).fetchall()
-        except duckdb.Error as e:
-            regions = ", ".join(r for r, fs in accepted_files_by_region.items() if fs)
-            raise InvariantQueryError(
-                f"regions {regions}, {business_date}: cannot query accepted parquet: {e}"
-            ) from e
-        finally:
-            con.close()
-        measured = {str(row[0]): [int(v) for v in row[1:]] for row in rows}
     out: list[CheckResult] = []
-    for region in accepted_files_by_region:
-        values = measured.get(region, [0] * (4 + len(terms)))
-        rows_, dupes, wrong_date, violating, *counts = values
-        found = {n: c for n, c in zip(terms, counts, strict=True) if c}
+    for region, m in measures_by_region.items():
         out.append(
             _zero_check(
                 "no_duplicate_keys",
                 region,
-                dupes,
-                f"{dupes:,} accepted rows repeat a (region, sale_id) among {rows_:,}",
+                m.duplicate_keys,
+                f"{m.duplicate_keys:,} accepted rows repeat a (region, sale_id) among {m.rows:,}",
             )
         )
         out.append(
             _zero_check(
                 "no_rule_violations",
                 region,
-                violating,
-                ", ".join(f"{n}: {c:,}" for n, c in sorted(found.items()))
-                or f"none among {rows_:,} accepted rows",
+                m.violating_rows,
+                ", ".join(f"{n}: {c:,}" for n, c in sorted(m.violations.items()))
+                or f"none among {m.rows:,} accepted rows",
             )
         )
         out.append(
             _zero_check(
                 "sale_date_is_business_date",
                 region,
-                wrong_date,
-                f"{wrong_date:,} of {rows_:,} accepted rows have a sale_date other than "
-                f"{business_date.isoformat()}",
+                m.foreign_sale_dates,
+                f"{m.foreign_sale_dates:,} of {m.rows:,} accepted rows have a sale_date other "
+                f"than {business_date.isoformat()}",
             )
         )
     return out
@@ -525,8 +466,8 @@ def evaluate_batch(
     stored_keys: Mapping[str, int] | None = None,
 ) -> QualityReport:
     """All checks of a batch: per region (min rows, NULL shares, reject rate, history volume,
-    missing-from-source share, invariants on the accepted parquet) and for the batch (min
-    rows). ``stored_keys``: rows ``sales_fact`` holds per region for the day."""
+    missing-from-source share, invariants of the accepted parquet as the transform measured
+    them) and for the batch (min rows); reads no file. ``stored_keys``: rows ``sales_fact`` holds per region for the day."""
     checks: list[CheckResult] = []
     for region, result in results.items():
         checks.append(
@@ -562,7 +503,9 @@ def evaluate_batch(
         )
     checks.append(batch)
     checks.extend(
-        invariant_checks({region: r.accepted_files for region, r in results.items()}, business_date)
+        invariant_checks(
+            {region: r.accepted_measures for region, r in results.items()}, business_date
+        )
     )
     chart = volume_chart_markdown(
         history,

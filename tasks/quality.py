@@ -1,5 +1,5 @@
-"""The quality gate's checks as a task: it re-reads every accepted file (the invariants), so
-it runs where a task runs, next to the data, not in the flow's own code."""
+"""The quality gate's checks as a task: a task run of its own (its inputs and verdict are
+recorded), not the flow's own code. It reads no file: the transform measured the invariants."""
 
 from __future__ import annotations
 

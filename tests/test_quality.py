@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from retail_etl import contract
+from retail_etl import contract, transform
 from retail_etl.quality import (
     CheckResult,
     QualityReport,
@@ -21,6 +23,7 @@ from retail_etl.quality import (
     history_check,
     invariant_checks,
 )
+from retail_etl.rules import AcceptedMeasures, measure_accepted
 from retail_etl.settings import Settings
 from retail_etl.transform import RegionTransformResult, transform_frame, transform_region
 from tests.sources import sale
@@ -230,9 +233,20 @@ def _accepted_file(path: Path, rows: Sequence[dict[str, Any]], region: str = "us
     return path
 
 
+def measured(files: Sequence[Path], region: str = "us_east") -> AcceptedMeasures:
+    """``files`` measured as the transform's read-back of its accepted files measures them."""
+    con = duckdb.connect(":memory:")
+    try:
+        return measure_accepted(con, files, region=region, business_date=D)
+    finally:
+        con.close()
+
+
 def test_invariants_pass_on_transform_output(tmp_path: Path) -> None:
     result = transformed(tmp_path, "us_east", [sale(1), sale(2), sale(2), sale(3, quantity=0)])
-    checks = invariant_checks({"us_east": result.accepted_files}, D)
+    assert result.accepted_measures == measured(result.accepted_files)
+    assert result.accepted_measures.rows == result.rows_accepted == 2
+    checks = invariant_checks({"us_east": result.accepted_measures}, D)
     assert [(c.name, c.status, c.measured) for c in checks] == [
         ("no_duplicate_keys", "pass", 0.0),
         ("no_rule_violations", "pass", 0.0),
@@ -249,7 +263,7 @@ def test_invariants_catch_duplicates_violations_and_foreign_dates(tmp_path: Path
     bad.append(dict(bad[1], customer_id=None))  # duplicate key, NULL critical column
     second = tmp_path / "a" / "part-1.parquet"
     pq.write_table(pa.Table.from_pylist(bad, schema=contract.accepted_arrow_schema()), second)
-    checks = {c.name: c for c in invariant_checks({"us_east": [good, second]}, D)}
+    checks = {c.name: c for c in invariant_checks({"us_east": measured([good, second])}, D)}
     assert checks["no_duplicate_keys"].measured == 3  # sale 1 x2, sale 2 x3
     assert checks["no_rule_violations"].measured == 2
     assert "quantity_not_positive: 1" in checks["no_rule_violations"].detail
@@ -260,14 +274,78 @@ def test_invariants_catch_duplicates_violations_and_foreign_dates(tmp_path: Path
 
 def test_invariants_catch_rows_of_another_region(tmp_path: Path) -> None:
     f = _accepted_file(tmp_path / "part-0.parquet", [sale(1)], region="europe")
-    checks = {c.name: c for c in invariant_checks({"us_east": [f]}, D)}
+    checks = {c.name: c for c in invariant_checks({"us_east": measured([f])}, D)}
     assert checks["no_rule_violations"].status == "fail"
     assert "region_mismatch: 1" in checks["no_rule_violations"].detail
 
 
 def test_region_without_files_measures_zero() -> None:
-    checks = invariant_checks({"us_east": []}, D)
+    checks = invariant_checks({"us_east": measured([])}, D)
     assert {(c.status, c.measured) for c in checks} == {("pass", 0.0)}
+
+
+def _corrupting_accepted_select(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the transform write wrong accepted rows that still reconcile (same rows, same
+    total_amount): sale 1 gets another sale_date, sale 2 quantity 0, sale 3 the key of sale 4."""
+    select = transform._accepted_select
+
+    def corrupted() -> str:
+        return (
+            "SELECT * REPLACE ("
+            "CASE WHEN sale_id = 1 THEN sale_date - 1 ELSE sale_date END AS sale_date, "
+            "CASE WHEN sale_id = 2 THEN 0 ELSE quantity END AS quantity, "
+            "CASE WHEN sale_id = 3 THEN 4 ELSE sale_id END AS sale_id"
+            f") FROM ({select()})"
+        )
+
+    monkeypatch.setattr(transform, "_accepted_select", corrupted)
+
+
+def test_gate_catches_and_names_a_transform_writing_violating_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _corrupting_accepted_select(monkeypatch)
+    result = transformed(tmp_path, "us_east", [sale(i) for i in range(1, 151)])
+    report = evaluate({"us_east": result}, history={"us_east": weekly(150)})
+    assert report.verdict == "fail"
+    assert {c.name for c in report.failing} == {
+        "no_duplicate_keys",
+        "no_rule_violations",
+        "sale_date_is_business_date",
+    }
+    assert check(report, "no_duplicate_keys").measured == 1
+    assert check(report, "no_rule_violations").detail == (
+        "derived_metrics_mismatch: 1, quantity_not_positive: 1"
+    )
+    assert check(report, "sale_date_is_business_date").detail == (
+        "1 of 150 accepted rows have a sale_date other than 2024-01-15"
+    )
+
+
+def test_gate_judges_the_transforms_measures_without_reading_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _corrupting_accepted_select(monkeypatch)
+    bad = transformed(tmp_path / "bad", "us_east", [sale(i) for i in range(1, 151)])
+    monkeypatch.undo()
+    good = transformed(tmp_path / "good", "europe", [sale(i) for i in range(1, 151)])
+    for result in (bad, good):
+        for f in result.accepted_files:
+            f.unlink()  # the gate must not need them
+    report = evaluate({"us_east": bad, "europe": good})
+    assert [(c.name, c.measured) for c in report.failing] == [
+        ("no_duplicate_keys", 1.0),
+        ("no_rule_violations", 1.0),  # sale 2: two terms, one row
+        ("sale_date_is_business_date", 1.0),
+    ]
+    assert all(c.region == "us_east" for c in report.failing)
+    assert check(report, "no_rule_violations", "europe").detail == ("none among 150 accepted rows")
+
+
+def test_transform_result_with_measures_survives_pickling(tmp_path: Path) -> None:
+    """Results cross task boundaries (Prefect results, Dask workers) pickled."""
+    result = transformed(tmp_path, "us_east", [sale(1), sale(1, quantity=0)])
+    assert pickle.loads(pickle.dumps(result)) == result
 
 
 # --- report output ------------------------------------------------------------------------------
