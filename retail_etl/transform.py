@@ -1,8 +1,9 @@
 """Transform one region's extract into accepted rows and rejects, with DuckDB.
 
-Plain functions, no Prefect. One region is one set of DuckDB statements on its own in-memory
-connection (``memory_limit``, ``threads``, a spill ``temp_directory`` under the run dir), so the
-lead may run regions concurrently from threads, each call with its own connection.
+Plain functions, no Prefect. One region is one set of DuckDB statements on an in-memory
+connection (``memory_limit``, ``threads``, a spill ``temp_directory`` under the run dir): its own,
+so the lead may run regions concurrently from threads, or one :func:`transform_connection` for
+regions transformed in turn (one connection's start-up for many small regions).
 
 What happens to a region's extract (``{run_dir}/extract/region=R/part-*.parquet``):
 
@@ -80,7 +81,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -113,12 +114,14 @@ __all__ = [
     "FrameOutput",
     "ReconciliationError",
     "RegionTransformResult",
+    "TransformConnection",
     "TransformError",
     "TransformInputError",
     "all_reasons",
     "classify_frame",
     "invalid_reason",
     "null_reason",
+    "transform_connection",
     "transform_frame",
     "transform_region",
 ]
@@ -504,6 +507,53 @@ def _connect(memory_limit: str, threads: int, temp_dir: Path | None) -> duckdb.D
     return con
 
 
+class TransformConnection:
+    """One DuckDB connection for several regions transformed in turn (the regions that landed
+    together): one connection's start-up instead of one per region. Each region drops its
+    temporary tables when it is done; a region that fails discards the connection, so the next
+    region starts on a fresh one and a failure stays its region's own. Use it from one thread
+    at a time (regions run concurrently need one each). Made by :func:`transform_connection`."""
+
+    def __init__(self, memory_limit: str, threads: int, spill: Path) -> None:
+        self._settings = (memory_limit, threads, spill)
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def get(self) -> duckdb.DuckDBPyConnection:
+        """The open connection (opened on first use and after :meth:`discard`)."""
+        if self._con is None:
+            self._con = _connect(*self._settings)
+        return self._con
+
+    def discard(self) -> None:
+        """Close the connection; the next :meth:`get` opens a fresh one."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+@contextlib.contextmanager
+def transform_connection(
+    out_dir: Path,
+    *,
+    memory_limit: str = "1GB",
+    threads: int = 2,
+    temp_dir: Path | None = None,
+) -> Iterator[TransformConnection]:
+    """A :class:`TransformConnection` spilling to ``temp_dir`` (default
+    ``out_dir/.duckdb-tmp/<random>``, removed on exit)."""
+    own_temp = temp_dir is None
+    spill = temp_dir or Path(out_dir) / ".duckdb-tmp" / uuid.uuid4().hex[:8]
+    connection = TransformConnection(memory_limit, threads, spill)
+    try:
+        yield connection
+    finally:
+        connection.discard()
+        if own_temp:
+            shutil.rmtree(spill, ignore_errors=True)
+            with contextlib.suppress(OSError):  # other regions may still be using it
+                spill.parent.rmdir()
+
+
 _TYPE_ALIASES = {"TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ"}
 
 
@@ -593,35 +643,40 @@ def _stats(
     measures = measure_accepted(
         con, accepted_files, region=params["region"], business_date=params["business_date"]
     )
-    rejected = con.execute(
-        f"SELECT count(*), coalesce(sum(total_amount), 0) FROM {_REJECTED}"  # noqa: S608
-    ).fetchone()
-    retracted = con.execute(
-        f"SELECT count(*), coalesce(sum(total_amount), 0) FROM {_RETRACTED}"  # noqa: S608
-    ).fetchone()
-    if extracted is None or rejected is None or retracted is None:
+    # The rows not accepted, in one query: rejected (retraction IS NULL) and retracted counts
+    # and sums, retracted rows per reason, rejected rows per reason (one row may have several).
+    not_accepted_sql = (
+        "SELECT count(*) FILTER (WHERE retraction IS NULL), "  # noqa: S608 - constant names
+        "coalesce(sum(total_amount) FILTER (WHERE retraction IS NULL), 0), "
+        "count(*) FILTER (WHERE retraction IS NOT NULL), "
+        "coalesce(sum(total_amount) FILTER (WHERE retraction IS NOT NULL), 0), "
+        "histogram(retraction) FILTER (WHERE retraction IS NOT NULL), "
+        "(SELECT histogram(r) FROM (SELECT unnest(string_split(reasons, ';')) AS r "
+        f"FROM {_REJECTED})) FROM {_NOT_ACCEPTED}"
+    )
+    not_accepted = con.execute(not_accepted_sql).fetchone()
+    if extracted is None or not_accepted is None:
         raise TransformError("statistics query returned no row")  # pragma: no cover
-    retraction_rows = con.execute(
-        f"SELECT retraction, count(*) FROM {_RETRACTED} GROUP BY 1 ORDER BY 1"  # noqa: S608
-    ).fetchall()
-    reason_rows = con.execute(
-        f"SELECT r, count(*) FROM (SELECT unnest(string_split(reasons, ';')) AS r "  # noqa: S608
-        f"FROM {_REJECTED}) GROUP BY r ORDER BY r"
-    ).fetchall()
+    rejected, rejected_total, retracted, retracted_total, retraction_map, reason_map = not_accepted
     return _Stats(
         int(extracted[0]),
         measures.rows,
-        int(rejected[0]),
+        int(rejected),
         Decimal(extracted[1]),
         measures.total_amount,
-        Decimal(rejected[1]),
-        {str(r): int(n) for r, n in reason_rows},
-        int(retracted[0]),
-        Decimal(retracted[1]),
-        {str(r): int(n) for r, n in retraction_rows},
+        Decimal(rejected_total),
+        _counts(reason_map),
+        int(retracted),
+        Decimal(retracted_total),
+        _counts(retraction_map),
         int(extracted[2]),
         measures,
     )
+
+
+def _counts(histogram: Mapping[Any, Any] | None) -> dict[str, int]:
+    """A DuckDB ``histogram`` (NULL when it counted nothing) as a dict sorted by key."""
+    return {str(k): int(n) for k, n in sorted((histogram or {}).items())}
 
 
 def _check_reconciliation(where: str, stats: _Stats, expected_rows: int) -> None:
@@ -649,12 +704,29 @@ _FILES_SOURCE = (
 )
 
 
+_EMPTY_EXTRACT = "__empty_extract"
+
+
 def _empty_source(con: duckdb.DuckDBPyConnection) -> str:
     table = pa.Table.from_batches([], schema=contract.contract_arrow_schema())
     table = table.append_column(_SRC_FILE, pa.array([], pa.string()))
     table = table.append_column(_SRC_ROW, pa.array([], pa.int64()))
-    con.register("__empty_extract", table)
-    return "SELECT * FROM __empty_extract"
+    con.register(_EMPTY_EXTRACT, table)
+    return f"SELECT * FROM {_EMPTY_EXTRACT}"  # noqa: S608 - a constant name
+
+
+def _drop_region_objects(connection: TransformConnection) -> None:
+    """Drop one region's temporary tables and views, so the connection takes the next region
+    (or discard the connection if that fails)."""
+    con = connection.get()
+    try:
+        for view in (_REJECTED, _RETRACTED):
+            con.execute(f"DROP VIEW IF EXISTS {view}")
+        for table in (_NOT_ACCEPTED, _LOSERS, _DUP_KEYS):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+        con.unregister(_EMPTY_EXTRACT)
+    except duckdb.Error:
+        connection.discard()
 
 
 def _parts(directory: Path) -> list[Path]:
@@ -715,6 +787,7 @@ def transform_region(
     row_group_size: int = 122_880,
     max_file_rows: int | None = None,
     temp_dir: Path | None = None,
+    connection: TransformConnection | None = None,
 ) -> RegionTransformResult:
     """Transform one region's extract parquet files into accepted rows and rejects.
 
@@ -726,18 +799,34 @@ def transform_region(
     folder (empty, with the schema, when there are no rows). ``max_file_rows`` splits the output
     into files of at most that many rows (``None``: one file; DuckDB writes row groups in
     multiples of 2048 rows, so values below 2048 act as 2048). DuckDB spills to
-    ``temp_dir`` (default ``out_dir/.duckdb-tmp/<region>-<random>``, removed afterwards).
+    ``temp_dir`` (default ``out_dir/.duckdb-tmp/<random>``, removed afterwards).
+    ``connection`` (:func:`transform_connection`) runs the region on it, with its settings
+    (``memory_limit``, ``threads`` and ``temp_dir`` are then ignored), and leaves it open for
+    the next region.
 
     Raises :class:`TransformInputError` when the extract is unreadable or lacks contract columns,
     and :class:`ReconciliationError` when rows or money do not add up.
     """
+    if connection is None:
+        with transform_connection(
+            out_dir, memory_limit=memory_limit, threads=threads, temp_dir=temp_dir
+        ) as own:
+            return transform_region(
+                extract_files,
+                region=region,
+                business_date=business_date,
+                batch_id=batch_id,
+                flow_run_id=flow_run_id,
+                out_dir=out_dir,
+                row_group_size=row_group_size,
+                max_file_rows=max_file_rows,
+                connection=own,
+            )
     started = time.perf_counter()
     region = validate_identifier(region.strip().lower(), "region")
     out_dir = Path(out_dir)
     files = [Path(f) for f in extract_files]
     final = {kind: out_dir / kind / f"region={region}" for kind in _OUTPUTS}
-    own_temp = temp_dir is None
-    spill = temp_dir or out_dir / ".duckdb-tmp" / f"{region}-{uuid.uuid4().hex[:8]}"
     params: dict[str, Any] = {
         "files": [str(f) for f in files],
         "region": region,
@@ -756,7 +845,8 @@ def transform_region(
     # reconciled, so a failed or interrupted run never leaves half a region behind.
     tag = uuid.uuid4().hex[:8]
     staging = {kind: out_dir / kind / f".region={region}.{tag}.tmp" for kind in _OUTPUTS}
-    con = _connect(memory_limit, threads, spill)
+    con = connection.get()
+    succeeded = False
     try:
         source_sql = _FILES_SOURCE if files else _empty_source(con)
         try:
@@ -804,14 +894,14 @@ def transform_region(
                 f"{stats.retracted}"
             )
         files_out = {kind: _publish(staging[kind], final[kind]) for kind in _OUTPUTS}
+        succeeded = True
     finally:
-        con.close()
+        if succeeded:
+            _drop_region_objects(connection)
+        else:
+            connection.discard()
         for tmp in staging.values():
             shutil.rmtree(tmp, ignore_errors=True)
-        if own_temp:
-            shutil.rmtree(spill, ignore_errors=True)
-            with contextlib.suppress(OSError):  # other regions may still be using it
-                spill.parent.rmdir()
 
     result = RegionTransformResult(
         region=region,

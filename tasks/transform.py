@@ -11,7 +11,13 @@ from retail_etl import humanize, progress
 from retail_etl.extract import RegionExtract
 from retail_etl.run import RunContext
 from retail_etl.settings import get_settings
-from retail_etl.transform import RegionTransformResult, TransformError, transform_region
+from retail_etl.transform import (
+    RegionTransformResult,
+    TransformConnection,
+    TransformError,
+    transform_connection,
+    transform_region,
+)
 
 
 def _transform_run_name() -> str:
@@ -33,26 +39,32 @@ def transform_regions_task(
     transform fails alone; returns (results, errors) by region."""
     results: dict[str, RegionTransformResult] = {}
     errors: dict[str, str] = {}
-    for extract in extracts:
-        try:
-            results[extract.region] = _transform_one(
-                extract,
-                ctx,
-                memory_limit=memory_limit,
-                threads=threads,
-                max_file_rows=max_file_rows,
-            )
-        except (TransformError, OSError) as e:
-            errors[extract.region] = f"{type(e).__name__}: {e}"
-            progress.report(extract.region, "transform_failed", detail=errors[extract.region][:120])
-            get_run_logger().error(
-                "Region %s not transformed: %s", extract.region, errors[extract.region]
-            )
+    # one DuckDB connection for the regions in turn (its start-up paid once, not per region)
+    with transform_connection(
+        ctx.run_dir, memory_limit=memory_limit, threads=threads
+    ) as connection:
+        for extract in extracts:
+            try:
+                results[extract.region] = _transform_one(
+                    extract, ctx, connection=connection, max_file_rows=max_file_rows
+                )
+            except (TransformError, OSError) as e:
+                errors[extract.region] = f"{type(e).__name__}: {e}"
+                progress.report(
+                    extract.region, "transform_failed", detail=errors[extract.region][:120]
+                )
+                get_run_logger().error(
+                    "Region %s not transformed: %s", extract.region, errors[extract.region]
+                )
     return results, errors
 
 
 def _transform_one(
-    extract: RegionExtract, ctx: RunContext, *, memory_limit: str, threads: int, max_file_rows: int
+    extract: RegionExtract,
+    ctx: RunContext,
+    *,
+    connection: TransformConnection,
+    max_file_rows: int,
 ) -> RegionTransformResult:
     progress.report(extract.region, "transforming")
     result = transform_region(
@@ -62,9 +74,8 @@ def _transform_one(
         batch_id=ctx.batch_id,
         flow_run_id=ctx.flow_run_id,
         out_dir=ctx.run_dir,
-        memory_limit=memory_limit,
-        threads=threads,
         max_file_rows=max_file_rows,
+        connection=connection,
     )
     get_run_logger().info(
         "Region %s: %s extracted, %s accepted, %s rejected %s, %s retracted %s in %.2f s",

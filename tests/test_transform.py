@@ -647,3 +647,63 @@ def test_invalid_region_rejected(tmp_path: Path) -> None:
             flow_run_id="F",
             out_dir=tmp_path,
         )
+
+
+# --- regions in turn on one connection ----------------------------------------------------------
+
+
+def _outcome(result: transform.RegionTransformResult) -> dict[str, Any]:
+    """A result's counts, sums, measures and rows, without its timing and file paths."""
+    files = ("accepted_files", "reject_files", "retraction_files")
+    fields = dataclasses.asdict(result)
+    rows = {f: sorted(map(str, read(getattr(result, f)).to_pylist())) for f in files}
+    return {k: v for k, v in fields.items() if k not in (*files, "seconds")} | rows
+
+
+def test_regions_in_turn_on_one_connection_match_their_own_connections(
+    tmp_path: Path, mixed_extract: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One connection for the regions of a batch: each region's output as on its own connection,
+    one connection opened; a region that fails after its temporary tables exist fails alone and
+    the next region gets a fresh connection; empty regions twice in a row."""
+    kwargs: dict[str, Any] = {"business_date": D, "batch_id": "B", "flow_run_id": "F"}
+    order = [("us_east", mixed_extract), ("apac", []), ("europe", mixed_extract)]
+    order += [("us_west", mixed_extract), ("africa", []), ("asia", [])]
+    alone = {
+        r: _outcome(transform_region(f, region=r, out_dir=tmp_path / "alone", **kwargs))
+        for r, f in order
+        if r != "europe"
+    }
+    opened: list[tuple[Any, ...]] = []
+    real_connect, real_stats = transform._connect, transform._stats
+
+    def counting_connect(*args: Any) -> Any:
+        opened.append(args)
+        return real_connect(*args)
+
+    def lossy_for_europe(*args: Any) -> Any:
+        stats = real_stats(*args)
+        if args[-1]["region"] == "europe":
+            return dataclasses.replace(stats, accepted=stats.accepted - 1)
+        return stats
+
+    monkeypatch.setattr(transform, "_connect", counting_connect)
+    monkeypatch.setattr(transform, "_stats", lossy_for_europe)
+    shared: dict[str, dict[str, Any]] = {}
+    out = tmp_path / "shared"
+    with transform.transform_connection(out, memory_limit="256MB", threads=1) as connection:
+        for region, files in order:
+            if region == "europe":
+                with pytest.raises(ReconciliationError, match="europe"):
+                    transform_region(
+                        files, region=region, out_dir=out, connection=connection, **kwargs
+                    )
+                continue
+            result = transform_region(
+                files, region=region, out_dir=out, connection=connection, **kwargs
+            )
+            shared[region] = _outcome(result)
+    assert shared == alone
+    assert shared["us_east"]["rows_accepted"] == 3 and shared["asia"]["rows_extracted"] == 0
+    assert len(opened) == 2  # the first region's, and a fresh one after europe failed
+    assert not (out / ".duckdb-tmp").exists()
