@@ -52,10 +52,10 @@ Memory: DuckDB's streaming parquet reader reads the region in passes. The dedup 
 column for the aggregate and whole rows only of the repeated keys, and keeps the losers'
 (file, row) in a small temporary table; the classification (typing, reasons, retractions, the
 losers looked up by a hash join) streams every row once into a temporary table of the rows not
-accepted (rejected or retracted) and once into the accepted parquet; the accepted parquet is
-read back once, for the reconciliation and the quality gate's invariants (:mod:`retail_etl.rules`)
-in the same scan. No operator holds whole rows of the region, so a 10x day costs time, not memory (what does
-not fit in ``memory_limit`` spills to ``temp_directory``). Because the window sees the whole
+accepted (rejected or retracted) and once into the accepted parquet; one scan of the accepted
+parquet as written serves the reconciliation and measures the quality gate's invariants
+(:mod:`retail_etl.rules`). No operator holds whole rows of the region, so a 10x day costs time,
+not memory (what does not fit in ``memory_limit`` spills to ``temp_directory``). Because the window sees the whole
 region, duplicates split across extract files (chunks) are found by construction.
 
 Output (always, also for zero rows): ``out_dir/accepted/region=R/part-<i>.parquet``,
