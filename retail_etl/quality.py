@@ -409,17 +409,28 @@ def history_check(
 
 
 def invariant_checks(
-    measures_by_region: Mapping[str, AcceptedMeasures],
+    measures_by_region: Mapping[str, AcceptedMeasures | None],
     business_date: date,
 ) -> list[CheckResult]:
     """Judge the invariants the transform measured on each region's accepted parquet:
     duplicates, rule violations, foreign sale dates.
 
     Each measured value is a row count that must be 0; ``no_rule_violations`` counts rows that
-    break at least one term (detail: count per term). Reads no file.
+    break at least one term (detail: count per term). Reads no file. A region without
+    measures fails all three (nothing vouches for its files).
     """
     out: list[CheckResult] = []
     for region, m in measures_by_region.items():
+        if m is None:
+            out += [
+                CheckResult(name, region, 1.0, 0.0, "fail", "the accepted files were not measured")
+                for name in (
+                    "no_duplicate_keys",
+                    "no_rule_violations",
+                    "sale_date_is_business_date",
+                )
+            ]
+            continue
         out.append(
             _zero_check(
                 "no_duplicate_keys",

@@ -110,7 +110,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DUPLICATE_REASON",
-    "REJECT_RULES",
     "FrameOutput",
     "ReconciliationError",
     "RegionTransformResult",
@@ -119,8 +118,6 @@ __all__ = [
     "TransformInputError",
     "all_reasons",
     "classify_frame",
-    "invalid_reason",
-    "null_reason",
     "transform_connection",
     "transform_frame",
     "transform_region",
@@ -186,7 +183,9 @@ class RegionTransformResult:
     #: distinct non-NULL sale_ids of the extract: what the source holds for the day
     source_keys: int = 0
     #: the quality gate's invariants, measured in the read-back of the accepted files
-    accepted_measures: AcceptedMeasures = field(default_factory=AcceptedMeasures)
+    #: the gate's invariants measured on the accepted files as written (None: not measured,
+    #: and the gate fails the region)
+    accepted_measures: AcceptedMeasures | None = None
 
     @property
     def reject_rate(self) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -55,7 +56,7 @@ def stats(
     rejected: int = 0,
     null_counts: dict[str, int] | None = None,
 ) -> RegionTransformResult:
-    """Transform statistics without files (invariants then measure 0)."""
+    """Transform statistics without files (their invariants measured clean)."""
     return RegionTransformResult(
         region=region,
         rows_extracted=extracted,
@@ -66,6 +67,7 @@ def stats(
         total_amount_extracted=Decimal(0),
         total_amount_accepted=Decimal(0),
         total_amount_rejected=Decimal(0),
+        accepted_measures=AcceptedMeasures(rows=extracted - rejected),
     )
 
 
@@ -474,3 +476,14 @@ def test_the_volume_chart_draws_each_region_against_its_history_band() -> None:
     report = evaluate({"us_east": stats(extracted=400)}, history=history)
     (encoded,) = re.findall(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", report.to_markdown())
     assert ">us_east<" in base64.b64decode(encoded).decode()
+
+
+def test_a_region_whose_accepted_files_were_not_measured_fails_the_gate() -> None:
+    unmeasured = replace(stats("europe"), accepted_measures=None)
+    report = evaluate({"us_east": stats("us_east"), "europe": unmeasured})
+    failing = {(c.region, c.name, c.detail) for c in report.failing}
+    assert report.verdict == "fail"
+    assert failing == {
+        ("europe", name, "the accepted files were not measured")
+        for name in ("no_duplicate_keys", "no_rule_violations", "sale_date_is_business_date")
+    }

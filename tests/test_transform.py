@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from retail_etl import contract, transform
+from retail_etl.rules import REJECT_RULES
 from retail_etl.transform import (
-    REJECT_RULES,
     ReconciliationError,
     TransformInputError,
     all_reasons,
