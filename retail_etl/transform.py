@@ -330,6 +330,7 @@ def _reason_cases(plan: Sequence[_ColumnSql]) -> list[tuple[str, str]]:
 
 
 _LOSERS = "losers"
+_CLASSIFIED = "classified"
 _DUP_KEYS = "dup_keys"
 
 
@@ -382,8 +383,8 @@ def _retraction_sql() -> str:
 
 def _classify_sql(source_sql: str, plan: Sequence[_ColumnSql], has_extras: bool) -> str:
     """SELECT every row: typed columns, ``gross_amount``, ``reasons`` ('' = accepted), raw JSON.
-    Reads the ``losers`` table (:func:`_losers_sql`) for the duplicate reason. Streams: no
-    operator holds the region's rows."""
+    Reads the ``losers`` table (:func:`_losers_sql`) for the duplicate reason. No operator
+    holds the region's rows; the result is materialized once (``classified``)."""
     extras = _q(contract.EXTRAS_COLUMN)
     selected = [f"{c.typed} AS {_q(c.name)}" for c in plan]
     selected += [f"{_q(c.name)} AS {_raw(c.name)}" for c in plan if c.keep_raw]
@@ -442,7 +443,7 @@ def _accepted_select() -> str:
     exprs["flow_run_id"] = "CAST($flow_run_id AS VARCHAR)"
     cols = ", ".join(f"{exprs[n]} AS {_q(n)}" for n in contract.ACCEPTED_COLUMNS)
     return (
-        f"SELECT {cols} FROM classified "  # noqa: S608 - constant identifiers
+        f"SELECT {cols} FROM {_CLASSIFIED} "  # noqa: S608 - constant identifiers
         "WHERE reasons = '' AND retraction IS NULL"
     )
 
@@ -567,10 +568,10 @@ def _input_types(
 
 @dataclass(frozen=True)
 class _Classified:
-    """A region classified: ``cte`` prefixes a query reading ``classified`` (every row, not
-    materialized); the rejected rows are in the temporary table ``rejected``."""
+    """A region classified into the temporary table ``classified`` (every row, once: the
+    accepted COPY and the not-accepted rows read it instead of classifying again; DuckDB
+    spills it past ``memory_limit``); the rejected rows are in the view ``rejected``."""
 
-    cte: str
     total_amount: str  # the typed total_amount over the source (for the extracted sum)
     sale_id: str  # the typed sale_id over the source (for the source's distinct keys)
 
@@ -587,14 +588,15 @@ def _classify(
     con.execute(dup_keys, _params(dup_keys, params))
     losers = f"CREATE TEMP TABLE {_LOSERS} AS {_losers_sql(source_sql, plan)}"
     con.execute(losers, _params(losers, params))
-    cte = (
-        f"WITH classified AS ({_classify_sql(source_sql, plan, contract.EXTRAS_COLUMN in types)}) "
+    classify = (
+        f"CREATE TEMP TABLE {_CLASSIFIED} AS "
+        f"{_classify_sql(source_sql, plan, contract.EXTRAS_COLUMN in types)}"
     )
-    not_accepted = (
-        f"CREATE TEMP TABLE {_NOT_ACCEPTED} AS {cte}"  # noqa: S608 - constant identifiers
-        "SELECT * FROM classified WHERE reasons <> '' OR retraction IS NOT NULL"
+    con.execute(classify, _params(classify, params))
+    con.execute(
+        f"CREATE TEMP TABLE {_NOT_ACCEPTED} AS SELECT * FROM {_CLASSIFIED} "  # noqa: S608
+        "WHERE reasons <> '' OR retraction IS NOT NULL"
     )
-    con.execute(not_accepted, _params(not_accepted, params))
     con.execute(
         f"CREATE TEMP VIEW {_REJECTED} AS SELECT * FROM {_NOT_ACCEPTED} "  # noqa: S608
         "WHERE retraction IS NULL"
@@ -604,7 +606,7 @@ def _classify(
         "WHERE retraction IS NOT NULL"
     )
     typed = {c.name: c.typed for c in plan}
-    return _Classified(cte, typed["total_amount"], typed["sale_id"])
+    return _Classified(typed["total_amount"], typed["sale_id"])
 
 
 @dataclass(frozen=True)
@@ -721,7 +723,7 @@ def _drop_region_objects(connection: TransformConnection) -> None:
     try:
         for view in (_REJECTED, _RETRACTED):
             con.execute(f"DROP VIEW IF EXISTS {view}")
-        for table in (_NOT_ACCEPTED, _LOSERS, _DUP_KEYS):
+        for table in (_NOT_ACCEPTED, _CLASSIFIED, _LOSERS, _DUP_KEYS):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         con.unregister(_EMPTY_EXTRACT)
     except duckdb.Error:
@@ -857,8 +859,7 @@ def transform_region(
         try:
             n_acc, written = _copy(
                 con,
-                classified.cte
-                + _all_nullable(_accepted_select(), contract.accepted_arrow_schema()),
+                _all_nullable(_accepted_select(), contract.accepted_arrow_schema()),
                 staging["accepted"],
                 params,
                 row_group_size,
@@ -984,10 +985,10 @@ def classify_frame(
     con = _connect("256MB", 1, None)
     try:
         con.register("__frame", table)
-        classified = _classify(con, "SELECT * FROM __frame", params, region)
+        _classify(con, "SELECT * FROM __frame", params, region)
         out = []
         for select, schema in (
-            (classified.cte + _accepted_select(), contract.accepted_arrow_schema()),
+            (_accepted_select(), contract.accepted_arrow_schema()),
             (_REJECTS_SELECT, contract.reject_arrow_schema()),
             (_RETRACTIONS_SELECT, contract.retraction_arrow_schema()),
         ):
