@@ -23,7 +23,7 @@ from retail_etl.records import RegionRecord
 from retail_etl.redact import scrub_secrets
 from retail_etl.resume import ResumePlan, batch_date, plan_resume
 from retail_etl.run import RunContext
-from retail_etl.settings import InvalidIdentifierError, Settings
+from retail_etl.settings import Settings
 from retail_etl.staging import StagedFile, StagingStore
 from retail_etl.transform import RegionTransformResult
 from retail_etl.warehouse import (
@@ -32,7 +32,6 @@ from retail_etl.warehouse import (
     MergeResult,
     RegionLoad,
     Warehouse,
-    WarehouseError,
 )
 
 
@@ -148,35 +147,35 @@ def stage_region_task(
 def merge_regions_task(
     warehouse: Warehouse, loads: Sequence[RegionLoad]
 ) -> tuple[dict[str, MergeResult], dict[str, str]]:
-    """Per region, in turn, one transaction: COPY + MERGE, retractions, the day's rejects
-    replaced and the ledger row. All on one warehouse connection (DuckDB checkpoints once, Snowflake logs in
-    once, with the load's session settings). A region that fails on a lock timeout is retried
-    (RETAIL_ETL_LOAD_ATTEMPTS); one that still fails is rolled back and reported; the next
-    region goes on.
+    """The regions in one transaction: COPY + MERGE (or INSERT, for a day with no stored key),
+    retractions, the day's rejects replaced and the ledger rows. All on one warehouse
+    connection (DuckDB checkpoints once, Snowflake logs in once, with the load's session
+    settings). On a lock timeout the transaction is retried (RETAIL_ETL_LOAD_ATTEMPTS); if it
+    still fails, each region is loaded in its own transaction, so one that fails is rolled
+    back and reported and the others load.
     Returns (merges, errors) by region."""
     logger = get_run_logger()
-    merges: dict[str, MergeResult] = {}
-    errors: dict[str, str] = {}
     with warehouse.loading():
-        for load in loads:
-            region = load.region
-            try:
-                merge = warehouse.load_region(load)
-            except (WarehouseError, InvalidIdentifierError) as e:  # only this region
-                errors[region] = scrub_secrets(f"{type(e).__name__}: {e}")
-                logger.error("Region %s not loaded: %s", region, errors[region])
-                continue
-            merges[region] = merge
-            logger.info(
-                "Region %s merged: %s inserted, %s updated, %s unchanged, %s retracted from "
-                "sales_fact in %.2f s",
-                region,
-                f"{merge.inserted:,}",
-                f"{merge.updated:,}",
-                f"{merge.unchanged:,}",
-                f"{merge.deleted:,}",
-                merge.seconds,
-            )
+        merges, failures = warehouse.load_regions(loads)
+    errors: dict[str, str] = {}
+    for load in loads:  # in the order given, as before
+        region = load.region
+        if region in failures:
+            e = failures[region]
+            errors[region] = scrub_secrets(f"{type(e).__name__}: {e}")
+            logger.error("Region %s not loaded: %s", region, errors[region])
+            continue
+        merge = merges[region]
+        logger.info(
+            "Region %s merged: %s inserted, %s updated, %s unchanged, %s retracted from "
+            "sales_fact in %.2f s",
+            region,
+            f"{merge.inserted:,}",
+            f"{merge.updated:,}",
+            f"{merge.unchanged:,}",
+            f"{merge.deleted:,}",
+            merge.seconds,
+        )
     return merges, errors
 
 

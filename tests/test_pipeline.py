@@ -239,13 +239,14 @@ def test_a_region_far_below_its_history_fails_the_gate(env):
 
 def test_a_warehouse_failure_mid_load_applies_nothing_and_a_rerun_loads_once(env, monkeypatch):
     _seed(env, rows=1_000)
-    # The MERGE has run inside the transaction when its ledger row is written: the first two
-    # loads (one per region) fail there; recording the failures afterwards works.
+    # The MERGE has run inside the transaction when its ledger rows are written: the first
+    # three loads (both regions in one transaction, then each region on its own) fail there;
+    # recording the failures afterwards works.
     with monkeypatch.context() as patch:
-        plan = FaultPlan("ledger", nth=1, times=2).install(patch)
+        plan = FaultPlan("ledger", nth=1, times=3).install(patch)
         state, summary = run_day(DAY, ["us_east", "europe"])
 
-    assert plan.failed == 2
+    assert plan.failed == 3
     assert state.is_failed()
     assert (
         "load failed for us_east" in state.message and "injected warehouse failure" in state.message
@@ -279,7 +280,7 @@ def test_a_warehouse_that_cannot_stage_for_the_load_fails_every_region(env, monk
         ).install(patch)
         state, summary = run_day(DAY, ["us_east", "europe"])
 
-    assert plan.failed == 2
+    assert plan.failed == 3  # the load of both regions in one transaction, then each alone
     assert state.is_failed()
     for region in ("us_east", "europe"):
         assert summary.regions[region].status == "load_failed"

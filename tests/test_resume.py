@@ -146,7 +146,9 @@ def test_resume_flow_after_a_load_failure_then_twice_is_a_no_op(etl_env, monkeyp
     etl_env.seed(days=1, rows=800, start=DAY)
     regions = ["us_east", "europe"]
     with monkeypatch.context() as patch:
-        FaultPlan("merge", times=2).install(patch)
+        # three writes into the fact fail: the load of both regions in one transaction, then
+        # each region's own load after it
+        FaultPlan("merge", times=3).install(patch)
         state, summary = run_day(DAY, regions)
     assert state.is_failed()
     assert {summary.regions[r].status for r in regions} == {"load_failed"}

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
@@ -66,7 +66,8 @@ class WarehouseBusyError(WarehouseError):
 
 class WarehouseLoadError(WarehouseError):
     """Loading one region's batch failed; nothing of it was merged and no 'loaded' ledger row
-    was written (the transaction was rolled back)."""
+    was written (the transaction was rolled back). For a load of several regions in one
+    transaction, ``region`` lists them, comma-separated."""
 
     def __init__(self, message: str, *, region: str, business_date: date, batch_id: str):
         super().__init__(message)
@@ -116,6 +117,9 @@ def _date(name: str) -> WarehouseColumn:
 
 #: Columns of the per-batch stage table: exactly the staged parquet (extras still text).
 SALES_STAGE_COLUMNS: tuple[WarehouseColumn, ...] = _columns(contract.accepted_arrow_schema())
+#: Added to every stage table of a load: the region whose staged files the row was read from
+#: (a load's stage tables hold all its regions; the checks are made per region).
+STAGE_REGION_COLUMN = _varchar("load_region")
 SALES_FACT_COLUMNS: tuple[WarehouseColumn, ...] = (
     *(replace(c, json=c.name == contract.EXTRAS_COLUMN) for c in SALES_STAGE_COLUMNS),
     _timestamp("loaded_at"),
@@ -249,12 +253,16 @@ def describe_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}"
 
 
-def load_error(batch: RegionLoad, step: str, e: BaseException) -> WarehouseLoadError:
+def load_error(loads: Sequence[RegionLoad], step: str, e: BaseException) -> WarehouseLoadError:
+    """The error of a failed load transaction of one region (or several, of one batch)."""
+    first = loads[0]
+    regions = ", ".join(repr(b.region) for b in loads)
+    what = f"region {regions}" if len(loads) == 1 else f"regions {regions}"
     return WarehouseLoadError(
-        f"loading region {batch.region!r} for {batch.business_date} (batch {batch.batch_id}) "
+        f"loading {what} for {first.business_date} (batch {first.batch_id}) "
         f"into sales_fact failed at step '{step}'; rolled back, nothing merged, retracted or "
         f"replaced: {describe_error(e)}",
-        region=batch.region,
-        business_date=batch.business_date,
-        batch_id=batch.batch_id,
+        region=",".join(b.region for b in loads),
+        business_date=first.business_date,
+        batch_id=first.batch_id,
     )

@@ -31,7 +31,7 @@ StatementKind = Literal[
     "check_stage",
     "dedup",
     "classify",
-    "merge",
+    "merge",  # the write of the source into sales_fact: MERGE, or INSERT on the insert path
     "retract",
     "replace_rejects",
     "ledger",
@@ -87,12 +87,13 @@ class Dialect(Protocol):
     - ``existing_columns(con, table)``: lower-cased column names of a permanent table;
     - ``stale_stage_tables(con, created_before)``: stage tables a killed load left behind.
 
-    Staging one region's batch:
+    Staging a load's batch (one region, or several of one batch in one transaction):
 
     - ``fill_steps``: the step names of filling the sales stage and the side stages (they name
       the step in :class:`~retail_etl.warehouse.base.WarehouseLoadError` messages);
-    - ``create_stage_table(con, name, columns)``, ``fill_stage(con, name, columns, files)`` ->
-      rows loaded, ``drop_stage_table(con, name)``;
+    - ``create_stage_table(con, name, columns)``, ``fill_stage(con, name, columns, files,
+      load_region=None)`` -> rows loaded (``load_region``: also set the stage's ``load_region``
+      column of these rows to it), ``drop_stage_table(con, name)``;
     - ``merge_source(con, stage, duplicates)`` -> (MERGE source SQL, tables it created);
     - ``merge_counts(result)`` -> (inserted, updated), ``None`` for one the engine does not
       report, and the total of rows the MERGE changed.
@@ -101,8 +102,8 @@ class Dialect(Protocol):
 
     - ``load_scope(con)``: a context around a batch's region loads (Snowflake: the load's
       timeouts, its warehouse and size, restored after);
-    - ``region_scope(con, batch)``: a context around one attempt of a region's load (Snowflake:
-      the query tag naming batch and region);
+    - ``region_scope(con, loads)``: a context around one attempt of a load of one or more
+      regions of a batch (Snowflake: the query tag naming batch and regions);
     - ``retryable(error)``: whether a failed load attempt may simply be run again (a lock
       timeout, a busy file, a transient error; the load is one transaction, so this is safe).
     """
@@ -142,14 +143,21 @@ class Dialect(Protocol):
         self, con: Any, name: str, columns: Sequence[WarehouseColumn]
     ) -> None: ...
     def fill_stage(
-        self, con: Any, name: str, columns: Sequence[str], files: Sequence[StagedFile]
+        self,
+        con: Any,
+        name: str,
+        columns: Sequence[str],
+        files: Sequence[StagedFile],
+        load_region: str | None = None,
     ) -> int: ...
     def drop_stage_table(self, con: Any, name: str) -> None: ...
     def merge_source(self, con: Any, stage: str, duplicates: int) -> tuple[str, list[str]]: ...
     def merge_counts(self, result: Result) -> tuple[int | None, int | None, int]: ...
 
     def load_scope(self, con: Any) -> AbstractContextManager[None]: ...
-    def region_scope(self, con: Any, batch: RegionLoad) -> AbstractContextManager[None]: ...
+    def region_scope(
+        self, con: Any, loads: Sequence[RegionLoad]
+    ) -> AbstractContextManager[None]: ...
     def retryable(self, error: BaseException) -> bool: ...
 
 
@@ -195,7 +203,7 @@ class SqlDialect:
     def load_scope(self, con: Any) -> AbstractContextManager[None]:
         return nullcontext()
 
-    def region_scope(self, con: Any, batch: RegionLoad) -> AbstractContextManager[None]:
+    def region_scope(self, con: Any, loads: Sequence[RegionLoad]) -> AbstractContextManager[None]:
         return nullcontext()
 
 

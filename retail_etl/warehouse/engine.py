@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from retail_etl import contract
 from retail_etl.backfill import LedgerState
-from retail_etl.settings import validate_identifier
+from retail_etl.settings import InvalidIdentifierError, validate_identifier
 from retail_etl.staging import StagedFile, StagingStore, validate_batch_id
 from retail_etl.warehouse import sql
 from retail_etl.warehouse.base import (
@@ -47,6 +47,7 @@ from retail_etl.warehouse.base import (
     SALES_RETRACTIONS_COLUMNS,
     SALES_STAGE_COLUMNS,
     SCHEMA_HISTORY_COLUMNS,
+    STAGE_REGION_COLUMN,
     TABLES,
     CheckResult,
     LedgerEntry,
@@ -193,33 +194,6 @@ class Warehouse:
 
     # ------------------------------------------------------------------ loads
 
-    def _stage(
-        self,
-        con: Any,
-        name: str,
-        columns: Sequence[WarehouseColumn],
-        files: Sequence[StagedFile],
-    ) -> int:
-        """Create a stage table and fill it with exactly ``files``; the rows loaded."""
-        self.dialect.create_stage_table(con, name, columns)
-        return self.dialect.fill_stage(con, name, [c.name for c in columns], files)
-
-    def _check_stage(
-        self, con: Any, what: str, stage: str, region: str, loaded: int, expected: int
-    ) -> int:
-        """(staged rows, duplicate-key rows) after the checks: every row of the region, and
-        the rows loaded, the stage's rows and the staged files' rows all equal."""
-        row = self._run(con, "check_stage", sql.stage_stats_sql(self.dialect, stage), [region])
-        staged, foreign, duplicates = (int(v) for v in (row[0] if row else (0, 0, 0)))
-        if not staged == loaded == expected:
-            raise WarehouseError(
-                f"loaded {loaded} {what} row(s) into the stage, it holds {staged}, the staged "
-                f"files have {expected}"
-            )
-        if foreign:
-            raise WarehouseError(f"{foreign} {what} row(s) are not of region {region!r}")
-        return duplicates
-
     def load_region(self, batch: RegionLoad) -> MergeResult:
         """Stage tables, dedup guard, MERGE, retractions (removed rows kept in
         ``sales_retractions``), the day's rejects replaced and the 'loaded' ledger row, in one
@@ -228,10 +202,46 @@ class Warehouse:
         A failure the dialect calls retryable (a lock timeout, a busy file) runs the whole
         attempt again, up to ``retry.attempts`` times with backoff: it was rolled back, so
         nothing of it stays."""
+        (result,) = self._load_with_retry([batch])
+        return result
+
+    def load_regions(
+        self, loads: Sequence[RegionLoad]
+    ) -> tuple[dict[str, MergeResult], dict[str, WarehouseError | InvalidIdentifierError]]:
+        """Load several regions of one batch in ONE transaction (one set of stage tables, one
+        MERGE, one commit; the checks and counts still per region), retried like
+        :meth:`load_region`. If it fails (rolled back), each region is loaded on its own with
+        :meth:`load_region`, so a bad region fails alone and the others load.
+
+        Returns (merge results, errors) by region."""
+        regions = [b.region for b in loads]
+        if len(set(regions)) != len(regions):
+            raise ValueError(f"a load names a region twice: {', '.join(regions)}")
+        if len({(b.batch_id, b.business_date, b.flow_run_id) for b in loads}) > 1:
+            raise ValueError("the regions of one load must share batch id, date and flow run")
+        if len(loads) > 1:
+            try:
+                return {r.region: r for r in self._load_with_retry(loads)}, {}
+            except (WarehouseError, InvalidIdentifierError) as e:
+                log.warning(
+                    "load of %d regions in one transaction failed (%s); loading them one by one",
+                    len(loads),
+                    describe_error(e),
+                )
+        merges: dict[str, MergeResult] = {}
+        errors: dict[str, WarehouseError | InvalidIdentifierError] = {}
+        for batch in loads:
+            try:
+                merges[batch.region] = self.load_region(batch)
+            except (WarehouseError, InvalidIdentifierError) as e:  # only this region
+                errors[batch.region] = e
+        return merges, errors
+
+    def _load_with_retry(self, loads: Sequence[RegionLoad]) -> list[MergeResult]:
         attempt = 1
         while True:
             try:
-                return self._load_region_once(batch)
+                return self._load_once(loads)
             except WarehouseLoadError as e:
                 cause = e.__cause__
                 if (
@@ -243,9 +253,9 @@ class Warehouse:
                 pause = self.retry.pause(attempt)
                 log.warning(
                     "region %s %s batch %s: attempt %d of %d failed (%s); retrying in %.0f s",
-                    batch.region,
-                    batch.business_date,
-                    batch.batch_id,
+                    ", ".join(b.region for b in loads),
+                    loads[0].business_date,
+                    loads[0].batch_id,
                     attempt,
                     self.retry.attempts,
                     describe_error(cause),
@@ -254,155 +264,248 @@ class Warehouse:
                 self.retry.sleep(pause)
                 attempt += 1
 
-    def _load_region_once(self, batch: RegionLoad) -> MergeResult:
+    def _load_once(self, loads: Sequence[RegionLoad]) -> list[MergeResult]:
+        """One attempt: the regions of ``loads`` (one batch) in one transaction."""
         d = self.dialect
-        region = validate_identifier(batch.region, "region")
-        validate_batch_id(batch.batch_id)
-        stage = sql.stage_table_name("sales", batch.batch_id, region)
-        sides: dict[SideKind, tuple[str, Sequence[WarehouseColumn], Sequence[StagedFile]]] = {
+        first = loads[0]
+        regions = [validate_identifier(b.region, "region") for b in loads]
+        validate_batch_id(first.batch_id)
+        day = first.business_date
+        stage = sql.stage_table_name("sales", first.batch_id, regions)
+        sides: dict[SideKind, tuple[str, Sequence[WarehouseColumn]]] = {
             "rejects": (
-                sql.stage_table_name("rejects", batch.batch_id, region),
+                sql.stage_table_name("rejects", first.batch_id, regions),
                 REJECTS_STAGE_COLUMNS,
-                batch.reject_files,
             ),
             "retractions": (
-                sql.stage_table_name("retractions", batch.batch_id, region),
+                sql.stage_table_name("retractions", first.batch_id, regions),
                 RETRACTIONS_STAGE_COLUMNS,
-                batch.retraction_files,
             ),
         }
         rejects_stage, retractions_stage = sides["rejects"][0], sides["retractions"][0]
         created = [stage, rejects_stage, retractions_stage]
         started = time.perf_counter()
-        started_at = batch.started_at or utc_now()
+        started_at = first.started_at or utc_now()
         step = StepTimer()
         fill_step, side_step = d.fill_steps
         with d.connect() as con, ExitStack() as scope:
             try:
                 step.start("session")
-                scope.enter_context(d.region_scope(con, batch))
+                scope.enter_context(d.region_scope(con, loads))
                 step.start("create stage table")
-                d.create_stage_table(con, stage, SALES_STAGE_COLUMNS)
+                d.create_stage_table(con, stage, (*SALES_STAGE_COLUMNS, STAGE_REGION_COLUMN))
+                for name, columns in sides.values():
+                    d.create_stage_table(con, name, (*columns, STAGE_REGION_COLUMN))
                 step.start(fill_step)
-                loaded = d.fill_stage(con, stage, list(sql.ACCEPTED), batch.files)
+                loaded = {
+                    b.region: d.fill_stage(con, stage, list(sql.ACCEPTED), b.files, b.region)
+                    for b in loads
+                }
                 step.start(side_step)
-                side_loaded = {kind: self._stage(con, *spec) for kind, spec in sides.items()}
+                side_loaded = {
+                    kind: {
+                        b.region: d.fill_stage(
+                            con, name, [c.name for c in columns], _side_files(b, kind), b.region
+                        )
+                        for b in loads
+                    }
+                    for kind, (name, columns) in sides.items()
+                }
                 step.start("begin")
                 d.begin(con)
                 step.start("check stage")
-                duplicates = self._check_stage(
-                    con, "staged", stage, region, loaded, batch.staged_rows
-                )
-                rejects = side_loaded["rejects"]
-                retracted = side_loaded["retractions"]
-                for kind, (name, _, files) in sides.items():
-                    self._check_stage(
-                        con, kind, name, region, side_loaded[kind], sum(f.rows for f in files)
-                    )
-                if duplicates:
-                    log.warning(
-                        "region %s %s batch %s: %d staged row(s) repeat a key; keeping the "
-                        "latest updated_at",
-                        region,
-                        batch.business_date,
-                        batch.batch_id,
-                        duplicates,
-                    )
-                source, extra_tables = d.merge_source(con, stage, duplicates)
+                expected = {b.region: b.staged_rows for b in loads}
+                duplicates = self._check_stage(con, "staged", stage, day, loaded, expected)
+                for kind, (name, _) in sides.items():
+                    expected = {b.region: sum(f.rows for f in _side_files(b, kind)) for b in loads}
+                    self._check_stage(con, kind, name, day, side_loaded[kind], expected)
+                for region in regions:
+                    if duplicates[region]:
+                        log.warning(
+                            "region %s %s batch %s: %d staged row(s) repeat a key; keeping the "
+                            "latest updated_at",
+                            region,
+                            day,
+                            first.batch_id,
+                            duplicates[region],
+                        )
+                source, extra_tables = d.merge_source(con, stage, sum(duplicates.values()))
                 created += extra_tables
                 step.start("classify")
-                stored_before = self._count(
-                    con, "classify", sql.day_keys_sql(d), [region, batch.business_date]
+                stored_before = self._per_region(
+                    regions,
+                    self._run(
+                        con,
+                        "classify",
+                        sql.day_keys_per_region_sql(d, len(regions)),
+                        [day, *regions],
+                    ),
                 )
-                counts = self._run(con, "classify", sql.classify_sql(d, source))
-                inserted, updated, unchanged = (int(v) for v in counts[0])
+                counts = self._per_region(
+                    regions, self._run(con, "classify", sql.classify_sql(d, source)), width=3
+                )
+                inserted, updated, unchanged = (
+                    sum(c[i] for c in counts.values()) for i in range(3)
+                )
                 step.start("merge")
-                m_inserted, m_updated, changed = d.merge_counts(
-                    d.execute(con, "merge", sql.merge_sql(d, source))
-                )
+                # Insert path: no key of the source is stored (under any date), so the MERGE
+                # would only insert; a plain INSERT does the same without the join.
+                insert_only = updated == 0 and unchanged == 0
+                write = sql.insert_new_sql(d, source) if insert_only else sql.merge_sql(d, source)
+                m_inserted, m_updated, changed = d.merge_counts(d.execute(con, "merge", write))
                 if (
                     changed != inserted + updated
                     or m_inserted not in (None, inserted)
                     or m_updated not in (None, updated)
                 ):
                     raise WarehouseError(
-                        f"MERGE reported {changed} row(s) changed ({m_inserted} inserted / "
-                        f"{m_updated} updated), expected {inserted} inserted + {updated} updated"
+                        f"{'INSERT' if insert_only else 'MERGE'} reported {changed} row(s) "
+                        f"changed ({m_inserted} inserted / {m_updated} updated), expected "
+                        f"{inserted} inserted + {updated} updated"
                     )
                 step.start("retract")
                 deleted = self._retract(
-                    con, batch, stored_before, retracted, stage, rejects_stage, retractions_stage
+                    con,
+                    loads,
+                    stored_before,
+                    side_loaded["retractions"],
+                    stage,
+                    rejects_stage,
+                    retractions_stage,
                 )
                 step.start("replace rejects")
                 self._run(
-                    con, "replace_rejects", sql.delete_rejects_sql(d), [region, batch.business_date]
+                    con,
+                    "replace_rejects",
+                    sql.delete_rejects_sql(d, len(regions)),
+                    [*regions, day],
                 )
                 self._run(con, "replace_rejects", sql.insert_rejects_sql(d, rejects_stage))
                 step.start("ledger")
                 seconds = time.perf_counter() - started
-                entry = loaded_ledger_entry(
-                    batch, inserted, updated, unchanged, seconds, started_at, deleted
+                entries = [
+                    loaded_ledger_entry(
+                        b, *_counts(counts[b.region]), seconds, started_at, deleted[b.region]
+                    ).validated()
+                    for b in loads
+                ]
+                self._run(
+                    con,
+                    "ledger",
+                    sql.insert_ledger_sql(d, len(entries)),
+                    [v for entry in entries for v in entry.row()],
                 )
-                self._run(con, "ledger", sql.insert_ledger_sql(d), list(entry.validated().row()))
                 step.start("commit")
                 d.commit(con)
             except Exception as e:
                 d.rollback(con)
-                raise load_error(batch, step.current, e) from e
+                raise load_error(loads, step.current, e) from e
             finally:
                 for table in created:
                     d.drop_stage_table(con, table)
         step.start("done")
-        log.debug("load of %s %s, seconds per step: %s", region, batch.business_date, step.seconds)
-        return merge_result(
-            batch,
-            loaded,
-            inserted,
-            updated,
-            unchanged,
-            duplicates,
-            started,
-            deleted=deleted,
-            rejects=rejects,
+        log.debug(
+            "load of %s %s (%s), seconds per step: %s",
+            ", ".join(regions),
+            day,
+            "insert path" if insert_only else "merge",
+            step.seconds,
         )
+        return [
+            merge_result(
+                b,
+                loaded[b.region],
+                *_counts(counts[b.region]),
+                duplicates[b.region],
+                started,
+                deleted=deleted[b.region],
+                rejects=side_loaded["rejects"][b.region],
+            )
+            for b in loads
+        ]
+
+    @staticmethod
+    def _per_region(
+        regions: Sequence[str], rows: Sequence[tuple[Any, ...]], width: int = 1
+    ) -> dict[str, tuple[int, ...]]:
+        """Rows of (region, n1 .. n_width) as region -> counts; zeros for a region without a row."""
+        out = {region: (0,) * width for region in regions}
+        for region, *values in rows:
+            out[str(region)] = tuple(int(v or 0) for v in values)
+        return out
+
+    def _check_stage(
+        self,
+        con: Any,
+        what: str,
+        stage: str,
+        day: date,
+        loaded: Mapping[str, int],
+        expected: Mapping[str, int],
+    ) -> dict[str, int]:
+        """Per region: the duplicate-key rows, after the checks: every row the region's files
+        gave is of the region, and its rows loaded, the stage's rows of it and its staged
+        files' rows all equal."""
+        stats = self._per_region(
+            list(loaded), self._run(con, "check_stage", sql.stage_stats_sql(self.dialect, stage)), 3
+        )
+        unknown = set(stats) - set(loaded)
+        if unknown:
+            raise WarehouseError(f"the {what} stage holds rows of no region of the load: {unknown}")
+        for region, (staged, foreign, _) in stats.items():
+            if not staged == loaded[region] == expected[region]:
+                raise WarehouseError(
+                    f"region {region!r} {day}: loaded {loaded[region]} {what} row(s) into the "
+                    f"stage, it holds {staged}, the staged files have {expected[region]}"
+                )
+            if foreign:
+                raise WarehouseError(
+                    f"region {region!r} {day}: {foreign} {what} row(s) are not of region {region!r}"
+                )
+        return {region: s[2] for region, s in stats.items()}
 
     def _retract(
         self,
         con: Any,
-        batch: RegionLoad,
-        stored_before: int,
-        retracted: int,
+        loads: Sequence[RegionLoad],
+        stored_before: Mapping[str, tuple[int, ...]],
+        retracted: Mapping[str, int],
         stage: str,
         rejects_stage: str,
         retractions_stage: str,
-    ) -> int:
+    ) -> dict[str, int]:
         """Move the stored rows the source retracts or no longer has to ``sales_retractions``;
-        the rows removed from ``sales_fact``."""
+        per region, the rows removed from ``sales_fact``."""
         d = self.dialect
-        lineage = [batch.batch_id, batch.flow_run_id]
+        first = loads[0]
+        regions = [b.region for b in loads]
+        lineage = [first.batch_id, first.flow_run_id]
         statements: list[tuple[str, list[Any]]] = []
-        if retracted:
+        if any(retracted.values()):
             statements.append((sql.retract_listed_sql(d, retractions_stage), lineage))
-        if stored_before:  # nothing stored for the day before: nothing can be missing
+        # nothing stored for a region's day before: nothing of it can be missing
+        stored = [r for r in regions if stored_before[r][0]]
+        if stored:
             statements.append(
                 (
-                    sql.retract_missing_sql(d, stage, rejects_stage, retractions_stage),
-                    [*lineage, batch.region, batch.business_date],
+                    sql.retract_missing_sql(
+                        d, stage, rejects_stage, retractions_stage, len(stored)
+                    ),
+                    [*lineage, *stored, first.business_date],
                 )
             )
         recorded = sum(self._count(con, "retract", text, params) for text, params in statements)
-        deleted = 0
-        if recorded:
-            deleted = self._count(
-                con,
-                "retract",
-                sql.delete_retracted_sql(d),
-                [batch.region, batch.batch_id, batch.region],
-            )
-        if deleted != recorded:
+        deleted = dict.fromkeys(regions, 0)
+        if not recorded:
+            return deleted
+        scope = [*regions, first.batch_id]
+        found = self._run(con, "retract", sql.retracted_per_region_sql(d, len(regions)), scope)
+        deleted.update({str(r): int(n) for r, n in found})
+        removed = self._count(con, "retract", sql.delete_retracted_sql(d, len(regions)), scope)
+        if not removed == sum(deleted.values()) == recorded:
             raise WarehouseError(
-                f"removed {deleted} row(s) from sales_fact but recorded {recorded} in "
-                "sales_retractions"
+                f"removed {removed} row(s) from sales_fact ({deleted} by region) but recorded "
+                f"{recorded} in sales_retractions"
             )
         return deleted
 
@@ -640,6 +743,16 @@ class Warehouse:
                 )
             )
         return checks
+
+
+def _counts(values: tuple[int, ...]) -> tuple[int, int, int]:
+    """(inserted, updated, unchanged) of a region's classify row."""
+    inserted, updated, unchanged = values
+    return inserted, updated, unchanged
+
+
+def _side_files(batch: RegionLoad, kind: SideKind) -> tuple[StagedFile, ...]:
+    return batch.reject_files if kind == "rejects" else batch.retraction_files
 
 
 def _normalize(columns: Sequence[WarehouseColumn], row: Sequence[Any]) -> dict[str, Any]:

@@ -6,6 +6,10 @@ the dialect (DuckDB: ``"sales_fact"``; Snowflake: ``"SALES_FACT"``, the same obj
 dialect's ``param``: DuckDB ``?``, Snowflake pyformat ``%s``). Builders return SQL text only;
 the callers bind. Engine-only statements (COPY, stages, temp tables) live in the dialects.
 
+A load's stage tables hold every region of the load (one transaction for several regions);
+the column :data:`LOAD_REGION` says whose staged files each row came from, so every check is
+made per region, and the statements after them group by region.
+
 A stage holding a key twice is merged from :func:`dedup_source_sql`: the stage deduplicated
 on ``(region, sale_id)`` keeping the latest ``updated_at`` (``QUALIFY ROW_NUMBER() ... = 1``),
 because Snowflake rejects a MERGE whose source matches one target row twice
@@ -16,6 +20,7 @@ because Snowflake rejects a MERGE whose source matches one target row twice
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -34,11 +39,14 @@ from retail_etl.warehouse.base import (
     SALES_RETRACTIONS_COLUMNS,
     SCHEMA_HISTORY,
     SCHEMA_HISTORY_COLUMNS,
+    STAGE_REGION_COLUMN,
     WarehouseColumn,
 )
 from retail_etl.warehouse.dialect import Dialect
 
 KEY_COLUMNS: tuple[str, ...] = contract.NATURAL_KEY  # ("region", "sale_id")
+#: The stage tables' extra column: the region whose staged files the row was read from.
+LOAD_REGION = STAGE_REGION_COLUMN.name
 ACCEPTED: tuple[str, ...] = contract.ACCEPTED_COLUMNS
 WAREHOUSE_TIMESTAMPS = ("loaded_at", "updated_in_warehouse_at")
 #: Tie-break of the dedup window after updated_at (the transform deduplicates the same way).
@@ -55,15 +63,23 @@ CONTENT_COLUMNS: tuple[str, ...] = tuple(
 
 
 def stage_table_name(
-    kind: Literal["sales", "rejects", "retractions"], batch_id: str, region: str
+    kind: Literal["sales", "rejects", "retractions"], batch_id: str, regions: str | Sequence[str]
 ) -> str:
-    """Per-batch, per-region stage table: two runs (other dates = other batch ids) never share one.
+    """Per-batch, per-load stage table: two runs (other dates = other batch ids) never share one.
+    Named after the region when the load has one, else after a digest of its regions (as long
+    as the longest region allowed at most).
 
     Retractions stage as ``stg_retract_...``: no longer than ``stg_rejects_...``, the longest
     name the region-length limit of the settings is computed for."""
-    validate_identifier(region, "region")
+    names = [regions] if isinstance(regions, str) else sorted(regions)
+    for region in names:
+        validate_identifier(region, "region")
+    if len(names) == 1:
+        suffix = names[0]
+    else:
+        suffix = "r" + hashlib.sha1(",".join(names).encode()).hexdigest()[:10]
     label = "retract" if kind == "retractions" else kind
-    return validate_identifier(f"stg_{label}_{batch_id}_{region}", "stage table")
+    return validate_identifier(f"stg_{label}_{batch_id}_{suffix}", "stage table")
 
 
 # --------------------------------------------------------------------------- DDL
@@ -99,15 +115,17 @@ def drop_table_sql(t: Dialect, table: str) -> str:
 
 
 def stage_stats_sql(t: Dialect, stage: str) -> str:
-    """(staged rows, rows of another region, rows repeating a key). Param: the region."""
-    key = t.cols(KEY_COLUMNS)
+    """Per load region: (load region, staged rows, rows of another region, rows repeating a
+    key). A region whose files held no row has no result row."""
+    src, region, stg = t.ident(LOAD_REGION), t.ident("region"), t.table(stage)
+    foreign = f"CASE WHEN {region} IS NULL OR {region} <> {src} THEN 1 ELSE 0 END"
     return (
-        "SELECT "
-        f"(SELECT COUNT(*) FROM {t.table(stage)}), "
-        f"(SELECT COUNT(*) FROM {t.table(stage)} "
-        f"WHERE {t.ident('region')} IS NULL OR {t.ident('region')} <> {t.param}), "
-        f"(SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM {t.table(stage)} "
-        f"GROUP BY {key} HAVING COUNT(*) > 1) d)"
+        f"SELECT s.{src}, s.n_rows, s.n_foreign, COALESCE(d.n_repeated, 0) FROM "
+        f"(SELECT {src}, COUNT(*) AS n_rows, SUM({foreign}) AS n_foreign FROM {stg} "
+        f"GROUP BY {src}) s LEFT JOIN "
+        f"(SELECT {src}, SUM(n - 1) AS n_repeated FROM (SELECT {src}, COUNT(*) AS n FROM {stg} "
+        f"GROUP BY {src}, {t.cols(KEY_COLUMNS)} HAVING COUNT(*) > 1) g GROUP BY {src}) d "
+        f"ON d.{src} = s.{src}"
     )
 
 
@@ -156,49 +174,81 @@ def _key_join(t: Dialect, s: str = "s", tgt: str = "t") -> str:
 
 
 def classify_sql(t: Dialect, source_sql: str) -> str:
-    """(inserted, updated, unchanged) the MERGE of ``source_sql`` will do, counted by a join.
+    """Per region: (region, inserted, updated, unchanged) the MERGE of ``source_sql`` will do,
+    counted by a join on the key (a key stored under any date counts as stored).
 
     Run in the MERGE's transaction; the MERGE's own counts must agree.
     """
     probe = t.ident("sale_id")  # NULL after the LEFT JOIN <=> no stored row with this key
     newer = changed_predicate(t)
+    region = t.ident("region")
     return (
-        "SELECT "
+        f"SELECT s.{region}, "
         f"COALESCE(SUM(CASE WHEN t.{probe} IS NULL THEN 1 ELSE 0 END), 0), "
         f"COALESCE(SUM(CASE WHEN t.{probe} IS NOT NULL AND {newer} THEN 1 ELSE 0 END), 0), "
         f"COALESCE(SUM(CASE WHEN t.{probe} IS NOT NULL AND NOT {newer} THEN 1 ELSE 0 END), 0) "
-        f"FROM ({source_sql}) s LEFT JOIN {t.table(SALES_FACT)} t ON {_key_join(t)}"
+        f"FROM ({source_sql}) s LEFT JOIN {t.table(SALES_FACT)} t ON {_key_join(t)} "
+        f"GROUP BY s.{region}"
     )
+
+
+def _new_fact_row(t: Dialect) -> tuple[str, str]:
+    """(columns, values) of a ``sales_fact`` row inserted from source row ``s``: the accepted
+    columns and both warehouse timestamps set to now."""
+    cols = t.cols([*ACCEPTED, *WAREHOUSE_TIMESTAMPS])
+    values = ", ".join([*(f"s.{t.ident(n)}" for n in ACCEPTED), t.now, t.now])
+    return cols, values
 
 
 def merge_sql(t: Dialect, source_sql: str) -> str:
     """MERGE the (deduplicated) source into ``sales_fact``: update if newer or corrected
     (:func:`changed_predicate`), insert if new."""
     updates = ", ".join(f"{t.ident(n)} = s.{t.ident(n)}" for n in ACCEPTED if n not in KEY_COLUMNS)
-    now = t.now
-    insert_cols = t.cols([*ACCEPTED, *WAREHOUSE_TIMESTAMPS])
-    insert_vals = ", ".join([*(f"s.{t.ident(n)}" for n in ACCEPTED), now, now])
+    insert_cols, insert_vals = _new_fact_row(t)
     return (
         f"MERGE INTO {t.table(SALES_FACT)} t USING ({source_sql}) s ON {_key_join(t)} "
         f"WHEN MATCHED AND {changed_predicate(t)} THEN UPDATE SET {updates}, "
-        f"{t.ident('updated_in_warehouse_at')} = {now} "
+        f"{t.ident('updated_in_warehouse_at')} = {t.now} "
         f"WHEN NOT MATCHED THEN INSERT ({insert_cols}) VALUES ({insert_vals})"
     )
 
 
-def insert_select_sql(t: Dialect, table: str, columns: Sequence[str], source: str) -> str:
-    """``INSERT INTO table (cols) SELECT cols FROM <source>``; ``source`` is a relation built
-    here or by the caller from constants (``read_parquet(?)``, a registered view name)."""
+def insert_new_sql(t: Dialect, source_sql: str) -> str:
+    """The insert path: the (deduplicated) source appended to ``sales_fact`` as the MERGE would
+    insert it, for a source none of whose keys is stored (classified before, same transaction)."""
+    cols, values = _new_fact_row(t)
+    return f"INSERT INTO {t.table(SALES_FACT)} ({cols}) SELECT {values} FROM ({source_sql}) s"
+
+
+def insert_select_sql(
+    t: Dialect, table: str, columns: Sequence[str], source: str, bound: Sequence[str] = ()
+) -> str:
+    """``INSERT INTO table (cols, bound) SELECT cols, <params> FROM <source>``; ``source`` is a
+    relation built here or by the caller from constants (``read_parquet(?)``, a registered view
+    name); ``bound`` columns take one bound value each, the same for every row (params first)."""
     cols = t.cols(columns)
-    return f"INSERT INTO {t.table(table)} ({cols}) SELECT {cols} FROM {source}"
+    if not bound:
+        return f"INSERT INTO {t.table(table)} ({cols}) SELECT {cols} FROM {source}"
+    return (
+        f"INSERT INTO {t.table(table)} ({cols}, {t.cols(bound)}) "
+        f"SELECT {cols}, {t.params(len(bound))} FROM {source}"
+    )
 
 
-def insert_values_sql(t: Dialect, table: str, columns: Sequence[str]) -> str:
-    return f"INSERT INTO {t.table(table)} ({t.cols(columns)}) VALUES ({t.params(len(columns))})"
+def tag_stage_sql(t: Dialect, stage: str) -> str:
+    """Param: (region,): the stage rows not tagged yet were read from that region's files (for
+    an engine whose stage fill cannot set :data:`LOAD_REGION` itself)."""
+    src = t.ident(LOAD_REGION)
+    return f"UPDATE {t.table(stage)} SET {src} = {t.param} WHERE {src} IS NULL"
 
 
-def insert_ledger_sql(t: Dialect) -> str:
-    return insert_values_sql(t, LEDGER, [c.name for c in LEDGER_COLUMNS])
+def insert_values_sql(t: Dialect, table: str, columns: Sequence[str], n_rows: int = 1) -> str:
+    row = f"({t.params(len(columns))})"
+    return f"INSERT INTO {t.table(table)} ({t.cols(columns)}) VALUES {', '.join([row] * n_rows)}"
+
+
+def insert_ledger_sql(t: Dialect, n_rows: int = 1) -> str:
+    return insert_values_sql(t, LEDGER, [c.name for c in LEDGER_COLUMNS], n_rows)
 
 
 def insert_dq_sql(t: Dialect) -> str:
@@ -211,11 +261,11 @@ def delete_dq_sql(t: Dialect, n_batches: int) -> str:
     )
 
 
-def delete_rejects_sql(t: Dialect) -> str:
-    """Params: (region, business_date): a rerun replaces the rejects of that region and day."""
+def delete_rejects_sql(t: Dialect, n_regions: int = 1) -> str:
+    """Params: (*regions, business_date): a rerun replaces the rejects of those regions and day."""
     return (
         f"DELETE FROM {t.table(SALES_REJECTS)} "
-        f"WHERE {t.ident('region')} = {t.param} AND {t.ident('sale_date')} = {t.param}"
+        f"WHERE {t.ident('region')} IN ({t.params(n_regions)}) AND {t.ident('sale_date')} = {t.param}"
     )
 
 
@@ -256,25 +306,29 @@ def retract_listed_sql(t: Dialect, retractions_stage: str) -> str:
 
 
 def retract_missing_sql(
-    t: Dialect, sales_stage: str, rejects_stage: str, retractions_stage: str
+    t: Dialect, sales_stage: str, rejects_stage: str, retractions_stage: str, n_regions: int = 1
 ) -> str:
-    """Record in ``sales_retractions`` the stored rows of (region, business date) whose key the
+    """Record in ``sales_retractions`` the stored rows of (regions, business date) whose key the
     source's day no longer offers as an accepted or retracted version: ``missing_from_source``
     when the key is gone altogether, ``latest_version_rejected`` when its latest version is
     rejected (the fact holds the accepted latest versions only; the reject says why, and the
-    key comes back when the source fixes it). Params: (batch_id, flow_run_id, region,
-    business_date). The stages hold only this region's rows (checked before). Needed only when
-    ``sales_fact`` held rows of the day before the load."""
+    key comes back when the source fixes it). Params: (batch_id, flow_run_id, *regions,
+    business_date). The stages hold only the load's regions' rows (checked before). Needed only
+    for the regions of which ``sales_fact`` held rows of the day before the load."""
     region, sale_id, sale_date = t.ident("region"), t.ident("sale_id"), t.ident("sale_date")
 
     def absent(stage: str) -> str:
-        return f"NOT EXISTS (SELECT 1 FROM {t.table(stage)} x WHERE x.{sale_id} = f.{sale_id})"
+        return (
+            f"NOT EXISTS (SELECT 1 FROM {t.table(stage)} x "
+            f"WHERE x.{region} = f.{region} AND x.{sale_id} = f.{sale_id})"
+        )
 
     # A rejected latest version is its key's one reject that is not an older version: those
     # carry 'duplicate', which sorts first among the reasons (joined sorted by ';').
     latest_reject = (
         f"(SELECT max(x.{t.ident('raw_values')}) FROM {t.table(rejects_stage)} x "
-        f"WHERE x.{sale_id} = f.{sale_id} AND left(x.{t.ident('reasons')}, 9) <> 'duplicate')"
+        f"WHERE x.{region} = f.{region} AND x.{sale_id} = f.{sale_id} "
+        f"AND left(x.{t.ident('reasons')}, 9) <> 'duplicate')"
     )
     return (
         f"{_retraction_insert(t)}"
@@ -282,26 +336,35 @@ def retract_missing_sql(
         f"CASE WHEN {latest_reject} IS NULL THEN 'missing_from_source' "
         f"ELSE 'latest_version_rejected' END, "
         f"{_row_json(t, 'f')}, {latest_reject}, {t.param}, {t.param}, {t.now} "
-        f"FROM {t.table(SALES_FACT)} f WHERE f.{region} = {t.param} AND f.{sale_date} = {t.param} "
+        f"FROM {t.table(SALES_FACT)} f WHERE f.{region} IN ({t.params(n_regions)}) "
+        f"AND f.{sale_date} = {t.param} "
         f"AND {absent(sales_stage)} AND {absent(retractions_stage)}"
     )
 
 
-def _fact_rows_retracted_by_batch(t: Dialect) -> str:
-    """``sales_fact`` rows of a region whose key a batch recorded in ``sales_retractions``.
-    Params: (region, batch_id, region)."""
-    region, sale_id = t.ident("region"), t.ident("sale_id")
+def _fact_rows_retracted_by_batch(t: Dialect, n_regions: int) -> str:
+    """``sales_fact`` rows of the regions whose key a batch recorded in ``sales_retractions``.
+    Params: (*regions, batch_id)."""
+    key = t.cols(KEY_COLUMNS)
     return (
-        f"FROM {t.table(SALES_FACT)} WHERE {region} = {t.param} AND {sale_id} IN "
-        f"(SELECT {sale_id} FROM {t.table(SALES_RETRACTIONS)} "
-        f"WHERE {t.ident('batch_id')} = {t.param} AND {region} = {t.param})"
+        f"FROM {t.table(SALES_FACT)} WHERE {t.ident('region')} IN ({t.params(n_regions)}) "
+        f"AND ({key}) IN (SELECT {key} FROM {t.table(SALES_RETRACTIONS)} "
+        f"WHERE {t.ident('batch_id')} = {t.param})"
     )
 
 
-def delete_retracted_sql(t: Dialect) -> str:
+def retracted_per_region_sql(t: Dialect, n_regions: int = 1) -> str:
+    """Params: (*regions, batch_id) -> (region, rows) :func:`delete_retracted_sql` removes."""
+    region = t.ident("region")
+    return (
+        f"SELECT {region}, COUNT(*) {_fact_rows_retracted_by_batch(t, n_regions)} GROUP BY {region}"
+    )
+
+
+def delete_retracted_sql(t: Dialect, n_regions: int = 1) -> str:
     """Remove from ``sales_fact`` the rows a load recorded in ``sales_retractions``.
-    Params: (region, batch_id, region)."""
-    return f"DELETE {_fact_rows_retracted_by_batch(t)}"
+    Params: (*regions, batch_id)."""
+    return f"DELETE {_fact_rows_retracted_by_batch(t, n_regions)}"
 
 
 def retracted_still_stored_sql(t: Dialect) -> str:
@@ -322,6 +385,17 @@ def day_keys_sql(t: Dialect) -> str:
     return (
         f"SELECT COUNT(*) FROM {t.table(SALES_FACT)} "
         f"WHERE {t.ident('region')} = {t.param} AND {t.ident('sale_date')} = {t.param}"
+    )
+
+
+def day_keys_per_region_sql(t: Dialect, n_regions: int) -> str:
+    """Params: (business_date, *regions) -> (region, rows ``sales_fact`` holds for the day),
+    for the regions that hold any."""
+    region = t.ident("region")
+    return (
+        f"SELECT {region}, COUNT(*) FROM {t.table(SALES_FACT)} "
+        f"WHERE {t.ident('sale_date')} = {t.param} AND {region} IN ({t.params(n_regions)}) "
+        f"GROUP BY {region}"
     )
 
 

@@ -283,22 +283,25 @@ class DuckDBDialect(DuckDBSql):
         name: str,
         columns: Sequence[str],
         files: Sequence[StagedFile],
+        load_region: str | None = None,
     ) -> int:
-        """INSERT exactly the staged files (nothing for an empty list); the rows inserted."""
+        """INSERT exactly the staged files (nothing for an empty list), tagged with
+        ``load_region`` in the same statement; the rows inserted."""
         keys = [f.key for f in files]
         if not keys:
             return 0
+        bound, tag = ([sql.LOAD_REGION], [load_region]) if load_region is not None else ([], [])
         paths = [self.store.local_path(k) for k in keys]
         if all(p is not None for p in paths):
             source = "read_parquet(?, union_by_name = true)"
-            text = sql.insert_select_sql(self, name, columns, source)
-            result = self.execute(con, "fill_stage", text, [[str(p) for p in paths]])
+            text = sql.insert_select_sql(self, name, columns, source, bound)
+            result = self.execute(con, "fill_stage", text, [*tag, [str(p) for p in paths]])
             return int(result.one()[0])
         view = f"src_{uuid.uuid4().hex[:12]}"
         con.register(view, self.store.open_dataset(keys))
         try:
-            text = sql.insert_select_sql(self, name, columns, self.ident(view))
-            return int(self.execute(con, "fill_stage", text).one()[0])
+            text = sql.insert_select_sql(self, name, columns, self.ident(view), bound)
+            return int(self.execute(con, "fill_stage", text, tag).one()[0])
         finally:
             con.unregister(view)
 

@@ -314,9 +314,15 @@ class SnowflakeDialect(SnowflakeSql):
         )
 
     def fill_stage(
-        self, con: Connection, name: str, columns: Sequence[str], files: Sequence[StagedFile]
+        self,
+        con: Connection,
+        name: str,
+        columns: Sequence[str],
+        files: Sequence[StagedFile],
+        load_region: str | None = None,
     ) -> int:
-        """COPY exactly ``files`` into the stage table; the rows loaded."""
+        """COPY exactly ``files`` into the stage table (the ``load_region`` column, absent from
+        the files, stays NULL), then tag the new rows with ``load_region``; the rows loaded."""
         keys = [f.key for f in files]
         loaded = 0
         for start in range(0, len(keys), COPY_MAX_FILES):
@@ -333,6 +339,8 @@ class SnowflakeDialect(SnowflakeSql):
                         f" ({record.get('first_error')})"
                     )
                 loaded += int(record.get("rows_loaded") or 0)
+        if load_region is not None and loaded:
+            self.execute(con, "fill_stage", sql.tag_stage_sql(self, name), [load_region])
         return loaded
 
     def drop_stage_table(self, con: Connection, name: str) -> None:
@@ -425,15 +433,20 @@ class SnowflakeDialect(SnowflakeSql):
         )
 
     @contextmanager
-    def region_scope(self, con: Connection, batch: RegionLoad) -> Iterator[None]:
-        """Every statement of a region's load carries a query tag naming the batch and the
-        region, so query history finds them (``QUERY_TAG`` is not a secret)."""
+    def region_scope(self, con: Connection, loads: Sequence[RegionLoad]) -> Iterator[None]:
+        """Every statement of a load carries a query tag naming the batch and the region (the
+        regions, for a load of several), so query history finds them (``QUERY_TAG`` is not a
+        secret)."""
+        first = loads[0]
+        regions: dict[str, Any] = (
+            {"region": first.region} if len(loads) == 1 else {"regions": [b.region for b in loads]}
+        )
         tag = json.dumps(
             {
                 "app": "retail-etl",
-                "batch_id": batch.batch_id,
-                "region": batch.region,
-                "business_date": batch.business_date.isoformat(),
+                "batch_id": first.batch_id,
+                **regions,
+                "business_date": first.business_date.isoformat(),
             },
             sort_keys=True,
         )
@@ -444,7 +457,7 @@ class SnowflakeDialect(SnowflakeSql):
             try:
                 self.execute(con, "session", "ALTER SESSION UNSET QUERY_TAG")
             except Exception:
-                log.warning("could not clear the query tag of %s", batch.region, exc_info=True)
+                log.warning("could not clear the query tag of %s", first.region, exc_info=True)
 
     def retryable(self, error: BaseException) -> bool:
         """A lock timeout or a transient error (:data:`RETRYABLE_ERRNOS`)."""
