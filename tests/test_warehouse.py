@@ -51,7 +51,7 @@ from tests.test_staging import (
     retraction_table,
     write_parquet,
 )
-from tests.warehouse_faults import FaultPlan, InjectedFault
+from tests.warehouse_faults import FaultPlan, InjectedFault, StatementLog
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
@@ -155,18 +155,18 @@ def engine(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def make_warehouse(
     engine: str, tmp_path: Path, store: LocalStagingStore, request: pytest.FixtureRequest
-) -> Callable[[], Warehouse]:
-    """A fresh (schema not yet ensured) warehouse of the engine, over the local store."""
+) -> Callable[..., Warehouse]:
+    """A fresh (schema not yet ensured) warehouse of the engine, over the local store;
+    another ``name``: a second one beside it (its own DuckDB file / Snowflake schema)."""
 
-    def make() -> Warehouse:
+    def make(name: str = "retail") -> Warehouse:
         if engine == "duckdb":
-            dialect: Any = DuckDBDialect(
-                tmp_path / "wh.duckdb", store, memory_limit="256MB", threads=1
-            )
+            file = "wh.duckdb" if name == "retail" else f"{name}.duckdb"
+            dialect: Any = DuckDBDialect(tmp_path / file, store, memory_limit="256MB", threads=1)
         else:
             connect = request.getfixturevalue("fake_snowflake")
             dialect = SnowflakeDialect(
-                SnowflakeConnection(connect, database="retail_db", schema="retail"), store
+                SnowflakeConnection(connect, database="retail_db", schema=name), store
             )
         return Warehouse(dialect, store)
 
@@ -174,7 +174,7 @@ def make_warehouse(
 
 
 @pytest.fixture
-def warehouse(make_warehouse: Callable[[], Warehouse]) -> Warehouse:
+def warehouse(make_warehouse: Callable[..., Warehouse]) -> Warehouse:
     wh = make_warehouse()
     wh.ensure_schema()
     return wh
@@ -1449,3 +1449,219 @@ def test_snowflake_resize_needs_a_warehouse_name(store: LocalStagingStore) -> No
             store,
             load=SnowflakeLoadOptions(warehouse_size="XLARGE"),
         )
+
+
+# --------------------------------------------------------------------------- several regions
+# in one transaction (load_regions) and the insert path
+
+
+def _first_days(loader: Loader) -> list[RegionLoad]:
+    """B1: three regions' first load (us_east with rejects, apac with a key it retracts)."""
+    return [
+        loader.stage_day(
+            accepted_table("us_east", DAY, range(1, 11), batch_id=B1),
+            "us_east",
+            B1,
+            rejects=reject_table("us_east", DAY, [11], batch_id=B1),
+        ),
+        loader.stage_day(accepted_table("europe", DAY, [1, 2, 3, 4], batch_id=B1), "europe", B1),
+        loader.stage_day(
+            accepted_table("apac", DAY, [1, 2], batch_id=B1),
+            "apac",
+            B1,
+            retractions=retraction_table("apac", DAY, [3], batch_id=B1),
+        ),
+    ]
+
+
+def _second_days(loader: Loader) -> list[RegionLoad]:
+    """B2 over B1: us_east retracts, deletes, loses and rejects keys; europe has newer versions
+    of two keys (one duplicated in the batch) and a new one, 9: the key us_east no longer has
+    (the checks of a region's keys must not see another region's); apac is unchanged."""
+    t1 = dt.datetime(2024, 1, 16, 3, tzinfo=dt.UTC)
+    europe = pa.concat_tables(
+        [
+            accepted_table("europe", DAY, [1, 2], batch_id=B2),
+            accepted_table("europe", DAY, [3, 4, 4], batch_id=B2, updated_at=t1, price="12.00"),
+            accepted_table("europe", DAY, [9], batch_id=B2),
+        ]
+    )
+    return [
+        _day_with_changes(loader, B2),
+        loader.stage_day(europe, "europe", B2),
+        loader.stage_day(accepted_table("apac", DAY, [1, 2], batch_id=B2), "apac", B2),
+    ]
+
+
+def _stored(wh: Warehouse) -> dict[str, Any]:
+    """Everything a load writes, without the timestamps of the moment it ran."""
+    timing = {"loaded_at", "updated_in_warehouse_at", "retracted_at", "rejected_at"}
+    ledger_timing = {"load_seconds", "started_at", "finished_at"}
+    return {
+        "fact": [{k: v for k, v in r.items() if k not in timing} for r in fact(wh)],
+        "retractions": [
+            {
+                **{k: v for k, v in r.items() if k not in timing},
+                "row_values": {
+                    k: v for k, v in json.loads(r["row_values"]).items() if k not in timing
+                },
+            }
+            for r in wh.retractions()
+        ],
+        "rejects": rejects_of(wh),
+        "ledger": sorted(
+            (tuple((k, v) for k, v in r.items() if k not in ledger_timing) for r in wh.ledger()),
+            key=repr,
+        ),
+    }
+
+
+def _counts(result: Any) -> tuple[Any, ...]:
+    return dataclasses.astuple(dataclasses.replace(result, seconds=0.0))
+
+
+def test_a_batch_of_regions_loads_exactly_what_loads_one_by_one_would(
+    make_warehouse: Callable[..., Warehouse], loader: Loader
+) -> None:
+    one_by_one, batched = make_warehouse(), make_warehouse("batched")
+    for wh in (one_by_one, batched):
+        wh.ensure_schema()
+    log = StatementLog()
+    log.apply(batched.dialect)
+
+    for day in (_first_days(loader), _second_days(loader)):
+        singles = [one_by_one.load_region(load) for load in day]
+        log.statements.clear()
+        merges, errors = batched.load_regions(day)
+
+        assert errors == {}
+        assert {r: _counts(m) for r, m in merges.items()} == {s.region: _counts(s) for s in singles}
+        # one transaction: one write into the fact, one ledger insert for the three regions
+        assert len(log.of_kind("merge")) == 1 and len(log.of_kind("ledger")) == 1
+        assert _stored(batched) == _stored(one_by_one)
+
+    # the second day did something of every kind, in every region it should
+    second = {r: (m.inserted, m.updated, m.unchanged, m.deleted) for r, m in merges.items()}
+    assert second == {"us_east": (0, 0, 6, 4), "europe": (1, 2, 2, 0), "apac": (0, 0, 2, 0)}
+    assert merges["europe"].duplicate_rows == 1 and merges["us_east"].rejects == 1
+    with batched.session():
+        assert stage_tables(batched) == []
+
+
+def _break(wh: Warehouse, load: RegionLoad, how: str) -> RegionLoad:
+    """``load`` with its sales part broken: an unreadable file, or a manifest row count that
+    is not the file's."""
+    if how == "unreadable file":
+        path = wh.store.local_path(load.files[0].key)
+        assert path is not None
+        path.write_bytes(b"not parquet")
+        return load
+    wrong = dataclasses.replace(load.files[0], rows=load.files[0].rows + 1)
+    return dataclasses.replace(load, files=(wrong, *load.files[1:]))
+
+
+@pytest.mark.parametrize("how", ["unreadable file", "wrong row count"])
+def test_a_bad_region_in_a_batch_fails_alone_and_the_others_load(
+    warehouse: Warehouse, loader: Loader, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    loads = _first_days(loader)
+    loads[1] = _break(warehouse, loads[1], how)  # europe
+    caplog.set_level(logging.WARNING, logger="retail_etl.warehouse")
+
+    merges, errors = warehouse.load_regions(loads)
+
+    assert set(merges) == {"us_east", "apac"} and set(errors) == {"europe"}
+    error = errors["europe"]
+    assert isinstance(error, WarehouseLoadError) and error.region == "europe"
+    assert "loading region 'europe' for 2024-01-15" in str(error)
+    if how == "wrong row count":  # the batch's own check named the region too
+        assert "the staged files have 5" in str(error)
+        assert "region 'europe' 2024-01-15: loaded 4 staged row(s)" in caplog.text
+    assert "loading them one by one" in caplog.text
+    assert sorted({r["region"] for r in fact(warehouse)}) == ["apac", "us_east"]
+    assert accepted_view(fact(warehouse, "us_east")) == expected_rows(
+        accepted_table("us_east", DAY, range(1, 11), batch_id=B1)
+    )
+    assert sorted((e["region"], e["status"]) for e in warehouse.ledger()) == [
+        ("apac", "loaded"),
+        ("us_east", "loaded"),
+    ]
+    assert rejects_of(warehouse) == [("us_east", 11, B1)]
+    with warehouse.session():
+        assert stage_tables(warehouse) == []
+
+
+def test_a_batch_that_fails_in_its_shared_merge_is_loaded_region_by_region_exactly_once(
+    warehouse: Warehouse, loader: Loader
+) -> None:
+    plan = FaultPlan("merge")  # the batch's one write into the fact fails, not the next ones
+    plan.apply(warehouse.dialect)
+    merges, errors = warehouse.load_regions(_first_days(loader))
+    assert errors == {} and plan.seen == 4 and plan.failed == 1  # the batch, then 3 regions
+    assert {r: m.inserted for r, m in merges.items()} == {"us_east": 10, "europe": 4, "apac": 2}
+    assert sorted(e["region"] for e in warehouse.ledger()) == ["apac", "europe", "us_east"]
+    assert len(fact(warehouse)) == 16
+
+
+def test_a_lock_timeout_retries_the_batch_as_one_transaction(
+    warehouse: Warehouse, loader: Loader, engine: str
+) -> None:
+    sleeps: list[float] = []
+    wh = _retrying(warehouse, sleeps)
+    plan = FaultPlan("merge", error=lock_timeout(engine))
+    plan.apply(wh.dialect)
+    merges, errors = wh.load_regions(_first_days(loader))
+    assert errors == {} and set(merges) == {"us_east", "europe", "apac"}
+    assert plan.seen == 2 and sleeps == [2.0]  # the batch again, not region by region
+    assert len(wh.ledger()) == 3
+
+
+def test_the_insert_path_is_taken_for_a_fresh_day_only(
+    warehouse: Warehouse, loader: Loader
+) -> None:
+    log = StatementLog()
+    log.apply(warehouse.dialect)
+    table = accepted_table("us_east", DAY, range(1, 6), batch_id=B1)
+
+    fresh = warehouse.load_region(loader.stage(table, "us_east", B1))
+
+    assert log.of_kind("merge") == ["INSERT"]
+    assert (fresh.inserted, fresh.updated, fresh.unchanged) == (5, 0, 0)
+    stored = fact(warehouse)
+    assert accepted_view(stored) == expected_rows(table)
+    assert all(r["loaded_at"] == r["updated_in_warehouse_at"] is not None for r in stored)
+
+    # The key is (region, sale_id), not the date: sale 5 stored under the day before and now
+    # offered under DAY (a newer version) must MERGE, not be inserted a second time.
+    log.statements.clear()
+    moved = accepted_table(
+        "us_east",
+        DAY + dt.timedelta(days=1),
+        [5, 6],
+        batch_id=B2,
+        updated_at=dt.datetime(2024, 1, 16, 12, tzinfo=dt.UTC),
+    )
+    day2 = DAY + dt.timedelta(days=1)
+    result = warehouse.load_region(loader.stage(moved, "us_east", B2, day=day2))
+
+    assert log.of_kind("merge") == ["MERGE"]
+    assert (result.inserted, result.updated, result.unchanged) == (1, 1, 0)
+    stored = {r["sale_id"]: r for r in fact(warehouse)}
+    assert sorted(stored) == [1, 2, 3, 4, 5, 6]  # sale 5 once, now under the new date
+    assert stored[5]["sale_date"] == day2 and stored[5]["batch_id"] == B2
+
+    # A batch where one region has stored keys and another none MERGEs (one write for both).
+    log.statements.clear()
+    merges, errors = warehouse.load_regions(
+        [
+            loader.stage(table, "us_east", "20240115_00000000000c"),
+            loader.stage(
+                accepted_table("apac", DAY, [1, 2], batch_id="20240115_00000000000c"),
+                "apac",
+                "20240115_00000000000c",
+            ),
+        ]
+    )
+    assert errors == {} and log.of_kind("merge") == ["MERGE"]
+    # (sale 5 is stored in a newer version: the older one offered here changes nothing)
+    assert (merges["apac"].inserted, merges["us_east"].unchanged) == (2, 5)

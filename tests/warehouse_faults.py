@@ -71,3 +71,28 @@ class FaultPlan:
 
         monkeypatch.setattr(warehouse_package, "configured_dialect", configured)
         return self
+
+
+class StatementLog:
+    """Record the (kind, statement text) of every statement a dialect runs, through the same
+    seam as :class:`FaultPlan` (apply it after any plan, so the log sees what the plan let run)."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[StatementKind, str]] = []
+
+    def apply(self, dialect: Dialect) -> Dialect:
+        real = dialect.execute
+
+        def execute(
+            con: Any, kind: StatementKind, sql_text: str, params: Sequence[Any] = ()
+        ) -> Result:
+            result = real(con, kind, sql_text, params)
+            self.statements.append((kind, sql_text))
+            return result
+
+        dialect.execute = execute  # type: ignore[method-assign]
+        return dialect
+
+    def of_kind(self, kind: StatementKind) -> list[str]:
+        """The first word of each statement of ``kind`` that ran (``MERGE``, ``INSERT``...)."""
+        return [text.split(None, 1)[0].upper() for k, text in self.statements if k == kind]

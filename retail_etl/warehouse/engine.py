@@ -223,10 +223,13 @@ class Warehouse:
             try:
                 return {r.region: r for r in self._load_with_retry(loads)}, {}
             except (WarehouseError, InvalidIdentifierError) as e:
+                # the cause, not the message listing every region: it names the bad one
                 log.warning(
-                    "load of %d regions in one transaction failed (%s); loading them one by one",
+                    "load of %d regions of batch %s in one transaction failed (%s); loading "
+                    "them one by one",
                     len(loads),
-                    describe_error(e),
+                    loads[0].batch_id,
+                    describe_error(e.__cause__ or e),
                 )
         merges: dict[str, MergeResult] = {}
         errors: dict[str, WarehouseError | InvalidIdentifierError] = {}
