@@ -1576,7 +1576,7 @@ def test_a_bad_region_in_a_batch_fails_alone_and_the_others_load(
     assert "loading region 'europe' for 2024-01-15" in str(error)
     if how == "wrong row count":  # the batch's own check named the region too
         assert "the staged files have 5" in str(error)
-        assert "region 'europe' 2024-01-15: loaded 4 staged row(s)" in caplog.text
+        assert "region 'europe' 2024-01-15: the stage holds 4 staged row(s)" in caplog.text
     assert "loading them one by one" in caplog.text
     assert sorted({r["region"] for r in fact(warehouse)}) == ["apac", "us_east"]
     assert accepted_view(fact(warehouse, "us_east")) == expected_rows(

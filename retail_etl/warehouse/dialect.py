@@ -7,7 +7,7 @@ The load algorithms live once in :mod:`retail_etl.warehouse.engine`; the SQL tex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -93,7 +93,9 @@ class Dialect(Protocol):
       the step in :class:`~retail_etl.warehouse.base.WarehouseLoadError` messages);
     - ``create_stage_table(con, name, columns)``, ``fill_stage(con, name, columns, files,
       load_region=None)`` -> rows loaded (``load_region``: also set the stage's ``load_region``
-      column of these rows to it), ``drop_stage_table(con, name)``;
+      column of these rows to it), ``fill_load_stage(con, name, columns, files_by_region)`` ->
+      rows loaded: a load's stage with every region's files, each row tagged with its region
+      (as few statements as the engine allows), ``drop_stage_table(con, name)``;
     - ``merge_source(con, stage, duplicates)`` -> (MERGE source SQL, tables it created);
     - ``merge_counts(result)`` -> (inserted, updated), ``None`` for one the engine does not
       report, and the total of rows the MERGE changed.
@@ -149,6 +151,13 @@ class Dialect(Protocol):
         columns: Sequence[str],
         files: Sequence[StagedFile],
         load_region: str | None = None,
+    ) -> int: ...
+    def fill_load_stage(
+        self,
+        con: Any,
+        name: str,
+        columns: Sequence[str],
+        files_by_region: Mapping[str, Sequence[StagedFile]],
     ) -> int: ...
     def drop_stage_table(self, con: Any, name: str) -> None: ...
     def merge_source(self, con: Any, stage: str, duplicates: int) -> tuple[str, list[str]]: ...

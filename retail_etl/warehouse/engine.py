@@ -300,28 +300,30 @@ class Warehouse:
                 for name, columns in sides.values():
                     d.create_stage_table(con, name, (*columns, STAGE_REGION_COLUMN))
                 step.start(fill_step)
-                loaded = {
-                    b.region: d.fill_stage(con, stage, list(sql.ACCEPTED), b.files, b.region)
-                    for b in loads
-                }
+                loaded = d.fill_load_stage(
+                    con, stage, list(sql.ACCEPTED), {b.region: b.files for b in loads}
+                )
                 step.start(side_step)
                 side_loaded = {
-                    kind: {
-                        b.region: d.fill_stage(
-                            con, name, [c.name for c in columns], _side_files(b, kind), b.region
-                        )
-                        for b in loads
-                    }
+                    kind: d.fill_load_stage(
+                        con,
+                        name,
+                        [c.name for c in columns],
+                        {b.region: _side_files(b, kind) for b in loads},
+                    )
                     for kind, (name, columns) in sides.items()
                 }
                 step.start("begin")
                 d.begin(con)
                 step.start("check stage")
                 expected = {b.region: b.staged_rows for b in loads}
-                duplicates = self._check_stage(con, "staged", stage, day, loaded, expected)
+                staged, duplicates = self._check_stage(con, "staged", stage, day, loaded, expected)
+                side_staged: dict[SideKind, dict[str, int]] = {}
                 for kind, (name, _) in sides.items():
                     expected = {b.region: sum(f.rows for f in _side_files(b, kind)) for b in loads}
-                    self._check_stage(con, kind, name, day, side_loaded[kind], expected)
+                    side_staged[kind], _ = self._check_stage(
+                        con, kind, name, day, side_loaded[kind], expected
+                    )
                 for region in regions:
                     if duplicates[region]:
                         log.warning(
@@ -371,7 +373,7 @@ class Warehouse:
                     con,
                     loads,
                     stored_before,
-                    side_loaded["retractions"],
+                    side_staged["retractions"],
                     stage,
                     rejects_stage,
                     retractions_stage,
@@ -417,12 +419,12 @@ class Warehouse:
         return [
             merge_result(
                 b,
-                loaded[b.region],
+                staged[b.region],
                 *_counts(counts[b.region]),
                 duplicates[b.region],
                 started,
                 deleted=deleted[b.region],
-                rejects=side_loaded["rejects"][b.region],
+                rejects=side_staged["rejects"][b.region],
             )
             for b in loads
         ]
@@ -443,29 +445,34 @@ class Warehouse:
         what: str,
         stage: str,
         day: date,
-        loaded: Mapping[str, int],
+        loaded: int,
         expected: Mapping[str, int],
-    ) -> dict[str, int]:
-        """Per region: the duplicate-key rows, after the checks: every row the region's files
-        gave is of the region, and its rows loaded, the stage's rows of it and its staged
-        files' rows all equal."""
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Per region (staged rows, duplicate-key rows), after the checks: per region, the
+        stage's rows read from its files equal its staged files' rows and are all of the
+        region; the rows loaded (all regions, one count) equal the stage's rows."""
         stats = self._per_region(
-            list(loaded), self._run(con, "check_stage", sql.stage_stats_sql(self.dialect, stage)), 3
+            list(expected),
+            self._run(con, "check_stage", sql.stage_stats_sql(self.dialect, stage)),
+            3,
         )
-        unknown = set(stats) - set(loaded)
+        unknown = set(stats) - set(expected)
         if unknown:
             raise WarehouseError(f"the {what} stage holds rows of no region of the load: {unknown}")
         for region, (staged, foreign, _) in stats.items():
-            if not staged == loaded[region] == expected[region]:
+            if staged != expected[region]:
                 raise WarehouseError(
-                    f"region {region!r} {day}: loaded {loaded[region]} {what} row(s) into the "
-                    f"stage, it holds {staged}, the staged files have {expected[region]}"
+                    f"region {region!r} {day}: the stage holds {staged} {what} row(s) read from "
+                    f"its files, the staged files have {expected[region]}"
                 )
             if foreign:
                 raise WarehouseError(
                     f"region {region!r} {day}: {foreign} {what} row(s) are not of region {region!r}"
                 )
-        return {region: s[2] for region, s in stats.items()}
+        total = sum(s[0] for s in stats.values())
+        if loaded != total:
+            raise WarehouseError(f"loaded {loaded} {what} row(s) into the stage, it holds {total}")
+        return {r: s[0] for r, s in stats.items()}, {r: s[2] for r, s in stats.items()}
 
     def _retract(
         self,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -342,6 +342,19 @@ class SnowflakeDialect(SnowflakeSql):
         if load_region is not None and loaded:
             self.execute(con, "fill_stage", sql.tag_stage_sql(self, name), [load_region])
         return loaded
+
+    def fill_load_stage(
+        self,
+        con: Connection,
+        name: str,
+        columns: Sequence[str],
+        files_by_region: Mapping[str, Sequence[StagedFile]],
+    ) -> int:
+        """A COPY (and the tagging UPDATE) per region: COPY cannot tag rows with a value."""
+        return sum(
+            self.fill_stage(con, name, columns, files, region)
+            for region, files in files_by_region.items()
+        )
 
     def drop_stage_table(self, con: Connection, name: str) -> None:
         try:
