@@ -98,7 +98,7 @@ class Dialect(Protocol):
       (as few statements as the engine allows), ``drop_stage_table(con, name)``;
     - ``merge_source(con, stage, duplicates)`` -> (MERGE source SQL, tables it created);
     - ``merge_counts(result)`` -> (inserted, updated), ``None`` for one the engine does not
-      report, and the total of rows the MERGE changed.
+      report, and the total of rows the MERGE (or the insert path's INSERT) changed.
 
     Loads under contention:
 

@@ -1,22 +1,29 @@
 """The one warehouse implementation: every algorithm, for any :class:`~.dialect.Dialect`.
 
-A region load::
+A load of one or more regions of a batch (:meth:`Warehouse.load_regions`; one region:
+:meth:`Warehouse.load_region`, the same code)::
 
-    create the stage tables stg_sales_ / stg_rejects_ / stg_retract_<batch>_<region> and fill
-        them with exactly the staged files (DuckDB: TEMP tables from read_parquet; Snowflake:
-        TRANSIENT tables by COPY from the external stage; DDL and COPY run before the load's
-        transaction, because Snowflake's DDL commits)
+    create the stage tables stg_sales_ / stg_rejects_ / stg_retract_<batch>_<region, or a digest
+        of the regions> and fill them with exactly the staged files, each row tagged with the
+        region whose files it came from (``load_region``) (DuckDB: TEMP tables from one
+        read_parquet; Snowflake: TRANSIENT tables by COPY from the external stage; DDL and COPY
+        run before the load's transaction, because Snowflake's DDL commits)
     BEGIN
-    checks: rows loaded == stage rows == staged file rows, every row of this region, duplicate
-        keys counted (duplicates: the MERGE source is deduplicated, latest updated_at wins)
-    classify (inserted / updated / unchanged) by a join, then MERGE; the MERGE's own counts
-        must agree
+    checks, per region: stage rows == staged file rows, every row of the region, duplicate
+        keys counted (duplicates: the MERGE source is deduplicated, latest updated_at wins);
+        rows loaded == stage rows
+    classify (inserted / updated / unchanged per region) by a join on the key, then one MERGE,
+        or, when no key of the source is stored under any date, one INSERT (the insert path);
+        its own counts must agree
     INSERT INTO sales_retractions the stored rows the source retracts or no longer has;
-        DELETE them from sales_fact (the two counts must agree)
-    replace the day's rejects of the region
-    INSERT the 'loaded' ledger row (with rows_retracted and rows_deleted)
+        DELETE them from sales_fact (the counts must agree; counted per region)
+    replace the day's rejects of the regions
+    INSERT the 'loaded' ledger rows, one per region (with rows_retracted and rows_deleted)
     COMMIT                                   -- or ROLLBACK and WarehouseLoadError
     DROP the stage tables                    -- always (a session's connection outlives them)
+
+A load of several regions that fails is rolled back and run again region by region, so a bad
+region fails alone.
 """
 
 from __future__ import annotations
