@@ -604,10 +604,18 @@ def _print_ours(m: Measured, rows: int) -> None:
             )
     loads = r.get("region_load_seconds", {})
     if loads and "merge" in stages:
+        # regions loaded in one transaction share its seconds: count each transaction once
+        transactions = sorted(set(loads.values()))
+        where = (
+            f"one transaction for all {len(loads)} regions"
+            if len(transactions) == 1
+            else f"{len(transactions)} transactions ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in loads.items())
+            + ")"
+        )
         print(
-            f"  copy+merge: {sum(loads.values()):.2f} s in the regions' transactions "
-            f"({', '.join(f'{k} {v:.2f}' for k, v in loads.items())}), the rest (rejects, "
-            f"checkpoint, task) {stages['merge'] - sum(loads.values()):.2f} s"
+            f"  copy+merge: {sum(transactions):.2f} s in {where}, the rest (stage tables "
+            f"dropped, checkpoint, task) {stages['merge'] - sum(transactions):.2f} s"
         )
     # peak RSS per stage (stages run one after another; boundaries approximate)
     at = r.get("flow_started_epoch", 0.0)
