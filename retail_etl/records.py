@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -347,12 +346,13 @@ def merge_result(
     updated: int,
     unchanged: int,
     duplicates: int,
-    started: float,
+    seconds: float,
     *,
     deleted: int = 0,
     rejects: int = 0,
 ) -> MergeResult:
-    """The :class:`MergeResult` of a committed region load (both engines), logged."""
+    """The :class:`MergeResult` of a committed region load (both engines), logged; ``seconds``
+    is its transaction's (shared by the regions loaded together)."""
     result = MergeResult(
         region=batch.region,
         business_date=batch.business_date,
@@ -362,7 +362,7 @@ def merge_result(
         updated=updated,
         unchanged=unchanged,
         duplicate_rows=duplicates,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         rows_accepted=batch.rows_accepted,
         deleted=deleted,
         rejects=rejects,

@@ -423,13 +423,14 @@ class Warehouse:
             "insert path" if insert_only else "merge",
             step.seconds,
         )
+        seconds = time.perf_counter() - started  # the transaction's, shared by its regions
         return [
             merge_result(
                 b,
                 staged[b.region],
                 *_counts(counts[b.region]),
                 duplicates[b.region],
-                started,
+                seconds,
                 deleted=deleted[b.region],
                 rejects=side_staged["rejects"][b.region],
             )
