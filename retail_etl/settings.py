@@ -270,6 +270,13 @@ class Settings(BaseSettings):
         description="Snowflake STATEMENT_TIMEOUT_IN_SECONDS and LOCK_TIMEOUT of a run's sessions "
         "(a load's LOCK_TIMEOUT: snowflake_load_lock_timeout_seconds).",
     )
+    load_transaction_rows: int = Field(
+        default=2_000_000,
+        gt=0,
+        description="Regions of a batch share one load transaction up to this many staged rows "
+        "(a region above it has its own): one transaction per batch of small regions, without "
+        "one huge transaction on a large day.",
+    )
     # A region's load (its whole transaction) under contention: bounded retries with backoff.
     load_attempts: int = Field(
         default=3,

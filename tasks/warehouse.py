@@ -19,7 +19,7 @@ from blocks.targets import Targets
 from retail_etl.backfill import LedgerState
 from retail_etl.housekeeping import sweep_leftovers
 from retail_etl.manifest import write_manifest
-from retail_etl.records import RegionRecord
+from retail_etl.records import RegionRecord, transaction_groups
 from retail_etl.redact import scrub_secrets
 from retail_etl.resume import ResumePlan, batch_date, plan_resume
 from retail_etl.run import RunContext
@@ -145,9 +145,11 @@ def stage_region_task(
 
 @task(name="merge-regions", cache_policy=NO_CACHE)
 def merge_regions_task(
-    warehouse: Warehouse, loads: Sequence[RegionLoad]
+    warehouse: Warehouse, loads: Sequence[RegionLoad], max_rows_per_transaction: int
 ) -> tuple[dict[str, MergeResult], dict[str, str]]:
-    """The regions in one transaction: COPY + MERGE (or INSERT, for a day with no stored key),
+    """The regions in transactions of up to ``max_rows_per_transaction`` staged rows
+    (:func:`~retail_etl.records.transaction_groups`; RETAIL_ETL_LOAD_TRANSACTION_ROWS), each
+    one: COPY + MERGE (or INSERT, for a day with no stored key),
     retractions, the day's rejects replaced and the ledger rows. All on one warehouse
     connection (DuckDB checkpoints once, Snowflake logs in once, with the load's session
     settings). On a lock timeout the transaction is retried (RETAIL_ETL_LOAD_ATTEMPTS); if it
@@ -155,8 +157,13 @@ def merge_regions_task(
     back and reported and the others load.
     Returns (merges, errors) by region."""
     logger = get_run_logger()
+    merges: dict[str, MergeResult] = {}
+    failures: dict[str, Exception] = {}
     with warehouse.loading():
-        merges, failures = warehouse.load_regions(loads)
+        for group in transaction_groups(loads, max_rows_per_transaction):
+            group_merges, group_failures = warehouse.load_regions(group)
+            merges.update(group_merges)
+            failures.update(group_failures)
     errors: dict[str, str] = {}
     for load in loads:  # in the order given, as before
         region = load.region

@@ -117,3 +117,21 @@ def test_a_batch_level_check_fails_every_merged_region_and_a_failed_gate_is_name
     (row,) = gated.ledger_entries()
     assert row.status == "gate_failed"
     assert row.error == "quality gate failed: us_east/min_rows_region = 5 vs threshold 100"
+
+
+def test_load_transactions_group_small_regions_and_keep_large_ones_alone():
+    from datetime import date
+
+    from retail_etl.records import RegionLoad, transaction_groups
+    from retail_etl.staging import StagedFile
+
+    def load(region: str, rows: int) -> RegionLoad:
+        staged = (StagedFile(key=f"{region}.parquet", rows=rows, bytes=0),)
+        return RegionLoad(region, date(2024, 1, 15), "20240115T000000Z_abc", staged)
+
+    loads = [load("a", 400), load("b", 500), load("c", 200), load("d", 1_500), load("e", 10)]
+    groups = [[x.region for x in g] for g in transaction_groups(loads, 1_000)]
+    assert groups == [["a", "b"], ["c"], ["d"], ["e"]]  # in order, none above 1,000 but d
+    assert [[x.region for x in g] for g in transaction_groups(loads, 10_000)] == [
+        ["a", "b", "c", "d", "e"]
+    ]
