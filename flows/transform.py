@@ -1,11 +1,11 @@
 """Transform subflow: every region's extract -> accepted rows + rejects.
 
 The parent flow calls it while its extraction tasks are still running, with their futures:
-a region's transform starts as soon as its extract lands and a lane is free
-(:func:`~retail_etl.transform.transform_lane_free`: one task at a time with every DuckDB
-thread, a second one only beside a small one, which DuckDB runs on about one core). The
-regions that landed while the lanes were busy go together in the next task: at 50 small
-regions, the task runs' fixed cost was most of the transform's time.
+a region's transform starts as soon as its extract lands (when the previous task is done),
+one task at a time with every DuckDB thread (on two cores, concurrent transforms are slower;
+the other regions' extraction keeps the second core busy meanwhile). The regions that landed
+while a task ran go together in the next one: at 50 small regions, the task runs' fixed cost
+was most of the transform's time.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect import flow
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 
 from retail_etl.extract import RegionExtract
 from retail_etl.run import RunContext
 from retail_etl.settings import Settings
-from retail_etl.transform import RegionTransformResult, transform_lane_free
+from retail_etl.transform import RegionTransformResult
 from tasks.extract import landed_batches
 from tasks.results import TaskFailure, collect
 from tasks.runners import ConfiguredTaskRunner
@@ -29,7 +29,7 @@ from tasks.transform import publish_transform_artifact, transform_regions_task
 @flow(
     name="transform-batch",
     flow_run_name="transform {ctx.run_date}",
-    task_runner=ConfiguredTaskRunner(max_workers=2),  # the lanes
+    task_runner=ConfiguredTaskRunner(max_workers=1),
     validate_parameters=False,  # futures of the parent's extraction tasks
 )
 def transform_batch(
@@ -43,17 +43,14 @@ def transform_batch(
     :func:`prefect.utilities.annotations.quote`), so each region is taken as it lands.
     """
     batches: list[tuple[list[str], PrefectFuture[Any]]] = []
-    running: list[tuple[int, PrefectFuture[Any]]] = []  # (rows, future) of unfinished tasks
 
-    def lane_free() -> None:
-        # Whatever the running tasks' outcome (a `wait_for` would skip this one when one failed).
-        while True:
-            running[:] = [(rows, f) for rows, f in running if not f.state.is_final()]
-            if transform_lane_free([rows for rows, _ in running]):
-                return
-            next(as_completed([f for _, f in running]))
+    def previous_batch_done() -> None:
+        # One batch at a time, on any runner: the previous one first, whatever its outcome
+        # (a `wait_for` would skip this one when the previous failed).
+        if batches:
+            batches[-1][1].wait()
 
-    for landed in landed_batches(extracting, lane_free):
+    for landed in landed_batches(extracting, previous_batch_done):
         extracts = [e for _, e in landed if not isinstance(e, TaskFailure)]  # the parent
         if not extracts:  # reports failed extracts
             continue
@@ -66,7 +63,6 @@ def transform_batch(
             max_file_rows=settings.target_file_rows,
         )
         batches.append(([e.region for e in extracts], future))
-        running.append((sum(e.rows for e in extracts), future))
     results: dict[str, RegionTransformResult] = {}
     errors: dict[str, str] = {}
     for regions, future in batches:

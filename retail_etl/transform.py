@@ -120,21 +120,8 @@ __all__ = [
     "classify_frame",
     "transform_connection",
     "transform_frame",
-    "transform_lane_free",
     "transform_region",
 ]
-
-
-#: Below this many rows a task's regions transform on about one core (DuckDB splits a scan by
-#: row groups; a small extract has one or two): two such tasks at once fill both cores.
-SMALL_TRANSFORM_ROWS = 250_000
-
-
-def transform_lane_free(running_rows: Sequence[int]) -> bool:
-    """Whether another transform task may start while tasks of ``running_rows`` rows run:
-    when none runs, or beside one small task (:data:`SMALL_TRANSFORM_ROWS`). Two large ones
-    at once only compete for the same cores and memory."""
-    return not running_rows or (len(running_rows) == 1 and running_rows[0] < SMALL_TRANSFORM_ROWS)
 
 
 class TransformError(RuntimeError):

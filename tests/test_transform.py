@@ -707,13 +707,3 @@ def test_regions_in_turn_on_one_connection_match_their_own_connections(
     assert shared["us_east"]["rows_accepted"] == 3 and shared["asia"]["rows_extracted"] == 0
     assert len(opened) == 2  # the first region's, and a fresh one after europe failed
     assert not (out / ".duckdb-tmp").exists()
-
-
-def test_a_second_transform_lane_opens_only_beside_one_small_task():
-    from retail_etl.transform import SMALL_TRANSFORM_ROWS, transform_lane_free
-
-    small, large = SMALL_TRANSFORM_ROWS - 1, SMALL_TRANSFORM_ROWS
-    assert transform_lane_free([])
-    assert transform_lane_free([small])
-    assert not transform_lane_free([large])  # a large task keeps both cores
-    assert not transform_lane_free([small, small])  # two lanes at most
