@@ -443,7 +443,7 @@ def combine_splits(parts: Sequence[RegionExtract]) -> RegionExtract:
         extra_columns=first.extra_columns,
         started_at=started,
         finished_at=finished,
-        day_stats=first.day_stats,  # split 0's snapshot (see extract_region's stats_window)
+        day_stats=None,  # splits are separate snapshots: their fingerprints are read ahead
     )
 
 
