@@ -355,6 +355,38 @@ def test_duckdb_session_checkpoints_once(warehouse: Warehouse, loader: Loader) -
         assert con.execute("SELECT count(*) FROM sales_fact").fetchall() == [(6,)]
 
 
+@duckdb_only
+def test_duckdb_stage_reads_the_staged_files_and_leaves_nothing_behind(
+    warehouse: Warehouse, loader: Loader
+) -> None:
+    """The stage is a view over the staged files (DuckDB): a batch's regions load from it,
+    and no view, table, variable or setting of the load outlives it on the connection."""
+    assert isinstance(warehouse.dialect, DuckDBDialect)
+    batches = [
+        loader.stage(accepted_table(region, DAY, range(1, 4), batch_id=B1), region, B1)
+        for region in ("us_east", "apac")
+    ]
+    with warehouse.session():
+        with warehouse.loading():
+            merges, failures = warehouse.load_regions(batches)
+        with warehouse.dialect.connect() as con:  # the session's own connection
+            left = con.execute(
+                "SELECT (SELECT count(*) FROM duckdb_views() WHERE NOT internal "
+                "AND view_name LIKE 'stg%'), (SELECT count(*) FROM duckdb_tables() "
+                "WHERE table_name LIKE 'stg%'), (SELECT count(*) FROM duckdb_variables()), "
+                "current_setting('preserve_insertion_order')"
+            ).fetchall()
+    assert failures == {}
+    assert {r: (m.staged_rows, m.inserted) for r, m in merges.items()} == {
+        "us_east": (3, 3),
+        "apac": (3, 3),
+    }
+    assert left == [(0, 0, 0, True)]
+    assert rows(
+        warehouse, "SELECT region, count(*) FROM {sales_fact} GROUP BY region ORDER BY region"
+    ) == [("apac", 3), ("us_east", 3)]
+
+
 @snowflake_only
 def test_snowflake_session_logs_in_once(
     fake_snowflake: Callable[[], Any], store: LocalStagingStore, loader: Loader, engine: str
