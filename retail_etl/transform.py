@@ -51,11 +51,12 @@ NULL customer reads ``duplicate;null_customer_id``.
 Memory: DuckDB's streaming parquet reader reads the region in passes. The dedup reads the key
 column for the aggregate and whole rows only of the repeated keys, and keeps the losers'
 (file, row) in a small temporary table; the classification (typing, reasons, retractions, the
-losers looked up by a hash join) streams every row once into a temporary table of the rows not
-accepted (rejected or retracted) and once into the accepted parquet; one scan of the accepted
-parquet as written serves the reconciliation and measures the quality gate's invariants
-(:mod:`retail_etl.rules`). No operator holds whole rows of the region, so a 10x day costs time,
-not memory (what does not fit in ``memory_limit`` spills to ``temp_directory``). Because the window sees the whole
+losers looked up by a hash join) runs once, into the temporary table ``classified``; the accepted
+parquet is written from it, and the rows not accepted (rejected or retracted) are a view over
+it; one scan of the accepted parquet as written serves the reconciliation and measures the
+quality gate's invariants (:mod:`retail_etl.rules`). The one structure that holds whole rows of
+the region, ``classified``, spills past ``memory_limit`` to ``temp_directory``, so a 10x day
+costs time, not memory. Because the window sees the whole
 region, duplicates split across extract files (chunks) are found by construction.
 
 Output (always, also for zero rows): ``out_dir/accepted/region=R/part-<i>.parquet``,
@@ -448,8 +449,9 @@ def _accepted_select() -> str:
     )
 
 
-#: Temporary table of every row that is not accepted: rejected (``retraction IS NULL``) or
-#: retracted; ``rejected`` and ``retracted`` are views over it.
+#: Temporary view of every row that is not accepted: rejected (``retraction IS NULL``) or
+#: retracted; ``rejected`` and ``retracted`` are views over it. A view, not a copy: its three
+#: readers filter ``classified`` for a few percent of its rows (500K rows: 0.08 s less).
 _NOT_ACCEPTED = "not_accepted"
 _REJECTED = "rejected"
 _RETRACTED = "retracted"
@@ -594,7 +596,7 @@ def _classify(
     )
     con.execute(classify, _params(classify, params))
     con.execute(
-        f"CREATE TEMP TABLE {_NOT_ACCEPTED} AS SELECT * FROM {_CLASSIFIED} "  # noqa: S608
+        f"CREATE TEMP VIEW {_NOT_ACCEPTED} AS SELECT * FROM {_CLASSIFIED} "  # noqa: S608
         "WHERE reasons <> '' OR retraction IS NOT NULL"
     )
     con.execute(
@@ -721,9 +723,9 @@ def _drop_region_objects(connection: TransformConnection) -> None:
     (or discard the connection if that fails)."""
     con = connection.get()
     try:
-        for view in (_REJECTED, _RETRACTED):
+        for view in (_REJECTED, _RETRACTED, _NOT_ACCEPTED):
             con.execute(f"DROP VIEW IF EXISTS {view}")
-        for table in (_NOT_ACCEPTED, _CLASSIFIED, _LOSERS, _DUP_KEYS):
+        for table in (_CLASSIFIED, _LOSERS, _DUP_KEYS):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         con.unregister(_EMPTY_EXTRACT)
     except duckdb.Error:
