@@ -857,6 +857,41 @@ def test_rejects_and_dq_results_are_replaced_on_rerun(warehouse: Warehouse, load
         warehouse.load_dq_results([record(B1, "a", "ok")])
 
 
+def test_dq_results_of_a_many_region_day_span_several_inserts_in_one_transaction(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More rows than one INSERT takes: every row lands, each once, or none of them."""
+    from retail_etl.warehouse import engine as warehouse_engine
+
+    monkeypatch.setattr(warehouse_engine, "DQ_ROWS_PER_INSERT", 7)
+    records = [
+        {
+            "batch_id": B1,
+            "business_date": DAY,
+            "region": f"region_{i // 3:02d}",
+            "check_name": f"check_{i % 3}",
+            "measured": i,
+            "threshold": 0,
+            "status": "pass",
+            "detail": "",
+            "flow_run_id": "f",
+        }
+        for i in range(150)  # 50 regions x 3 checks: 21 INSERTs of 7 rows and one of 3
+    ]
+    assert warehouse.load_dq_results(records) == 150
+    assert rows(
+        warehouse, "SELECT count(*), count(DISTINCT region), sum(measured) FROM {dq_results}"
+    ) == [(150, 50, sum(range(150)))]
+    # a rerun whose last INSERT fails (statement 1 deletes, 2..23 insert) keeps the first run's
+    FaultPlan("dq_results", nth=23).apply(warehouse.dialect)
+    rerun = [{**r, "measured": 0} for r in records]
+    with pytest.raises(WarehouseError, match="injected warehouse failure"):
+        warehouse.load_dq_results(rerun)
+    assert rows(warehouse, "SELECT count(*), sum(measured) FROM {dq_results}") == [
+        (150, sum(range(150)))
+    ]
+
+
 @duckdb_only
 def test_duckdb_concurrent_loads_of_two_dates_queue_and_do_not_collide(
     warehouse: Warehouse, loader: Loader

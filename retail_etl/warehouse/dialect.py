@@ -75,8 +75,7 @@ class Dialect(Protocol):
     - ``connect(read_only=False)``: a context yielding a connection for one operation (the
       session's connection inside :meth:`session`);
     - ``session()``: a context in which operations share one connection;
-    - ``execute(con, kind, sql, params)`` -> :class:`Result`; ``execute_many(con, kind, sql,
-      rows)``;
+    - ``execute(con, kind, sql, params)`` -> :class:`Result`;
     - ``begin(con)`` (a fresh transaction: what ran before it is committed or was
       autocommitted), ``commit(con)``, ``rollback(con)`` (never raises), ``end_read(con)``
       (ends what reads and DDL left open).
@@ -129,9 +128,6 @@ class Dialect(Protocol):
     def execute(
         self, con: Any, kind: StatementKind, sql_text: str, params: Sequence[Any] = ()
     ) -> Result: ...
-    def execute_many(
-        self, con: Any, kind: StatementKind, sql_text: str, rows: Sequence[Sequence[Any]]
-    ) -> None: ...
     def begin(self, con: Any) -> None: ...
     def commit(self, con: Any) -> None: ...
     def rollback(self, con: Any) -> None: ...

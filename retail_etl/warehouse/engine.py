@@ -77,6 +77,8 @@ from retail_etl.warehouse.base import (
 from retail_etl.warehouse.dialect import Dialect, StatementKind
 
 log = logging.getLogger("retail_etl.warehouse")
+#: dq_results rows per INSERT statement (10 bound values each)
+DQ_ROWS_PER_INSERT = 200
 
 SideKind = Literal["rejects", "retractions"]
 
@@ -538,7 +540,16 @@ class Warehouse:
         try:
             with d.connect() as con, self._transaction(con):
                 self._run(con, "dq_results", sql.delete_dq_sql(d, len(batch_ids)), batch_ids)
-                d.execute_many(con, "dq_results", sql.insert_dq_sql(d), [list(r) for r in rows])
+                # Multi-row INSERTs: DuckDB runs an executemany row by row (600 rows of a
+                # 50-region day: 0.27 s).
+                for start in range(0, len(rows), DQ_ROWS_PER_INSERT):
+                    chunk = rows[start : start + DQ_ROWS_PER_INSERT]
+                    self._run(
+                        con,
+                        "dq_results",
+                        sql.insert_dq_sql(d, len(chunk)),
+                        [v for row in chunk for v in row],
+                    )
         except Exception as e:
             raise WarehouseError(
                 f"writing {len(rows)} dq_results row(s) of batch(es) {', '.join(batch_ids)} "

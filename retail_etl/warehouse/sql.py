@@ -253,8 +253,8 @@ def insert_ledger_sql(t: Dialect, n_rows: int = 1) -> str:
     return insert_values_sql(t, LEDGER, [c.name for c in LEDGER_COLUMNS], n_rows)
 
 
-def insert_dq_sql(t: Dialect) -> str:
-    return insert_values_sql(t, DQ_RESULTS, DQ_RESULT_FIELDS)
+def insert_dq_sql(t: Dialect, n_rows: int = 1) -> str:
+    return insert_values_sql(t, DQ_RESULTS, DQ_RESULT_FIELDS, n_rows)
 
 
 def delete_dq_sql(t: Dialect, n_batches: int) -> str:

@@ -242,15 +242,6 @@ class DuckDBDialect(DuckDBSql):
             return Result([], [])
         return Result([d[0].lower() for d in cursor.description], cursor.fetchall())
 
-    def execute_many(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        kind: StatementKind,
-        sql_text: str,
-        rows: Sequence[Sequence[Any]],
-    ) -> None:
-        con.executemany(sql_text, [list(r) for r in rows])
-
     def begin(self, con: duckdb.DuckDBPyConnection) -> None:
         con.execute("BEGIN TRANSACTION")
 

@@ -195,11 +195,6 @@ class SnowflakeDialect(SnowflakeSql):
             [str(d[0]).lower() for d in cur.description], [tuple(r) for r in cur.fetchall()]
         )
 
-    def execute_many(
-        self, con: Connection, kind: StatementKind, sql_text: str, rows: Sequence[Sequence[Any]]
-    ) -> None:
-        con.cursor().executemany(sql_text, [list(r) for r in rows])
-
     def begin(self, con: Connection) -> None:
         """Commit what ran before (COPY into the stages): the next statement opens the
         transaction (autocommit is off)."""
