@@ -61,6 +61,7 @@ def transform_batch(
             threads=settings.duckdb_threads,
             # files the staging store can publish as they are (no rewrite)
             max_file_rows=settings.target_file_rows,
+            pass_rows=settings.transform_pass_rows,
         )
         batches.append(([e.region for e in extracts], future))
     results: dict[str, RegionTransformResult] = {}

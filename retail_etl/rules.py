@@ -8,7 +8,7 @@ imports the transform, so the definitions cannot live in either).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -97,16 +97,33 @@ class AcceptedMeasures:
 
 def measure_accepted(
     con: duckdb.DuckDBPyConnection,
-    files: Sequence[Path],
+    files_by_region: Mapping[str, Sequence[Path]],
     *,
-    region: str,
     business_date: date,
-) -> AcceptedMeasures:
-    """Count and sum the accepted ``files`` of ``region`` and measure the invariants, in one
-    scan. Raises ``duckdb.Error`` when the files cannot be read."""
-    if not files:
-        return AcceptedMeasures()
-    terms = violation_terms("$region")
+) -> dict[str, AcceptedMeasures]:
+    """Count and sum the accepted files of each region and measure the invariants, in one
+    scan of all the files; a region without files measures all zeros. Raises
+    ``duckdb.Error`` when the files cannot be read."""
+    measures = dict.fromkeys(files_by_region, AcceptedMeasures())
+    regions = [r for r, files in files_by_region.items() if files]
+    if not regions:
+        return measures
+    files = [str(f) for r in regions for f in files_by_region[r]]
+    params: dict[str, object] = {"files": files, "business_date": business_date}
+    if len(regions) == 1:
+        params["owner"] = regions[0]
+        source = (
+            "SELECT *, CAST($owner AS VARCHAR) AS __owner "
+            "FROM read_parquet($files, hive_partitioning = false)"
+        )
+    else:  # each file's rows belong to the region whose output the file is
+        params["owners"] = [r for r in regions for _ in files_by_region[r]]
+        source = (
+            "SELECT p.*, m.__owner FROM read_parquet($files, filename = true, "
+            "hive_partitioning = false) p JOIN (SELECT unnest($files) AS __file, "
+            "unnest($owners) AS __owner) m ON p.filename = m.__file"
+        )
+    terms = violation_terms("__owner")
     # Each term is evaluated once per row, into a column the counts then read (counting the
     # "any term" rows over the predicates again cost twice the CPU).
     flags = [f"__term_{i}" for i in range(len(terms))]
@@ -116,25 +133,22 @@ def measure_accepted(
     per_term = ", ".join(f"count(*) FILTER (WHERE {flag})" for flag in flags)
     # Predicates are package constants; values are bound parameters.
     sql = (
-        "SELECT count(*), coalesce(sum(total_amount), 0), "  # noqa: S608
+        "SELECT __owner, count(*), coalesce(sum(total_amount), 0), "  # noqa: S608
         "count(sale_id) - count(DISTINCT sale_id), "
         "count(*) FILTER (WHERE sale_date IS DISTINCT FROM $business_date), "
         f"count(*) FILTER (WHERE {' OR '.join(flags)}), {per_term} "
-        f"FROM (SELECT sale_id, sale_date, total_amount, {flagged} "
-        "FROM read_parquet($files, hive_partitioning = false))"
+        f"FROM (SELECT __owner, sale_id, sale_date, total_amount, {flagged} FROM ({source})) "
+        "GROUP BY 1"
     )
-    row = con.execute(
-        sql,
-        {"files": [str(f) for f in files], "region": region, "business_date": business_date},
-    ).fetchone()
-    if row is None:  # pragma: no cover - an aggregate always returns a row
-        raise duckdb.Error("the measure of the accepted files returned no row")
-    rows, total, dupes, foreign, violating, *counts = row
-    return AcceptedMeasures(
-        rows=int(rows),
-        total_amount=Decimal(total),
-        duplicate_keys=int(dupes),
-        foreign_sale_dates=int(foreign),
-        violating_rows=int(violating),
-        violations={n: int(c) for n, c in zip(terms, counts, strict=True) if c},
-    )
+    for owner, rows, total, dupes, foreign, violating, *counts in con.execute(
+        sql, params
+    ).fetchall():
+        measures[str(owner)] = AcceptedMeasures(
+            rows=int(rows),
+            total_amount=Decimal(total),
+            duplicate_keys=int(dupes),
+            foreign_sale_dates=int(foreign),
+            violating_rows=int(violating),
+            violations={n: int(c) for n, c in zip(terms, counts, strict=True) if c},
+        )
+    return measures

@@ -230,6 +230,12 @@ class Settings(BaseSettings):
         "process peaks at about this plus 0.5 GB (Prefect, pyarrow): 1.19 GB for a 20M-row day.",
     )
     duckdb_threads: int = Field(default=2, gt=0)
+    transform_pass_rows: int = Field(
+        default=500_000,
+        gt=0,
+        description="Small regions that land together are transformed in one DuckDB pass of up "
+        "to this many rows (capped at target_file_rows); a larger region runs alone.",
+    )
     target_file_rows: int = Field(
         default=2_000_000, gt=0, description="Max rows per staged parquet file."
     )

@@ -1,9 +1,13 @@
-"""Transform one region's extract into accepted rows and rejects, with DuckDB.
+"""Transform regions' extracts into accepted rows and rejects, with DuckDB.
 
-Plain functions, no Prefect. One region is one set of DuckDB statements on an in-memory
-connection (``memory_limit``, ``threads``, a spill ``temp_directory`` under the run dir): its own,
-so the lead may run regions concurrently from threads, or one :func:`transform_connection` for
-regions transformed in turn (one connection's start-up for many small regions).
+Plain functions, no Prefect. A *pass* is one set of DuckDB statements on an in-memory
+connection (``memory_limit``, ``threads``, a spill ``temp_directory`` under the run dir) over
+one region (:func:`transform_region`) or over several small regions with the same extract
+schema (:func:`transform_regions`, up to ``pass_rows`` rows: each row tagged with its region,
+deduplication, statistics and reconciliation per region, one partitioned COPY per output).
+A region's output and counts are the same either way; a shared pass that fails runs its
+regions again alone. Regions may run concurrently from threads on connections of their own,
+or in turn on one :func:`transform_connection` (one connection's start-up for many regions).
 
 What happens to a region's extract (``{run_dir}/extract/region=R/part-*.parquet``):
 
@@ -122,6 +126,7 @@ __all__ = [
     "transform_connection",
     "transform_frame",
     "transform_region",
+    "transform_regions",
 ]
 
 
@@ -199,6 +204,8 @@ class RegionTransformResult:
 
 _SRC_FILE = "__src_file"
 _SRC_ROW = "__src_row"
+#: The region a source row belongs to (a pass may read several regions' extracts at once).
+_REGION = "__region"
 _DUPLICATE = "__duplicate"
 _INTEGER_TYPES = {
     "TINYINT",
@@ -282,7 +289,7 @@ def _column_sql(column: contract.ContractColumn, input_type: str, nan: bool) -> 
     return _ColumnSql(name, f"TRY_CAST({src} AS {target})", True, True)
 
 
-def _column_plan(input_types: Mapping[str, str], region: str) -> list[_ColumnSql]:
+def _column_plan(input_types: Mapping[str, str], where: str) -> list[_ColumnSql]:
     missing = [c for c in contract.COLUMN_NAMES if c not in input_types]
     allowed = {
         *contract.COLUMN_NAMES,
@@ -290,11 +297,12 @@ def _column_plan(input_types: Mapping[str, str], region: str) -> list[_ColumnSql
         contract.NAN_COLUMN,
         _SRC_FILE,
         _SRC_ROW,
+        _REGION,
     }
     unknown = [c for c in input_types if c not in allowed]
     if missing or unknown:
         raise TransformInputError(
-            f"region {region}: extract does not match the contract: missing columns {missing}, "
+            f"{where}: extract does not match the contract: missing columns {missing}, "
             f"unexpected columns {unknown} (non-contract source columns belong in "
             f"{contract.EXTRAS_COLUMN!r})"
         )
@@ -336,11 +344,12 @@ _DUP_KEYS = "dup_keys"
 
 
 def _dup_keys_sql(source_sql: str, plan: Sequence[_ColumnSql]) -> str:
-    """The typed ``sale_id``s that occur more than once (an aggregate over the key column only)."""
+    """The (region, typed ``sale_id``) that occur more than once (an aggregate over the key
+    columns only)."""
     typed = {c.name: c.typed for c in plan}
     return f"""
-SELECT {typed["sale_id"]} AS sale_id, count(*) AS n FROM ({source_sql})
-WHERE {typed["sale_id"]} IS NOT NULL GROUP BY 1 HAVING count(*) > 1
+SELECT {_REGION}, {typed["sale_id"]} AS sale_id, count(*) AS n FROM ({source_sql})
+WHERE {typed["sale_id"]} IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1
 """  # noqa: S608 - identifiers are contract constants
 
 
@@ -359,11 +368,11 @@ def _losers_sql(source_sql: str, plan: Sequence[_ColumnSql]) -> str:
     return f"""
 SELECT {_SRC_FILE}, {_SRC_ROW} FROM (
     SELECT {_SRC_FILE}, {_SRC_ROW},
-           row_number() OVER (PARTITION BY sale_id
+           row_number() OVER (PARTITION BY {_REGION}, sale_id
                ORDER BY {typed["updated_at"]} DESC NULLS LAST, {typed["created_at"]} DESC NULLS LAST,
                         md5(CAST(to_json(struct_pack({raw})) AS VARCHAR)) DESC) AS rn
     FROM (SELECT *, {typed["sale_id"]} AS sale_id FROM ({source_sql}))
-    WHERE sale_id IN (SELECT sale_id FROM {_DUP_KEYS})
+    SEMI JOIN {_DUP_KEYS} USING ({_REGION}, sale_id)
 ) WHERE rn > 1
 """  # noqa: S608 - identifiers are contract constants
 
@@ -399,7 +408,7 @@ def _classify_sql(source_sql: str, plan: Sequence[_ColumnSql], has_extras: bool)
     typed_names = ", ".join(_q(c.name) for c in plan)
     return f"""
 WITH typed AS (
-    SELECT {", ".join(selected)}, {_SRC_FILE}, {_SRC_ROW} FROM ({source_sql})
+    SELECT {", ".join(selected)}, {_SRC_FILE}, {_SRC_ROW}, {_REGION} FROM ({source_sql})
 ),
 joined AS (
     SELECT typed.*, CAST(quantity AS DECIMAL(38,0)) * unit_price AS gross_amount,
@@ -410,7 +419,7 @@ reasoned AS (
     SELECT *, concat_ws(';', {reasons}) AS reasons, {_retraction_sql()} AS retraction
     FROM joined
 )
-SELECT {typed_names}, gross_amount, {extras}, reasons, retraction,
+SELECT {_REGION}, {typed_names}, gross_amount, {extras}, reasons, retraction,
        CASE WHEN reasons <> '' OR retraction IS NOT NULL
             THEN CAST(to_json(struct_pack({raw_json})) AS VARCHAR) END AS raw_values
 FROM reasoned
@@ -427,7 +436,7 @@ def _accepted_select() -> str:
         f"sign({cents_discount}) * ((2 * abs({cents_discount}) * 1000000 + {cents_gross}) "
         f"// (2 * {cents_gross}))"
     )
-    exprs: dict[str, str] = {"region": "CAST($region AS VARCHAR)"}
+    exprs: dict[str, str] = {"region": _REGION}
     for name in contract.ACCEPTED_COLUMNS:
         if name in ("discount", "tax"):
             exprs[name] = f"CAST(coalesce({name}, 0) AS DECIMAL(10,2))"
@@ -458,13 +467,13 @@ _RETRACTED = "retracted"
 
 
 _REJECTS_SELECT = (
-    "SELECT CAST($region AS VARCHAR) AS region, sale_id, "  # noqa: S608 - constant identifiers
+    f"SELECT {_REGION} AS region, sale_id, "  # noqa: S608 - constant identifiers
     "CAST($business_date AS DATE) AS sale_date, reasons, raw_values, "
     "CAST($batch_id AS VARCHAR) AS batch_id, CAST($flow_run_id AS VARCHAR) AS flow_run_id "
     f"FROM {_REJECTED}"
 )
 _RETRACTIONS_SELECT = (
-    "SELECT CAST($region AS VARCHAR) AS region, sale_id, "  # noqa: S608 - constant identifiers
+    f"SELECT {_REGION} AS region, sale_id, "  # noqa: S608 - constant identifiers
     "CAST($business_date AS DATE) AS sale_date, retraction AS reason, raw_values, "
     "CAST($batch_id AS VARCHAR) AS batch_id, CAST($flow_run_id AS VARCHAR) AS flow_run_id "
     f"FROM {_RETRACTED}"
@@ -570,8 +579,8 @@ def _input_types(
 
 @dataclass(frozen=True)
 class _Classified:
-    """A region classified into the temporary table ``classified`` (every row, once: the
-    accepted COPY and the not-accepted rows read it instead of classifying again; DuckDB
+    """A pass's regions classified into the temporary table ``classified`` (every row, once:
+    the accepted COPY and the not-accepted rows read it instead of classifying again; DuckDB
     spills it past ``memory_limit``); the rejected rows are in the view ``rejected``."""
 
     total_amount: str  # the typed total_amount over the source (for the extracted sum)
@@ -582,10 +591,10 @@ def _classify(
     con: duckdb.DuckDBPyConnection,
     source_sql: str,
     params: Mapping[str, Any],
-    region: str,
+    where: str,
 ) -> _Classified:
     types = _input_types(con, source_sql, params)
-    plan = _column_plan(types, region)
+    plan = _column_plan(types, where)
     dup_keys = f"CREATE TEMP TABLE {_DUP_KEYS} AS {_dup_keys_sql(source_sql, plan)}"
     con.execute(dup_keys, _params(dup_keys, params))
     losers = f"CREATE TEMP TABLE {_LOSERS} AS {_losers_sql(source_sql, plan)}"
@@ -631,50 +640,63 @@ def _stats(
     con: duckdb.DuckDBPyConnection,
     source_sql: str,
     classified: _Classified,
-    accepted_files: Sequence[Path],
+    accepted_files: Mapping[str, Sequence[Path]],
     params: Mapping[str, Any],
-) -> _Stats:
-    """Counts and ``total_amount`` sums, each computed on its own: every extracted row (the
-    source), the accepted files as written, and the rejected rows. The read-back of the
-    accepted files also measures the quality gate's invariants (:func:`measure_accepted`)."""
+) -> dict[str, _Stats]:
+    """Per region of the pass (the keys of ``accepted_files``): counts and ``total_amount``
+    sums, each computed on its own: every extracted row (the source), the accepted files as
+    written, and the rejected rows. The read-back of the accepted files also measures the
+    quality gate's invariants (:func:`measure_accepted`). A region without rows is all zeros."""
     extracted_sql = (
-        f"SELECT count(*), coalesce(sum({classified.total_amount}), 0), "  # noqa: S608
-        f"count({classified.sale_id}) - (SELECT coalesce(sum(n - 1), 0) FROM {_DUP_KEYS}) "
-        f"FROM ({source_sql})"
+        f"SELECT {_REGION}, count(*), coalesce(sum({classified.total_amount}), 0), "  # noqa: S608
+        f"count({classified.sale_id}) FROM ({source_sql}) GROUP BY 1"
     )
-    extracted = con.execute(extracted_sql, _params(extracted_sql, params)).fetchone()
-    measures = measure_accepted(
-        con, accepted_files, region=params["region"], business_date=params["business_date"]
-    )
-    # The rows not accepted, in one query: rejected (retraction IS NULL) and retracted counts
-    # and sums, retracted rows per reason, rejected rows per reason (one row may have several).
+    extracted = {
+        str(r): (int(n), Decimal(total), int(keys))
+        for r, n, total, keys in con.execute(
+            extracted_sql, _params(extracted_sql, params)
+        ).fetchall()
+    }
+    repeats_sql = f"SELECT {_REGION}, sum(n - 1) FROM {_DUP_KEYS} GROUP BY 1"  # noqa: S608
+    repeats = {str(r): int(n) for r, n in con.execute(repeats_sql).fetchall()}
+    measures = measure_accepted(con, accepted_files, business_date=params["business_date"])
+    # The rows not accepted: rejected (retraction IS NULL) and retracted counts and sums, and
+    # retracted rows per reason; then rejected rows per reason (one row may have several).
     not_accepted_sql = (
-        "SELECT count(*) FILTER (WHERE retraction IS NULL), "  # noqa: S608 - constant names
+        f"SELECT {_REGION}, count(*) FILTER (WHERE retraction IS NULL), "  # noqa: S608
         "coalesce(sum(total_amount) FILTER (WHERE retraction IS NULL), 0), "
         "count(*) FILTER (WHERE retraction IS NOT NULL), "
         "coalesce(sum(total_amount) FILTER (WHERE retraction IS NOT NULL), 0), "
-        "histogram(retraction) FILTER (WHERE retraction IS NOT NULL), "
-        "(SELECT histogram(r) FROM (SELECT unnest(string_split(reasons, ';')) AS r "
-        f"FROM {_REJECTED})) FROM {_NOT_ACCEPTED}"
+        f"histogram(retraction) FILTER (WHERE retraction IS NOT NULL) FROM {_NOT_ACCEPTED} "
+        "GROUP BY 1"
     )
-    not_accepted = con.execute(not_accepted_sql).fetchone()
-    if extracted is None or not_accepted is None:
-        raise TransformError("statistics query returned no row")  # pragma: no cover
-    rejected, rejected_total, retracted, retracted_total, retraction_map, reason_map = not_accepted
-    return _Stats(
-        int(extracted[0]),
-        measures.rows,
-        int(rejected),
-        Decimal(extracted[1]),
-        measures.total_amount,
-        Decimal(rejected_total),
-        _counts(reason_map),
-        int(retracted),
-        Decimal(retracted_total),
-        _counts(retraction_map),
-        int(extracted[2]),
-        measures,
+    not_accepted = {str(row[0]): row[1:] for row in con.execute(not_accepted_sql).fetchall()}
+    reasons_sql = (
+        f"SELECT {_REGION}, histogram(r) FROM (SELECT {_REGION}, "  # noqa: S608
+        f"unnest(string_split(reasons, ';')) AS r FROM {_REJECTED}) GROUP BY 1"
     )
+    reasons = {str(r): h for r, h in con.execute(reasons_sql).fetchall()}
+    stats = {}
+    for region in accepted_files:
+        n, total, keys = extracted.get(region, (0, Decimal(0), 0))
+        rejected, rejected_total, retracted, retracted_total, retraction_map = not_accepted.get(
+            region, (0, 0, 0, 0, None)
+        )
+        stats[region] = _Stats(
+            n,
+            measures[region].rows,
+            int(rejected),
+            total,
+            measures[region].total_amount,
+            Decimal(rejected_total),
+            _counts(reasons.get(region)),
+            int(retracted),
+            Decimal(retracted_total),
+            _counts(retraction_map),
+            keys - repeats.get(region, 0),
+            measures[region],
+        )
+    return stats
 
 
 def _counts(histogram: Mapping[Any, Any] | None) -> dict[str, int]:
@@ -700,11 +722,27 @@ def _check_reconciliation(where: str, stats: _Stats, expected_rows: int) -> None
         raise ReconciliationError(f"{where}: " + "; ".join(problems))
 
 
-_FILES_SOURCE = (
-    "SELECT * EXCLUDE (filename, file_row_number), filename AS __src_file, "
-    "file_row_number AS __src_row FROM read_parquet($files, filename = true, "
-    "file_row_number = true, union_by_name = true, hive_partitioning = false)"
+_READ_EXTRACT = (
+    "read_parquet($files, filename = true, file_row_number = true, union_by_name = true, "
+    "hive_partitioning = false)"
 )
+
+
+def _files_source(several_regions: bool) -> str:
+    """The extract files' rows with their (file, row) and region: one region's is a constant;
+    several regions' files are tagged by a join with the bound file -> region lists."""
+    if not several_regions:
+        return (
+            "SELECT * EXCLUDE (filename, file_row_number), filename AS __src_file, "  # noqa: S608
+            f"file_row_number AS __src_row, CAST($region AS VARCHAR) AS {_REGION} "
+            f"FROM {_READ_EXTRACT}"
+        )
+    return (
+        "SELECT s.* EXCLUDE (filename, file_row_number), s.filename AS __src_file, "  # noqa: S608
+        f"s.file_row_number AS __src_row, m.__map_region AS {_REGION} FROM {_READ_EXTRACT} s "
+        "JOIN (SELECT unnest($files) AS __map_file, unnest($file_regions) AS __map_region) m "
+        "ON s.filename = m.__map_file"
+    )
 
 
 _EMPTY_EXTRACT = "__empty_extract"
@@ -714,13 +752,14 @@ def _empty_source(con: duckdb.DuckDBPyConnection) -> str:
     table = pa.Table.from_batches([], schema=contract.contract_arrow_schema())
     table = table.append_column(_SRC_FILE, pa.array([], pa.string()))
     table = table.append_column(_SRC_ROW, pa.array([], pa.int64()))
+    table = table.append_column(_REGION, pa.array([], pa.string()))
     con.register(_EMPTY_EXTRACT, table)
     return f"SELECT * FROM {_EMPTY_EXTRACT}"  # noqa: S608 - a constant name
 
 
 def _drop_region_objects(connection: TransformConnection) -> None:
-    """Drop one region's temporary tables and views, so the connection takes the next region
-    (or discard the connection if that fails)."""
+    """Drop one pass's temporary tables and views, so the connection takes the next pass (or
+    discard the connection if that fails)."""
     con = connection.get()
     try:
         for view in (_REJECTED, _RETRACTED, _NOT_ACCEPTED):
@@ -777,6 +816,219 @@ def _copy(
     return (int(row[0]) if row else 0), _parts(directory)
 
 
+def _copy_by_region(
+    con: duckdb.DuckDBPyConnection,
+    select_sql: str,
+    root: Path,
+    regions: Sequence[str],
+    params: Mapping[str, Any],
+    row_group_size: int,
+) -> tuple[int, dict[str, list[Path]]]:
+    """Write ``select_sql`` (with a ``region`` column) as ``root/region=R/part-<i>.parquet``
+    for every region of ``regions``, in one partitioned COPY; a region without rows gets one
+    empty file with the schema. (rows, files by region). The pass's regions together hold at
+    most ``max_file_rows`` rows, so no file needs splitting."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    sql = (
+        f"COPY ({select_sql}) TO $out_path (FORMAT parquet, COMPRESSION snappy, "
+        f"ROW_GROUP_SIZE {int(row_group_size)}, PARTITION_BY (region), "
+        "WRITE_PARTITION_COLUMNS true, FILENAME_PATTERN 'part-{i}')"
+    )
+    row = con.execute(sql, {**_params(sql, params), "out_path": str(root)}).fetchone()
+    files = {r: _parts(root / f"region={r}") for r in regions}
+    empty = [r for r, parts in files.items() if not parts]
+    if empty:
+        # One empty file written by the same writer (the same physical schema), copied.
+        template = root / ".empty.parquet"
+        empty_sql = (
+            f"COPY (SELECT * FROM ({select_sql}) WHERE false) "  # noqa: S608 - constant SQL
+            "TO $out_path (FORMAT parquet)"
+        )
+        con.execute(empty_sql, {**_params(empty_sql, params), "out_path": str(template)})
+        for region in empty:
+            target = root / f"region={region}"
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(template, target / "part-0.parquet")
+            files[region] = _parts(target)
+    return (int(row[0]) if row else 0), files
+
+
+def _where(regions: Sequence[str], business_date: date) -> str:
+    """How errors name a pass: ``region us_east, 2026-11-30`` or ``regions a, b, c, ...``."""
+    named = f"region {regions[0]}" if len(regions) == 1 else f"regions {', '.join(regions)}"
+    return f"{named}, {business_date}"
+
+
+def _extract_rows(region: str, business_date: date, files: Sequence[Path]) -> int:
+    """Rows in the extract files' footers (what the extraction wrote)."""
+    try:
+        return sum(pq.read_metadata(f).num_rows for f in files)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise TransformInputError(
+            f"region {region}, {business_date}: cannot read extract: {e}"
+        ) from e
+
+
+@dataclass(frozen=True)
+class _Lineage:
+    business_date: date
+    batch_id: str
+    flow_run_id: str
+
+
+def _run_pass(
+    extracts: Mapping[str, Sequence[Path]],
+    expected_rows: Mapping[str, int],
+    lineage: _Lineage,
+    *,
+    out_dir: Path,
+    connection: TransformConnection,
+    row_group_size: int,
+    max_file_rows: int | None,
+) -> tuple[dict[str, RegionTransformResult], dict[str, ReconciliationError]]:
+    """Transform the regions of ``extracts`` (validated names) in one set of statements: one
+    classification, one COPY per output kind, grouped statistics. Each region reconciles on its
+    own; those that do are published, those that do not are returned as errors. Raises when
+    the pass as a whole fails (nothing of it is published then)."""
+    started = time.perf_counter()
+    regions = list(extracts)
+    several = len(regions) > 1
+    where = _where(regions, lineage.business_date)
+    files = [str(f) for r in regions for f in extracts[r]]
+    params: dict[str, Any] = {
+        "files": files,
+        "business_date": lineage.business_date,
+        "batch_id": lineage.batch_id,
+        "flow_run_id": lineage.flow_run_id,
+    }
+    if several:
+        params["file_regions"] = [r for r in regions for _ in extracts[r]]
+    else:
+        params["region"] = regions[0]
+    outputs = {
+        "accepted": (_accepted_select(), contract.accepted_arrow_schema()),
+        "rejects": (_REJECTS_SELECT, contract.reject_arrow_schema()),
+        "retractions": (_RETRACTIONS_SELECT, contract.retraction_arrow_schema()),
+    }
+    # Output goes to hidden folders first and replaces a region's folders only once it has
+    # reconciled, so a failed or interrupted run never leaves half a region behind.
+    tag = uuid.uuid4().hex[:8]
+    staging = {kind: out_dir / kind / f".transform-{tag}.tmp" for kind in _OUTPUTS}
+    con = connection.get()
+    succeeded = False
+    try:
+        source_sql = _files_source(several) if files else _empty_source(con)
+        try:
+            classified = _classify(con, source_sql, params, where)
+        except duckdb.Error as e:
+            raise TransformInputError(f"{where}: transform of the extract failed: {e}") from e
+        written: dict[str, int] = {}
+        written_files: dict[str, dict[str, list[Path]]] = {}
+        try:
+            for kind, (select, schema) in outputs.items():
+                select = _all_nullable(select, schema)
+                if several:
+                    written[kind], written_files[kind] = _copy_by_region(
+                        con, select, staging[kind], regions, params, row_group_size
+                    )
+                else:
+                    written[kind], parts = _copy(
+                        con,
+                        select,
+                        staging[kind] / f"region={regions[0]}",
+                        params,
+                        row_group_size,
+                        max_file_rows,
+                    )
+                    written_files[kind] = {regions[0]: parts}
+            stats = _stats(con, source_sql, classified, written_files["accepted"], params)
+        except duckdb.Error as e:
+            raise TransformError(f"{where}: writing the transform output failed: {e}") from e
+        failures: dict[str, ReconciliationError] = {}
+        results: dict[str, RegionTransformResult] = {}
+        seconds = time.perf_counter() - started
+        rows_in_pass = sum(s.extracted for s in stats.values())
+        for region in regions:
+            try:
+                _check_reconciliation(
+                    _where([region], lineage.business_date), stats[region], expected_rows[region]
+                )
+            except ReconciliationError as e:
+                if not several:
+                    raise
+                failures[region] = e
+        # what each COPY reported against the rows counted (a pass-level check)
+        counted = {
+            "accepted": sum(s.accepted for s in stats.values()),
+            "rejects": sum(s.rejected for s in stats.values()),
+            "retractions": sum(s.retracted for s in stats.values()),
+        }
+        if written != counted:
+            raise ReconciliationError(
+                f"{where}: wrote {written['accepted']} accepted / {written['rejects']} rejected "
+                f"/ {written['retractions']} retracted rows, expected {counted['accepted']} / "
+                f"{counted['rejects']} / {counted['retractions']}"
+            )
+        for region in regions:
+            if region in failures:
+                continue
+            published = {
+                kind: _publish(
+                    staging[kind] / f"region={region}", out_dir / kind / f"region={region}"
+                )
+                for kind in _OUTPUTS
+            }
+            # a region's share of the pass's time, by its rows (alone: all of it)
+            share = stats[region].extracted / rows_in_pass if rows_in_pass else 1 / len(regions)
+            results[region] = _result(region, stats[region], published, seconds * share)
+        succeeded = True
+    finally:
+        if succeeded:
+            _drop_region_objects(connection)
+        else:
+            connection.discard()
+        for tmp in staging.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for result in results.values():
+        logger.info(
+            "transform region=%s date=%s: %d extracted, %d accepted, %d rejected, %d retracted "
+            "in %.2fs",
+            result.region,
+            lineage.business_date,
+            result.rows_extracted,
+            result.rows_accepted,
+            result.rows_rejected,
+            result.rows_retracted,
+            result.seconds,
+        )
+    return results, failures
+
+
+def _result(
+    region: str, stats: _Stats, files: Mapping[str, list[Path]], seconds: float
+) -> RegionTransformResult:
+    return RegionTransformResult(
+        region=region,
+        rows_extracted=stats.extracted,
+        rows_accepted=stats.accepted,
+        rows_rejected=stats.rejected,
+        reasons=stats.reasons,
+        null_counts={c: stats.reasons.get(null_reason(c), 0) for c in contract.CRITICAL_COLUMNS},
+        total_amount_extracted=stats.total_extracted,
+        total_amount_accepted=stats.total_accepted,
+        total_amount_rejected=stats.total_rejected,
+        accepted_files=files["accepted"],
+        reject_files=files["rejects"],
+        seconds=seconds,
+        rows_retracted=stats.retracted,
+        total_amount_retracted=stats.total_retracted,
+        retraction_reasons=stats.retraction_reasons,
+        retraction_files=files["retractions"],
+        source_keys=stats.source_keys,
+        accepted_measures=stats.accepted_measures,
+    )
+
+
 def transform_region(
     extract_files: Sequence[Path],
     *,
@@ -825,118 +1077,123 @@ def transform_region(
                 max_file_rows=max_file_rows,
                 connection=own,
             )
-    started = time.perf_counter()
     region = validate_identifier(region.strip().lower(), "region")
-    out_dir = Path(out_dir)
     files = [Path(f) for f in extract_files]
-    final = {kind: out_dir / kind / f"region={region}" for kind in _OUTPUTS}
-    params: dict[str, Any] = {
-        "files": [str(f) for f in files],
-        "region": region,
-        "business_date": business_date,
-        "batch_id": batch_id,
-        "flow_run_id": flow_run_id,
-    }
-    try:
-        expected_rows = sum(pq.read_metadata(f).num_rows for f in files)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise TransformInputError(
-            f"region {region}, {business_date}: cannot read extract: {e}"
-        ) from e
-
-    # Output goes to hidden folders first and replaces the region's folders only once it has
-    # reconciled, so a failed or interrupted run never leaves half a region behind.
-    tag = uuid.uuid4().hex[:8]
-    staging = {kind: out_dir / kind / f".region={region}.{tag}.tmp" for kind in _OUTPUTS}
-    con = connection.get()
-    succeeded = False
-    try:
-        source_sql = _FILES_SOURCE if files else _empty_source(con)
-        try:
-            classified = _classify(con, source_sql, params, region)
-        except duckdb.Error as e:
-            raise TransformInputError(
-                f"region {region}, {business_date}: transform of the extract failed: {e}"
-            ) from e
-        try:
-            n_acc, written = _copy(
-                con,
-                _all_nullable(_accepted_select(), contract.accepted_arrow_schema()),
-                staging["accepted"],
-                params,
-                row_group_size,
-                max_file_rows,
-            )
-            n_rej, _ = _copy(
-                con,
-                _all_nullable(_REJECTS_SELECT, contract.reject_arrow_schema()),
-                staging["rejects"],
-                params,
-                row_group_size,
-                max_file_rows,
-            )
-            n_ret, _ = _copy(
-                con,
-                _all_nullable(_RETRACTIONS_SELECT, contract.retraction_arrow_schema()),
-                staging["retractions"],
-                params,
-                row_group_size,
-                max_file_rows,
-            )
-            stats = _stats(con, source_sql, classified, written, params)
-        except duckdb.Error as e:
-            raise TransformError(
-                f"region {region}, {business_date}: writing the transform output failed: {e}"
-            ) from e
-        _check_reconciliation(f"region {region}, {business_date}", stats, expected_rows)
-        if (n_acc, n_rej, n_ret) != (stats.accepted, stats.rejected, stats.retracted):
-            raise ReconciliationError(
-                f"region {region}, {business_date}: wrote {n_acc} accepted / {n_rej} rejected / "
-                f"{n_ret} retracted rows, expected {stats.accepted} / {stats.rejected} / "
-                f"{stats.retracted}"
-            )
-        files_out = {kind: _publish(staging[kind], final[kind]) for kind in _OUTPUTS}
-        succeeded = True
-    finally:
-        if succeeded:
-            _drop_region_objects(connection)
-        else:
-            connection.discard()
-        for tmp in staging.values():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    result = RegionTransformResult(
-        region=region,
-        rows_extracted=stats.extracted,
-        rows_accepted=stats.accepted,
-        rows_rejected=stats.rejected,
-        reasons=stats.reasons,
-        null_counts={c: stats.reasons.get(null_reason(c), 0) for c in contract.CRITICAL_COLUMNS},
-        total_amount_extracted=stats.total_extracted,
-        total_amount_accepted=stats.total_accepted,
-        total_amount_rejected=stats.total_rejected,
-        accepted_files=files_out["accepted"],
-        reject_files=files_out["rejects"],
-        seconds=time.perf_counter() - started,
-        rows_retracted=stats.retracted,
-        total_amount_retracted=stats.total_retracted,
-        retraction_reasons=stats.retraction_reasons,
-        retraction_files=files_out["retractions"],
-        source_keys=stats.source_keys,
-        accepted_measures=stats.accepted_measures,
+    expected = _extract_rows(region, business_date, files)
+    results, failures = _run_pass(
+        {region: files},
+        {region: expected},
+        _Lineage(business_date, batch_id, flow_run_id),
+        out_dir=Path(out_dir),
+        connection=connection,
+        row_group_size=row_group_size,
+        max_file_rows=max_file_rows,
     )
-    logger.info(
-        "transform region=%s date=%s: %d extracted, %d accepted, %d rejected, %d retracted "
-        "in %.2fs",
-        region,
-        business_date,
-        result.rows_extracted,
-        result.rows_accepted,
-        result.rows_rejected,
-        result.rows_retracted,
-        result.seconds,
-    )
-    return result
+    if region in failures:
+        raise failures[region]
+    return results[region]
+
+
+def _schema_key(files: Sequence[Path]) -> str | None:
+    """The extract files' common schema (None: no files, unreadable, or the files differ).
+    Only regions with the same schema share a pass: the column plan is built per pass."""
+    try:
+        schemas = {str(pq.read_schema(f).remove_metadata()) for f in files}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return schemas.pop() if len(schemas) == 1 else None
+
+
+def _plan_passes(
+    extracts: Mapping[str, Sequence[Path]], rows: Mapping[str, int], pass_rows: int
+) -> list[list[str]]:
+    """Regions grouped into passes, in order: regions with the same schema share a pass while
+    their rows together stay within ``pass_rows``; any other region goes alone."""
+    passes: list[list[str]] = []
+    open_pass: dict[str, tuple[list[str], int]] = {}  # schema -> (regions, rows)
+    for region, files in extracts.items():
+        key = _schema_key(files) if rows[region] <= pass_rows else None
+        if key is None:
+            passes.append([region])
+            continue
+        regions, total = open_pass.get(key, ([], 0))
+        if regions and total + rows[region] > pass_rows:
+            regions, total = [], 0
+        if not regions:
+            passes.append(regions)
+        regions.append(region)
+        open_pass[key] = (regions, total + rows[region])
+    return passes
+
+
+def transform_regions(
+    extracts: Mapping[str, Sequence[Path]],
+    *,
+    business_date: date,
+    batch_id: str,
+    flow_run_id: str,
+    out_dir: Path,
+    connection: TransformConnection,
+    pass_rows: int = 500_000,
+    row_group_size: int = 122_880,
+    max_file_rows: int | None = None,
+) -> tuple[dict[str, RegionTransformResult], dict[str, TransformError | OSError]]:
+    """Transform several regions' extracts (the regions that landed together) on one
+    connection: small regions with the same extract schema share a pass (one set of
+    statements for up to ``pass_rows`` rows, capped at ``max_file_rows``, instead of a dozen
+    statements each: at 50 regions of 40K rows the fixed cost was most of the transform);
+    larger regions run alone. The output of every region is what :func:`transform_region`
+    writes for it alone. A pass that fails runs its regions again one by one, so a region's
+    bad data fails that region alone. Returns (results, errors) by region."""
+    results: dict[str, RegionTransformResult] = {}
+    errors: dict[str, TransformError | OSError] = {}
+    names: dict[str, list[Path]] = {}
+    for region, files in extracts.items():
+        names[validate_identifier(region.strip().lower(), "region")] = [Path(f) for f in files]
+    rows: dict[str, int] = {}
+    for region, files in names.items():
+        try:
+            rows[region] = _extract_rows(region, business_date, files)
+        except TransformInputError as e:
+            errors[region] = e
+    limit = min(pass_rows, max_file_rows) if max_file_rows is not None else pass_rows
+    lineage = _Lineage(business_date, batch_id, flow_run_id)
+    alone: list[str] = []
+    for regions in _plan_passes({r: names[r] for r in rows}, rows, limit):
+        if len(regions) == 1:
+            alone += regions
+            continue
+        try:
+            done, failed = _run_pass(
+                {r: names[r] for r in regions},
+                rows,
+                lineage,
+                out_dir=Path(out_dir),
+                connection=connection,
+                row_group_size=row_group_size,
+                max_file_rows=max_file_rows,
+            )
+        except (TransformError, OSError) as e:
+            logger.warning("%s; transforming them one by one", e)
+            done, failed = {}, {}
+        results.update(done)
+        alone += [r for r in regions if r in failed or r not in done]
+    for region in alone:
+        try:
+            results[region] = transform_region(
+                names[region],
+                region=region,
+                business_date=business_date,
+                batch_id=batch_id,
+                flow_run_id=flow_run_id,
+                out_dir=out_dir,
+                row_group_size=row_group_size,
+                max_file_rows=max_file_rows,
+                connection=connection,
+            )
+        except (TransformError, OSError) as e:
+            errors[region] = e
+    return {r: results[r] for r in names if r in results}, errors
 
 
 class FrameOutput(NamedTuple):
@@ -978,6 +1235,7 @@ def classify_frame(
     table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
     table = table.append_column(_SRC_FILE, pa.array([""] * table.num_rows, pa.string()))
     table = table.append_column(_SRC_ROW, pa.array(range(table.num_rows), pa.int64()))
+    table = table.append_column(_REGION, pa.array([region] * table.num_rows, pa.string()))
     params = {
         "region": region,
         "business_date": business_date,
@@ -987,7 +1245,7 @@ def classify_frame(
     con = _connect("256MB", 1, None)
     try:
         con.register("__frame", table)
-        _classify(con, "SELECT * FROM __frame", params, region)
+        _classify(con, "SELECT * FROM __frame", params, f"region {region}, {business_date}")
         out = []
         for select, schema in (
             (_accepted_select(), contract.accepted_arrow_schema()),

@@ -13,10 +13,8 @@ from retail_etl.run import RunContext
 from retail_etl.settings import get_settings
 from retail_etl.transform import (
     RegionTransformResult,
-    TransformConnection,
-    TransformError,
     transform_connection,
-    transform_region,
+    transform_regions,
 )
 
 
@@ -33,50 +31,39 @@ def transform_regions_task(
     memory_limit: str,
     threads: int,
     max_file_rows: int,
+    pass_rows: int,
 ) -> tuple[dict[str, RegionTransformResult], dict[str, str]]:
-    """The regions' extracts in turn, in one task (the regions that landed together: one task
-    run's overhead for many small regions, not one each). A region whose data does not
-    transform fails alone; returns (results, errors) by region."""
-    results: dict[str, RegionTransformResult] = {}
-    errors: dict[str, str] = {}
-    # one DuckDB connection for the regions in turn (its start-up paid once, not per region)
+    """The regions' extracts in one task (the regions that landed together: one task run's
+    overhead for many small regions, not one each; small ones share DuckDB passes). A region
+    whose data does not transform fails alone; returns (results, errors) by region."""
+    for extract in extracts:
+        progress.report(extract.region, "transforming")
+    # one DuckDB connection for the regions (its start-up paid once, not per region)
     with transform_connection(
         ctx.run_dir, memory_limit=memory_limit, threads=threads
     ) as connection:
-        for extract in extracts:
-            try:
-                results[extract.region] = _transform_one(
-                    extract, ctx, connection=connection, max_file_rows=max_file_rows
-                )
-            except (TransformError, OSError) as e:
-                errors[extract.region] = f"{type(e).__name__}: {e}"
-                progress.report(
-                    extract.region, "transform_failed", detail=errors[extract.region][:120]
-                )
-                get_run_logger().error(
-                    "Region %s not transformed: %s", extract.region, errors[extract.region]
-                )
+        results, failures = transform_regions(
+            {e.region: e.files for e in extracts},
+            business_date=ctx.run_date,
+            batch_id=ctx.batch_id,
+            flow_run_id=ctx.flow_run_id,
+            out_dir=ctx.run_dir,
+            connection=connection,
+            pass_rows=pass_rows,
+            max_file_rows=max_file_rows,
+        )
+    logger = get_run_logger()
+    errors: dict[str, str] = {}
+    for region, error in failures.items():
+        errors[region] = f"{type(error).__name__}: {error}"
+        progress.report(region, "transform_failed", detail=errors[region][:120])
+        logger.error("Region %s not transformed: %s", region, errors[region])
+    for result in results.values():
+        _report(result)
     return results, errors
 
 
-def _transform_one(
-    extract: RegionExtract,
-    ctx: RunContext,
-    *,
-    connection: TransformConnection,
-    max_file_rows: int,
-) -> RegionTransformResult:
-    progress.report(extract.region, "transforming")
-    result = transform_region(
-        extract.files,
-        region=extract.region,
-        business_date=ctx.run_date,
-        batch_id=ctx.batch_id,
-        flow_run_id=ctx.flow_run_id,
-        out_dir=ctx.run_dir,
-        max_file_rows=max_file_rows,
-        connection=connection,
-    )
+def _report(result: RegionTransformResult) -> None:
     get_run_logger().info(
         "Region %s: %s extracted, %s accepted, %s rejected %s, %s retracted %s in %.2f s",
         result.region,
@@ -94,7 +81,6 @@ def _transform_one(
         detail=f"{humanize.count(result.rows_accepted)} accepted, "
         f"{humanize.count(result.rows_rejected)} rejected",
     )
-    return result
 
 
 def publish_transform_artifact(ctx: RunContext, results: dict[str, RegionTransformResult]) -> None:

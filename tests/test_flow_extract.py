@@ -30,7 +30,7 @@ def test_regions_extract_at_once_and_each_is_transformed_as_soon_as_it_lands(
     extracting: set[str] = set()  # slow regions inside their extraction, waiting
     transformed_first = threading.Event()
     seen: dict[str, set[str] | bool] = {}
-    real_extract, real_transform = tasks.extract.extract_region, tasks.transform.transform_region
+    real_extract, real_transform = tasks.extract.extract_region, tasks.transform.transform_regions
 
     def extract_region(url, region, *args, **kwargs):  # type: ignore[no-untyped-def]
         if region in slow:
@@ -41,16 +41,16 @@ def test_regions_extract_at_once_and_each_is_transformed_as_soon_as_it_lands(
             seen[region] = transformed_first.wait(timeout=60)
         return real_extract(url, region, *args, **kwargs)
 
-    def transform_region(files, *, region, **kwargs):  # type: ignore[no-untyped-def]
-        if region == "us_east":
+    def transform_regions(extracts, **kwargs):  # type: ignore[no-untyped-def]
+        if "us_east" in extracts:
             with changed:
                 changed.wait_for(lambda: extracting == slow, timeout=60)
                 seen["extracting"] = set(extracting)
             transformed_first.set()
-        return real_transform(files, region=region, **kwargs)
+        return real_transform(extracts, **kwargs)
 
     monkeypatch.setattr(tasks.extract, "extract_region", extract_region)
-    monkeypatch.setattr(tasks.transform, "transform_region", transform_region)
+    monkeypatch.setattr(tasks.transform, "transform_regions", transform_regions)
 
     state, summary = run_day(DAY)
 
@@ -173,14 +173,16 @@ def test_a_region_that_fails_to_transform_fails_alone(prefect_api, etl_env, monk
     from retail_etl.transform import ReconciliationError
 
     etl_env.seed(rows=300)
-    real_transform = tasks.transform.transform_region
+    real_transform = tasks.transform.transform_regions
 
-    def transform_region(files, *, region, **kwargs):  # type: ignore[no-untyped-def]
-        if region == "europe":
-            raise ReconciliationError(f"region {region}: 1 row unaccounted for")
-        return real_transform(files, region=region, **kwargs)
+    def transform_regions(extracts, **kwargs):  # type: ignore[no-untyped-def]
+        others = {r: files for r, files in extracts.items() if r != "europe"}
+        results, errors = real_transform(others, **kwargs)
+        if "europe" in extracts:
+            errors["europe"] = ReconciliationError("region europe: 1 row unaccounted for")
+        return results, errors
 
-    monkeypatch.setattr(tasks.transform, "transform_region", transform_region)
+    monkeypatch.setattr(tasks.transform, "transform_regions", transform_regions)
 
     state, summary = run_day(DAY)
 

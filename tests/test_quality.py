@@ -239,7 +239,7 @@ def measured(files: Sequence[Path], region: str = "us_east") -> AcceptedMeasures
     """``files`` measured as the transform's read-back of its accepted files measures them."""
     con = duckdb.connect(":memory:")
     try:
-        return measure_accepted(con, files, region=region, business_date=D)
+        return measure_accepted(con, {region: files}, business_date=D)[region]
     finally:
         con.close()
 

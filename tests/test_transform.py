@@ -583,7 +583,7 @@ def test_reconciliation_mismatch_raises_and_keeps_previous_output(
 
     def lossy(*args: Any) -> Any:
         stats = real(*args)
-        return dataclasses.replace(stats, accepted=stats.accepted - 1)
+        return {r: dataclasses.replace(s, accepted=s.accepted - 1) for r, s in stats.items()}
 
     monkeypatch.setattr(transform, "_stats", lossy)
     with pytest.raises(ReconciliationError, match=r"us_east.*extracted 6 != accepted 2"):
@@ -683,8 +683,8 @@ def test_regions_in_turn_on_one_connection_match_their_own_connections(
 
     def lossy_for_europe(*args: Any) -> Any:
         stats = real_stats(*args)
-        if args[-1]["region"] == "europe":
-            return dataclasses.replace(stats, accepted=stats.accepted - 1)
+        if "europe" in stats:
+            stats["europe"] = dataclasses.replace(stats["europe"], accepted=0)
         return stats
 
     monkeypatch.setattr(transform, "_connect", counting_connect)
@@ -707,3 +707,109 @@ def test_regions_in_turn_on_one_connection_match_their_own_connections(
     assert shared["us_east"]["rows_accepted"] == 3 and shared["asia"]["rows_extracted"] == 0
     assert len(opened) == 2  # the first region's, and a fresh one after europe failed
     assert not (out / ".duckdb-tmp").exists()
+
+
+# --- small regions sharing a pass ---------------------------------------------------------------
+
+
+def _day_of(region_dir: Path, files: int = 1, *, clean: bool = False) -> list[Path]:
+    """A region's extract in ``files`` files of one schema: accepted rows, a duplicate (the
+    same sale_id in every region: regions never deduplicate each other), a reject, a refund and
+    a delete (``clean``: two accepted rows only, nothing rejected or retracted)."""
+    rows = [
+        row(sale_id=1, total_amount=Decimal("20.01")),
+        row(sale_id=1, total_amount=Decimal("20.02"), updated_at=T0 + timedelta(hours=1)),
+        row(sale_id=2, quantity=3, total_amount=Decimal("30.55"), discount=None),
+        row(sale_id=3, total_amount=Decimal("99.99")),  # out of range
+        row(sale_id=4, status="Refunded"),
+        row(sale_id=5, is_deleted=True),
+        row(sale_id=6, customer_id=None),
+    ]
+    rows = rows[1:3] if clean else rows
+    step = -(-len(rows) // files)
+    return [
+        write_extract(region_dir / f"part-{i:05d}.parquet", rows[i * step : (i + 1) * step])
+        for i in range(files)
+    ]
+
+
+def test_small_regions_share_passes_and_match_each_region_alone(
+    tmp_path: Path, mixed_extract: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regions of one extract schema share a pass up to pass_rows; every region's counts,
+    sums, measures and output rows are what it gets alone. An empty region, a region whose
+    files differ in schema (a drifted chunk) and a region larger than pass_rows run alone."""
+    kwargs: dict[str, Any] = {"business_date": D, "batch_id": "B", "flow_run_id": "F"}
+    extracts = {
+        "us_east": _day_of(tmp_path / "x" / "us_east", files=2),
+        "us_west": _day_of(tmp_path / "x" / "us_west"),
+        "drifted": mixed_extract,
+        "apac": [],
+        "europe": _day_of(tmp_path / "x" / "europe", files=3),
+        "africa": _day_of(tmp_path / "x" / "africa", clean=True),  # no rejects: empty files
+    }
+    alone_results = {
+        r: transform_region(f, region=r, out_dir=tmp_path / "alone", **kwargs)
+        for r, f in extracts.items()
+    }
+    alone = {r: _outcome(res) for r, res in alone_results.items()}
+    passes: list[list[str]] = []
+    real_pass = transform._run_pass
+
+    def recording_pass(extracts: Any, *args: Any, **kw: Any) -> Any:
+        passes.append(list(extracts))
+        return real_pass(extracts, *args, **kw)
+
+    monkeypatch.setattr(transform, "_run_pass", recording_pass)
+    out = tmp_path / "shared"
+    with transform.transform_connection(out, memory_limit="256MB", threads=1) as connection:
+        results, errors = transform.transform_regions(
+            extracts, out_dir=out, connection=connection, pass_rows=14, **kwargs
+        )
+    assert errors == {}
+    assert {r: _outcome(res) for r, res in results.items()} == alone
+    assert list(results) == list(extracts)
+    assert passes == [["us_east", "us_west"], ["europe", "africa"], ["drifted"], ["apac"]]
+    assert alone["us_east"]["rows_accepted"] == 2 and alone["us_east"]["rows_retracted"] == 2
+    assert alone["us_east"]["reasons"]["duplicate"] == 1
+    for kind in ("accepted", "rejects", "retractions"):
+        assert sorted(p.name for p in (out / kind).iterdir()) == sorted(
+            f"region={r}" for r in extracts
+        )
+    files = ("accepted_files", "reject_files", "retraction_files")
+    for region, res in results.items():  # the same files, schemas included
+        for kind in files:
+            ours, theirs = getattr(res, kind), getattr(alone_results[region], kind)
+            assert len(ours) == len(theirs) == 1
+            assert pq.read_schema(ours[0]) == pq.read_schema(theirs[0]), (region, kind)
+
+
+def test_a_region_that_fails_in_a_shared_pass_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A region whose rows do not add up in a shared pass sends the pass's regions one by one:
+    the others are transformed, the failing region is named with its error, and nothing of it
+    is published."""
+    kwargs: dict[str, Any] = {"business_date": D, "batch_id": "B", "flow_run_id": "F"}
+    extracts = {r: _day_of(tmp_path / "x" / r) for r in ("us_east", "europe", "apac")}
+    real_stats = transform._stats
+
+    def lossy_for_europe(*args: Any) -> Any:
+        stats = real_stats(*args)
+        if "europe" in stats:
+            stats["europe"] = dataclasses.replace(stats["europe"], accepted=0)
+        return stats
+
+    monkeypatch.setattr(transform, "_stats", lossy_for_europe)
+    out = tmp_path / "run"
+    with transform.transform_connection(out, memory_limit="256MB", threads=1) as connection:
+        results, errors = transform.transform_regions(
+            extracts, out_dir=out, connection=connection, **kwargs
+        )
+    assert list(results) == ["us_east", "apac"]
+    assert list(errors) == ["europe"]
+    assert isinstance(errors["europe"], ReconciliationError)
+    assert str(errors["europe"]).startswith("region europe, 2024-01-15: rows extracted 7")
+    assert results["apac"].rows_accepted == 2
+    assert not (out / "accepted" / "region=europe").exists()
+    assert [p.name for p in out.rglob(".*")] == []
