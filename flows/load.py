@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -29,7 +29,7 @@ from tasks.results import collect
 from tasks.warehouse import (
     merge_regions_task,
     record_quality_task,
-    stage_region_task,
+    stage_regions_task,
     verify_task,
 )
 
@@ -69,16 +69,18 @@ def load_batch(
     regions = list(results)
     for region in regions:
         progress.report(region, "loading")
-    # Staging is independent per region; the warehouse takes one MERGE at a time.
-    staged_futures = stage_region_task.map(
-        unmapped(store),
-        [results[r] for r in regions],
-        ctx=unmapped(ctx),
-        record=[records[r] for r in regions],
+    # Staging is independent per region (one task, threads); the warehouse takes the MERGEs.
+    staging = stage_regions_task(
+        store, [results[r] for r in regions], ctx, records, return_state=True
     )
-    staged, stage_failures = collect(regions, staged_futures)
-    for region, failure in stage_failures.items():
-        outcome.errors[region] = failure.error
+    if staging.is_completed():
+        staged, stage_errors = staging.result()
+        outcome.errors.update(stage_errors)
+    else:  # the task itself broke: no region is staged
+        staged = {}
+        outcome.errors.update(
+            dict.fromkeys(regions, scrub_secrets(staging.message or "staging failed"))
+        )
     outcome.stage_seconds["stage"] = time.perf_counter() - started
     started = time.perf_counter()
     if staged:

@@ -361,3 +361,28 @@ def test_a_fifty_region_day_loads_and_reconciles_every_region(env, monkeypatch):
     assert all(r[2] == r[3] + r[4] + r[5] for r in ledger)
     failed = fifty.warehouse("SELECT count(*) FROM dq_results WHERE status = 'fail'")[0][0]
     assert failed == 0
+
+
+def test_a_region_the_store_cannot_stage_fails_alone(env, monkeypatch):
+    """The regions are staged in one task; a store error on one region's files fails that
+    region, named, with nothing of it loaded, and the other region loads."""
+    from retail_etl.staging import LocalStagingStore, StagingError
+
+    _seed(env, rows=500)
+    real_stage = LocalStagingStore.stage_dataset
+
+    def stage_dataset(self, name, business_date, region, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if region == "europe" and name == "rejects":
+            raise StagingError(f"cannot write rejects of region {region}: disk full")
+        return real_stage(self, name, business_date, region, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStagingStore, "stage_dataset", stage_dataset)
+    state, summary = run_day(DAY, ["us_east", "europe"])
+
+    assert state.is_failed()
+    europe = summary.regions["europe"]
+    assert europe.status == "load_failed"
+    assert europe.error == "StagingError: cannot write rejects of region europe: disk full"
+    assert summary.regions["us_east"].status == "loaded"
+    assert env.fact("us_east", DAY) == env.expected_accepted("us_east", DAY)
+    assert env.warehouse("SELECT DISTINCT region FROM sales_fact") == [("us_east",)]
