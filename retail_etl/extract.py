@@ -298,6 +298,7 @@ def extract_region(
     splits: int = 1,
     on_rows: Callable[[int], None] | None = None,
     stats_window: tuple[date, date] | None = None,
+    deadline_seconds: float | None = None,
 ) -> RegionExtract:
     """Stream every row of the region's ``business_date`` (any status) to parquet.
 
@@ -308,7 +309,9 @@ def extract_region(
     called with the rows written so far after each block (live progress). With
     ``stats_window`` (start, end), the source's stats of those dates
     (:func:`retail_etl.fingerprint.stats_query`) are read first in the COPY's own snapshot
-    and returned as ``day_stats``: the fingerprint describes exactly the rows extracted. Raises
+    and returned as ``day_stats``: the fingerprint describes exactly the rows extracted. An
+    extraction still streaming after ``deadline_seconds`` fails (checked after each block; the
+    source's own bounds, e.g. ``statement_timeout``, cover a stream that stops). Raises
     :class:`ExtractionError` naming the region, date and table, chained to the driver's error.
     """
     started = time.perf_counter()
@@ -375,6 +378,11 @@ def extract_region(
                     writer = None
             if on_rows is not None:
                 on_rows(rows)
+            if deadline_seconds is not None and time.perf_counter() - started > deadline_seconds:
+                raise ExtractionError(
+                    f"{where}: extraction exceeded its {deadline_seconds:g} s limit after "
+                    f"{rows} rows (RETAIL_ETL_EXTRACT_TIMEOUT_SECONDS)"
+                )
     finally:
         if writer is not None:
             writer.close()

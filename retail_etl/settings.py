@@ -172,7 +172,10 @@ class Settings(BaseSettings):
         default=6, gt=0, description="A stg_* table older than this was left by a killed load."
     )
     extract_timeout_seconds: float = Field(
-        default=1800, gt=0, description="Prefect timeout of one extraction task attempt."
+        default=1800,
+        gt=0,
+        description="Longest extraction attempt: one still streaming past it fails (and is "
+        "retried like any failure).",
     )
     retry_base_seconds: float = Field(default=300.0, ge=0, description="Exponential backoff base.")
     retry_jitter_factor: float = Field(default=0.2, ge=0)

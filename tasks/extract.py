@@ -75,6 +75,7 @@ def extract_region_task(
             split=split,
             splits=splits,
             stats_window=stats_window,
+            deadline_seconds=settings.extract_timeout_seconds,
             on_rows=lambda rows: progress.report(region, "extracting", rows=rows, split=split),
         )
     except Exception as exc:
@@ -102,7 +103,8 @@ def configured_extract_task(settings: Settings):  # type: ignore[no-untyped-def]
         else 0,
         retry_jitter_factor=settings.retry_jitter_factor,
         retry_condition_fn=_retry_unless_contract_error,
-        timeout_seconds=settings.extract_timeout_seconds,
+        # No Prefect timeout: in a worker thread it cannot interrupt the COPY (Prefect logs a
+        # warning per task saying so); the extraction enforces its own deadline.
     )
 
 

@@ -292,3 +292,23 @@ def test_a_row_committed_between_the_stats_and_the_copy_is_in_neither(make_datab
     with pg.connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM sales")
         assert cur.fetchone() == (2,)  # it was committed meanwhile
+
+
+def test_an_extraction_past_its_deadline_fails_naming_the_region(make_database, tmp_path):
+    """The extraction's own deadline (a Prefect timeout cannot interrupt a worker thread):
+    checked after each block, it fails the attempt with the region, date, rows so far and the
+    setting to change; within it, the same extraction succeeds."""
+    url = make_database("us_east")
+    create_sales(url, [sale(i) for i in range(1, 4)])
+
+    def slow_block(rows: int) -> None:  # a source that streams slowly
+        time.sleep(0.3)
+
+    with pytest.raises(
+        ExtractionError,
+        match=r"region us_east, 2024-01-15, table sales: extraction exceeded its 0.2 s limit "
+        r"after 3 rows \(RETAIL_ETL_EXTRACT_TIMEOUT_SECONDS\)",
+    ):
+        extract_region(url, "us_east", DAY, tmp_path, on_rows=slow_block, deadline_seconds=0.2)
+    done = extract_region(url, "us_east", DAY, tmp_path, on_rows=slow_block, deadline_seconds=60)
+    assert done.rows == 3
