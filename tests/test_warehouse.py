@@ -356,7 +356,35 @@ def test_duckdb_session_checkpoints_once(warehouse: Warehouse, loader: Loader) -
 
 
 @duckdb_only
-def test_duckdb_stage_reads_the_staged_files_and_leaves_nothing_behind(
+@pytest.mark.parametrize("nth", [1, 2, 4])  # DESCRIBE, a SET VARIABLE, DROP TABLE
+def test_a_fault_while_setting_up_the_duckdb_stage_view_fails_cleanly(
+    warehouse: Warehouse, loader: Loader, nth: int
+) -> None:
+    """Every statement that builds the DuckDB stage view goes through the statement seam: a
+    failure in any of them fails the region's load, named, with nothing stored and no stage
+    or variable left; the rerun loads it."""
+    assert isinstance(warehouse.dialect, DuckDBDialect)
+    batch = loader.stage(accepted_table("us_east", DAY, range(1, 4), batch_id=B1), "us_east", B1)
+    plan = FaultPlan("fill_stage", nth=nth)
+    plan.apply(warehouse.dialect)
+    with pytest.raises(
+        WarehouseLoadError, match=r"'us_east' for 2024-01-15.*step 'read staged files'"
+    ):
+        warehouse.load_region(batch)
+    assert plan.failed == 1
+    with warehouse.session(), warehouse.dialect.connect() as con:
+        left = con.execute(
+            "SELECT (SELECT count(*) FROM duckdb_views() WHERE NOT internal "
+            "AND view_name LIKE 'stg%'), (SELECT count(*) FROM duckdb_tables() "
+            "WHERE table_name LIKE 'stg%'), (SELECT count(*) FROM duckdb_variables())"
+        ).fetchall()
+    assert left == [(0, 0, 0)]
+    assert fact(warehouse) == []
+    assert warehouse.load_region(batch).inserted == 3
+
+
+@duckdb_only
+def test_a_duckdb_load_leaves_no_stage_view_table_variable_or_setting_behind(
     warehouse: Warehouse, loader: Loader
 ) -> None:
     """The stage is a view over the staged files (DuckDB): a batch's regions load from it,

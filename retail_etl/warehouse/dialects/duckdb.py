@@ -335,20 +335,23 @@ class DuckDBDialect(DuckDBSql):
                 self.fill_stage(con, name, columns, files, region)
                 for region, files in files_by_region.items()
             )
-        # the stage table's declared types, which the view casts to
-        types = {
-            str(r[0]): str(r[1]) for r in con.execute(f"DESCRIBE {self.table(name)}").fetchall()
-        }
+        # Every statement through the seam (``execute``), so a fault can be injected in any.
+        # The stage table's declared types, which the view casts to:
+        described = self.execute(con, "fill_stage", f"DESCRIBE {self.table(name)}")
+        types = {str(r[0]): str(r[1]) for r in described.rows}
         files_var, regions_var = _stage_variables(name)
         # A view takes no bound parameter: the file list and regions are bound into session
         # variables that the view reads.
-        con.execute(f"SET VARIABLE {self.ident(files_var)} = ?", [[str(p) for p in paths]])
-        con.execute(f"SET VARIABLE {self.ident(regions_var)} = ?", [[r for r, _ in tagged]])
+        for variable, values in (
+            (files_var, [str(p) for p in paths]),
+            (regions_var, [r for r, _ in tagged]),
+        ):
+            self.execute(con, "fill_stage", f"SET VARIABLE {self.ident(variable)} = ?", [values])
         region = self.ident(sql.LOAD_REGION)
         selected = ", ".join(
             f"CAST(p.{self.ident(c)} AS {types[c]}) AS {self.ident(c)}" for c in columns
         )
-        con.execute(f"DROP TABLE {self.table(name)}")
+        self.execute(con, "fill_stage", f"DROP TABLE {self.table(name)}")
         # quoted identifiers only; the values (files, regions) are bound above
         text = (
             f"CREATE TEMP VIEW {self.table(name)} AS "  # noqa: S608
