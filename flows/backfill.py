@@ -63,7 +63,11 @@ def send_backfill_alert_task(
 ) -> bool:
     """The backfill's one alert: an artifact and one Slack message (never raises)."""
     message = build_backfill_alert(
-        start, end, results, flow_run_url=flow_run_ui_url(flow_run_id) if flow_run_id else None
+        start,
+        end,
+        results,
+        flow_run_url=flow_run_ui_url(flow_run_id) if flow_run_id else None,
+        env_prefix=get_settings().env_prefix,
     )
     create_markdown_artifact(
         key=get_settings().artifact_key(f"alert-backfill-{start.isoformat()}-{end.isoformat()}"),

@@ -111,10 +111,11 @@ class _Check(Protocol):
     def threshold_text(self) -> str: ...
 
 
-def _deployment(summary: RunSummary, flow_and_name: str) -> str:
-    """``flow/name`` of the run's environment (``prod-`` etc. in front of the name)."""
+def _deployment(env_prefix: str, flow_and_name: str) -> str:
+    """``flow/name`` of an environment (``prod-`` etc. in front of the name, as in
+    ``prefect.yaml``)."""
     flow, name = flow_and_name.split("/")
-    return f"{flow}/{summary.artifact_prefix}{name}"
+    return f"{flow}/{env_prefix}{name}"
 
 
 def rerun_commands(summary: RunSummary) -> list[str]:
@@ -122,9 +123,8 @@ def rerun_commands(summary: RunSummary) -> list[str]:
     day = summary.run_date.isoformat()
     regions = _rerun_regions(summary)
     cli = f"retail-etl run --date {day}"
-    deployment = (
-        f"prefect deployment run '{_deployment(summary, DAILY_DEPLOYMENT)}' -p run_date={day}"
-    )
+    daily = _deployment(summary.artifact_prefix, DAILY_DEPLOYMENT)
+    deployment = f"prefect deployment run '{daily}' -p run_date={day}"
     if regions:
         cli += f" --regions {','.join(regions)}"
         if len(regions) < len(summary.regions):
@@ -140,7 +140,7 @@ def resume_commands(summary: RunSummary) -> list[str]:
         return []
     return [
         f"retail-etl resume --batch {summary.batch_id}",
-        f"prefect deployment run '{_deployment(summary, RESUME_DEPLOYMENT)}' "
+        f"prefect deployment run '{_deployment(summary.artifact_prefix, RESUME_DEPLOYMENT)}' "
         f"-p batch_id={summary.batch_id}",
     ]
 
@@ -448,10 +448,12 @@ def build_backfill_alert(
     results: Sequence[BackfillResult],
     *,
     flow_run_url: str | None = None,
+    env_prefix: str = "",
 ) -> AlertMessage:
     """One message for a backfill: the pairs not loaded grouped by problem (an empty source
     day named as such), each with its regions and date ranges, and the one command that
-    reruns exactly what is missing."""
+    reruns exactly what is missing (the deployment of the environment ``env_prefix``:
+    ``Settings.env_prefix``)."""
     ok, _ = backfill_outcome(start, end, results)
     label = range_label(start, end)
     ran = sum(len(r.regions) for r in results)
@@ -464,9 +466,9 @@ def build_backfill_alert(
     )
     return AlertMessage(
         title=title,
-        text=_render_backfill(start, end, results, flow_run_url, _SLACK),
+        text=_render_backfill(start, end, results, flow_run_url, env_prefix, _SLACK),
         markdown=f"# {_MARKDOWN.escape(title)}\n\n"
-        + _render_backfill(start, end, results, flow_run_url, _MARKDOWN),
+        + _render_backfill(start, end, results, flow_run_url, env_prefix, _MARKDOWN),
     )
 
 
@@ -475,6 +477,7 @@ def _render_backfill(
     end: date,
     results: Sequence[BackfillResult],
     flow_run_url: str | None,
+    env_prefix: str,
     f: _Format,
 ) -> str:
     run_ref = f.link(flow_run_url, "flow run") if flow_run_url else "flow run"
@@ -520,7 +523,8 @@ def _render_backfill(
             ),
             f"{f.bullet}"
             + f.code(
-                f"prefect deployment run '{BACKFILL_DEPLOYMENT}' -p start_date={start.isoformat()}"
+                f"prefect deployment run '{_deployment(env_prefix, BACKFILL_DEPLOYMENT)}' "
+                f"-p start_date={start.isoformat()}"
                 f" -p end_date={end.isoformat()} -p missing_only=true"
             ),
         ]

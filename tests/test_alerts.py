@@ -617,3 +617,9 @@ def test_backfill_problems_are_grouped_with_date_ranges():
     assert "*extraction failed* (1 pair(s)):" in text and "`europe`: 2024-01-04" in text
     assert "e.g. 2024-01-04 europe: region europe: connection refused" in text
     assert "*Loaded*: 7 pair(s), 6,930 accepted rows" in text
+    command = "-p start_date=2024-01-01 -p end_date=2024-01-04 -p missing_only=true`"
+    assert f"`prefect deployment run 'retail-sales-backfill/backfill' {command}" in text
+    prod = build_backfill_alert(
+        date(2024, 1, 1), date(2024, 1, 4), results, env_prefix="prod-"
+    ).slack_text()  # the environment's own deployment, as prefect.yaml names it
+    assert f"`prefect deployment run 'retail-sales-backfill/prod-backfill' {command}" in prod
