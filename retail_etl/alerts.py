@@ -67,6 +67,7 @@ DAILY_DEPLOYMENT = f"{FLOW_NAME}/daily"
 RESUME_DEPLOYMENT = "retail-sales-resume/resume"
 MAX_ERROR_CHARS = 400
 MAX_CHECKS_SHOWN = 12
+MAX_REGION_ERRORS_SHOWN = 5
 _NOT_LOADED_REASON = {
     "pending": "not processed",
     "extracted": "stopped before load",
@@ -287,13 +288,29 @@ def _lookback_failures(summary: RunSummary) -> dict[str, str]:
 
 
 def _region_lines(summary: RunSummary, f: _Format) -> list[str]:
-    """One line per region that failed in a stage of its own (gate and verify come apart)."""
+    """One line per region that failed in a stage of its own (gate and verify come apart).
+    More than :data:`MAX_REGION_ERRORS_SHOWN` regions failing in one stage read as one line
+    naming them all, with the first regions' errors as examples (at 50 regions, 50 lines of
+    the same error buried the rest of the message); every error is in the summary artifact."""
     lines: list[str] = []
     for status, label in _STAGE_FAILURES.items():
-        lines.extend(
-            f"{f.bullet}{f.bold(label)} for {f.code(o.region)}: {f.escape(_clean_error(o.error))}"
-            for o in summary.regions.values()
-            if o.status == status
+        failed = [o for o in summary.regions.values() if o.status == status]
+        if len(failed) <= MAX_REGION_ERRORS_SHOWN:
+            lines.extend(
+                f"{f.bullet}{f.bold(label)} for {f.code(o.region)}: "
+                f"{f.escape(_clean_error(o.error))}"
+                for o in failed
+            )
+            continue
+        lines.append(
+            f"{f.bullet}{f.bold(label)} for {len(failed)} regions: "
+            + ", ".join(f.code(o.region) for o in failed)
+        )
+        shown = failed[:MAX_REGION_ERRORS_SHOWN]
+        lines.extend(f"{f.sub}{f.code(o.region)}: {f.escape(_clean_error(o.error))}" for o in shown)
+        lines.append(
+            f"{f.sub}… and {len(failed) - len(shown)} more (each region's error is in the "
+            "run's summary artifact)"
         )
     return lines
 

@@ -485,12 +485,25 @@ def timing_lines(stage_seconds: Mapping[str, float]) -> list[str]:
     return lines
 
 
+#: Distinct region errors quoted in the state message; the other regions are named only
+#: (at 50 regions, 50 quoted errors made the message unreadable; the artifacts have them all).
+STATE_ERRORS_SHOWN = 5
+
+
 def _by_error(outcomes: Sequence[RegionRecord]) -> str:
-    """``us_east, europe (error); apac (other error)``: regions sharing an error named once."""
+    """``us_east, europe (error); apac (other error)``: regions sharing an error named once;
+    past :data:`STATE_ERRORS_SHOWN` errors, the remaining regions are listed by name."""
     groups: dict[str, list[str]] = {}
     for o in outcomes:
         groups.setdefault(_short(o.error), []).append(o.region)
-    return "; ".join(f"{', '.join(regions)} ({error})" for error, regions in groups.items())
+    items = list(groups.items())
+    text = "; ".join(
+        f"{', '.join(regions)} ({error})" for error, regions in items[:STATE_ERRORS_SHOWN]
+    )
+    rest = [r for _, regions in items[STATE_ERRORS_SHOWN:] for r in regions]
+    if rest:
+        text += f"; and {len(rest)} more region(s): {', '.join(rest)}"
+    return text
 
 
 def _short(text: str | None, limit: int = STATE_ERROR_CHARS) -> str:

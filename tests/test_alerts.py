@@ -623,3 +623,41 @@ def test_backfill_problems_are_grouped_with_date_ranges():
         date(2024, 1, 1), date(2024, 1, 4), results, env_prefix="prod-"
     ).slack_text()  # the environment's own deployment, as prefect.yaml names it
     assert f"`prefect deployment run 'retail-sales-backfill/prod-backfill' {command}" in prod
+
+
+def test_fifty_regions_failing_alike_read_as_one_line_with_examples():
+    """At 50 regions failing in one stage, the alert names them in one line with a few
+    example errors, and the run's state message quotes a few errors and names the rest;
+    at four regions each region keeps its own line."""
+    regions = [*REGIONS, *(f"region_{i:02d}" for i in range(5, 51))]
+    summary = RunSummary(
+        run_date=DAY,
+        batch_id=BATCH,
+        flow_run_id=FLOW_RUN,
+        regions={r: RegionRecord(r) for r in regions},
+    )
+    for outcome in summary.regions.values():
+        outcome.status = "extract_failed"
+        outcome.error = f"SourceBlockError: region {outcome.region}: source block not found"
+    text = build_alert_message(summary).slack_text()
+    lines = text.splitlines()
+    (named,) = [line for line in lines if "*Extraction failed*" in line]
+    assert named.startswith("• *Extraction failed* for 50 regions: `us_east`, `us_west`, ")
+    assert named.endswith("`region_49`, `region_50`")
+    examples = [line for line in lines if "source block not found" in line]
+    assert len(examples) == 5 and "`us_east`: SourceBlockError: region us_east" in examples[0]
+    assert "… and 45 more (each region's error is in the run's summary artifact)" in text
+    assert len(text) < 10_000  # one line per region of the rows table, not of errors
+
+    ok, message = summary.outcome()
+    assert not ok
+    assert message.count("source block not found") == 5
+    assert "region_05 (SourceBlockError: region region_05: source block not found)" in message
+    assert "; and 45 more region(s): region_06, region_07," in message
+    assert "region_49, region_50; nothing loaded" in message
+
+    few = _summary(europe={"status": "extract_failed", "error": "connection refused"})
+    assert (
+        "• *Extraction failed* for `europe`: connection refused"
+        in build_alert_message(few).slack_text()
+    )
