@@ -859,14 +859,20 @@ def _where(regions: Sequence[str], business_date: date) -> str:
     return f"{named}, {business_date}"
 
 
-def _extract_rows(region: str, business_date: date, files: Sequence[Path]) -> int:
-    """Rows in the extract files' footers (what the extraction wrote)."""
+def _read_footers(
+    region: str, business_date: date, files: Sequence[Path]
+) -> tuple[int, str | None]:
+    """From the extract files' footers (one read each): the rows the extraction wrote, and
+    the files' common schema (None: no files, or the files differ; only regions with the
+    same schema share a pass, the column plan being built per pass)."""
     try:
-        return sum(pq.read_metadata(f).num_rows for f in files)
+        footers = [pq.read_metadata(f) for f in files]
     except (OSError, pa.ArrowInvalid) as e:
         raise TransformInputError(
             f"region {region}, {business_date}: cannot read extract: {e}"
         ) from e
+    schemas = {str(m.schema.to_arrow_schema().remove_metadata()) for m in footers}
+    return sum(m.num_rows for m in footers), (schemas.pop() if len(schemas) == 1 else None)
 
 
 @dataclass(frozen=True)
@@ -1079,7 +1085,7 @@ def transform_region(
             )
     region = validate_identifier(region.strip().lower(), "region")
     files = [Path(f) for f in extract_files]
-    expected = _extract_rows(region, business_date, files)
+    expected, _ = _read_footers(region, business_date, files)
     results, failures = _run_pass(
         {region: files},
         {region: expected},
@@ -1094,25 +1100,15 @@ def transform_region(
     return results[region]
 
 
-def _schema_key(files: Sequence[Path]) -> str | None:
-    """The extract files' common schema (None: no files, unreadable, or the files differ).
-    Only regions with the same schema share a pass: the column plan is built per pass."""
-    try:
-        schemas = {str(pq.read_schema(f).remove_metadata()) for f in files}
-    except (OSError, pa.ArrowInvalid):
-        return None
-    return schemas.pop() if len(schemas) == 1 else None
-
-
-def _plan_passes(
-    extracts: Mapping[str, Sequence[Path]], rows: Mapping[str, int], pass_rows: int
-) -> list[list[str]]:
-    """Regions grouped into passes, in order: regions with the same schema share a pass while
-    their rows together stay within ``pass_rows``; any other region goes alone."""
+def _plan_passes(footers: Mapping[str, tuple[int, str | None]], pass_rows: int) -> list[list[str]]:
+    """Regions grouped into passes, in order, from their (rows, schema): regions with the same
+    schema share a pass while their rows together stay within ``pass_rows``; any other region
+    goes alone."""
+    rows = {region: n for region, (n, _) in footers.items()}
     passes: list[list[str]] = []
     open_pass: dict[str, tuple[list[str], int]] = {}  # schema -> (regions, rows)
-    for region, files in extracts.items():
-        key = _schema_key(files) if rows[region] <= pass_rows else None
+    for region, (_, schema) in footers.items():
+        key = schema if rows[region] <= pass_rows else None
         if key is None:
             passes.append([region])
             continue
@@ -1150,47 +1146,41 @@ def transform_regions(
     names: dict[str, list[Path]] = {}
     for region, files in extracts.items():
         names[validate_identifier(region.strip().lower(), "region")] = [Path(f) for f in files]
-    rows: dict[str, int] = {}
+    footers: dict[str, tuple[int, str | None]] = {}
     for region, files in names.items():
         try:
-            rows[region] = _extract_rows(region, business_date, files)
+            footers[region] = _read_footers(region, business_date, files)
         except TransformInputError as e:
             errors[region] = e
+    rows = {region: n for region, (n, _) in footers.items()}
     limit = min(pass_rows, max_file_rows) if max_file_rows is not None else pass_rows
-    lineage = _Lineage(business_date, batch_id, flow_run_id)
+
+    def run(regions: Sequence[str]) -> tuple[dict[str, RegionTransformResult], Mapping[str, Any]]:
+        return _run_pass(
+            {r: names[r] for r in regions},
+            rows,
+            _Lineage(business_date, batch_id, flow_run_id),
+            out_dir=Path(out_dir),
+            connection=connection,
+            row_group_size=row_group_size,
+            max_file_rows=max_file_rows,
+        )
+
     alone: list[str] = []
-    for regions in _plan_passes({r: names[r] for r in rows}, rows, limit):
+    for regions in _plan_passes(footers, limit):
         if len(regions) == 1:
             alone += regions
             continue
         try:
-            done, failed = _run_pass(
-                {r: names[r] for r in regions},
-                rows,
-                lineage,
-                out_dir=Path(out_dir),
-                connection=connection,
-                row_group_size=row_group_size,
-                max_file_rows=max_file_rows,
-            )
+            done, failed = run(regions)
         except (TransformError, OSError) as e:
             logger.warning("%s; transforming them one by one", e)
             done, failed = {}, {}
         results.update(done)
         alone += [r for r in regions if r in failed or r not in done]
     for region in alone:
-        try:
-            results[region] = transform_region(
-                names[region],
-                region=region,
-                business_date=business_date,
-                batch_id=batch_id,
-                flow_run_id=flow_run_id,
-                out_dir=out_dir,
-                row_group_size=row_group_size,
-                max_file_rows=max_file_rows,
-                connection=connection,
-            )
+        try:  # a pass of one region raises its own error
+            results.update(run([region])[0])
         except (TransformError, OSError) as e:
             errors[region] = e
     return {r: results[r] for r in names if r in results}, errors
