@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 try:
     import fcntl
@@ -32,7 +33,7 @@ from psycopg2 import sql
 
 from retail_etl import pg
 from retail_etl.contract import EXTRAS_COLUMN, MONEY_COLUMNS, NAN_COLUMN, SOURCE_TABLE
-from retail_etl.fingerprint import SourceDayStats, day_stats, stats_query
+from retail_etl.fingerprint import SourceDayStats, day_stats, fetch_stats
 from retail_etl.schema import ExtractionPlan, plan_extraction
 from retail_etl.source import ExtractionError, inspect_source, pg_message
 
@@ -196,11 +197,10 @@ def csv_read_types(plan: ExtractionPlan) -> tuple[pa.Schema, pa.Schema]:
 
 @dataclass(frozen=True)
 class SnapshotQuery:
-    """A query run in the COPY's own snapshot, before it (its rows describe exactly the rows
-    the COPY sends): the day's fingerprints."""
+    """Reads run in the COPY's own snapshot, before it (their rows describe exactly the rows
+    the COPY sends): the day's fingerprints. ``read(cursor)`` returns the rows."""
 
-    query: sql.Composable
-    params: tuple[object, ...]
+    read: Callable[[Any], list[tuple[object, ...]]]
 
 
 class _CopyProducer(threading.Thread):
@@ -228,8 +228,7 @@ class _CopyProducer(threading.Thread):
                 with pg.connect(self._source_url) as conn, conn.cursor() as cur:
                     conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
                     if self._before is not None:
-                        cur.execute(self._before.query, self._before.params)
-                        self.before_rows = cur.fetchall()
+                        self.before_rows = self._before.read(cur)
                     cur.copy_expert(self._query, sink, size=1 << 20)
                     conn.rollback()  # read only: nothing to keep
         except BaseException as exc:  # surfaced by the consumer
@@ -308,7 +307,7 @@ def extract_region(
     :func:`combine_splits` makes the region's extract of all of them. ``on_rows(n)`` is
     called with the rows written so far after each block (live progress). With
     ``stats_window`` (start, end), the source's stats of those dates
-    (:func:`retail_etl.fingerprint.stats_query`) are read first in the COPY's own snapshot
+    (:func:`retail_etl.fingerprint.fetch_stats`) are read first in the COPY's own snapshot
     and returned as ``day_stats``: the fingerprint describes exactly the rows extracted. An
     extraction still streaming after ``deadline_seconds`` fails (checked after each block; the
     source's own bounds, e.g. ``statement_timeout``, cover a stream that stops). Raises
@@ -342,7 +341,8 @@ def extract_region(
     if stats_window is not None:
         if stats_window[1] < stats_window[0]:
             raise ValueError(f"{where}: stats window {stats_window} ends before it starts")
-        before = SnapshotQuery(stats_query(plan, *stats_window), stats_window)
+        start, end = stats_window
+        before = SnapshotQuery(lambda cur: fetch_stats(cur, plan, start, end))
     files: list[Path] = []
     rows = 0
     writer: pq.ParquetWriter | None = None

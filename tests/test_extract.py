@@ -268,15 +268,16 @@ def test_a_row_committed_between_the_stats_and_the_copy_is_in_neither(make_datab
         execute(url, "INSERT INTO sales SELECT * FROM sales WHERE sale_id = 1")
         inserted.set()
 
-    slow_count = extract.SnapshotQuery(
-        psycopg2.sql.SQL("SELECT count(*), pg_sleep(1.0)::text FROM sales"), ()
-    )
+    def slow_count(cur: object) -> list[tuple[object, ...]]:
+        cur.execute("SELECT count(*), pg_sleep(1.0)::text FROM sales")  # type: ignore[attr-defined]
+        return list(cur.fetchall())  # type: ignore[attr-defined]
+
     read_fd, write_fd = os.pipe()
     producer = extract._CopyProducer(
         url,
         psycopg2.sql.SQL("COPY (SELECT sale_id FROM sales) TO STDOUT"),
         write_fd,
-        before=slow_count,
+        before=extract.SnapshotQuery(slow_count),
     )
     writer = threading.Thread(target=insert_while_the_snapshot_query_runs)
     producer.start()
