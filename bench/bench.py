@@ -648,13 +648,14 @@ def _print_ours(m: Measured, rows: int) -> None:
         )
     # peak RSS per stage (stages run one after another; boundaries approximate)
     at = r.get("flow_started_epoch", 0.0)
-    peaks, busy = [], []
+    peaks, busy, cpus = [], [], []
     cores = os.cpu_count() or 1
     for n in names:
         if n in stages:
             peaks.append(f"{labels.get(n, n)} {m.peak_between(at, at + stages[n]) / 1e6:,.0f}")
             cpu = m.cpu_between(at, at + stages[n])
             busy.append(f"{labels.get(n, n)} {cpu / max(stages[n], 1e-9):.2f}")
+            cpus.append(f"{labels.get(n, n)} {cpu:.2f}")
             at += stages[n]
     print(f"  peak RSS by stage (MB): {', '.join(peaks)}")
     start = r.get("flow_started_epoch", 0.0)
@@ -669,6 +670,7 @@ def _print_ours(m: Measured, rows: int) -> None:
                 for at, secs, before, after in top
             )
         )
+    print(f"  CPU-s by stage (ours, not PostgreSQL): {', '.join(cpus)}")
     print(f"  cores busy by stage (ours, not PostgreSQL; {cores} = all): {', '.join(busy)}")
     print(
         f"  flow run (extract..verify): {flow:.2f} s, {rows / flow:,.0f} rows/s; "
