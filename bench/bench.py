@@ -46,7 +46,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -316,15 +316,19 @@ def server_url(port: int) -> str:
     return f"postgresql+psycopg2://postgres@{LOOPBACK}:{port}/postgres"
 
 
-def seed(url: str, prefix: str, regions: list[str], rows: int, day: date) -> float:
+def seed(
+    url: str, prefix: str, regions: list[str], rows: int, day: date, history_days: int = 0
+) -> float:
+    """Seed ``rows`` over ``regions`` for ``day`` and as many for each of the
+    ``history_days`` days before it (the run's lookback fingerprints read those)."""
     from retail_etl.seed import seed_regions
 
     started = time.perf_counter()
     seed_regions(
         url,
         regions,
-        day,
-        1,
+        day - timedelta(days=history_days),
+        1 + history_days,
         rows // len(regions),
         database_for_region=lambda region: f"{prefix}{region}",
     )
@@ -724,6 +728,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--date", default=DAY.isoformat())
     parser.add_argument("--pg-port", type=int, default=5432, help="local PostgreSQL port")
+    parser.add_argument(
+        "--history-days",
+        type=int,
+        default=0,
+        help="also seed this many days before --date, as many rows each (never loaded: the "
+        "run only reads their fingerprints in its lookback, as in production; default 0)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each tool (median shown)")
     parser.add_argument("--skip-dlt", action="store_true")
     parser.add_argument("--skip-probe", action="store_true", help="skip the orchestration probes")
@@ -786,7 +797,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if own_sources:
-            seconds = seed(url, prefix, regions, args.rows, date.fromisoformat(args.date))
+            seconds = seed(
+                url, prefix, regions, args.rows, date.fromisoformat(args.date), args.history_days
+            )
             print(f"seeded {prefix}<region> in {seconds:.1f} s", flush=True)
         home = workdir / "prefect-home"
         home.mkdir(exist_ok=True)
