@@ -147,18 +147,9 @@ def _tree_cpu(pid: int | None) -> float:
     if pid is None:
         return 0.0
     try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return _TreeSampler(psutil.Process(pid)).sample()[1]
     except psutil.Error:
         return 0.0
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
 
 
 def run_child(

@@ -15,7 +15,7 @@ missed. A view (no row versions) hashes every column of every row instead
 per-type hashes, no text formatting, independent of the session's timezone).
 
 Measured on a 500K-row region day (PostgreSQL backend CPU, one backend, 2026-12-02): the row
-versions' hash 0.13 s, every column's 0.27-0.30 s, count, sum and max alone 0.08-0.10 s; the
+versions' hash 0.13 s, every column's 0.22-0.30 s, count, sum and max alone 0.08-0.10 s; the
 extract's ``COPY`` of the same day costs PostgreSQL ~0.5 s. A daily run reads 1 + the lookback
 days, so the fingerprint was the largest PostgreSQL cost of a run before it hashed versions.
 
@@ -84,9 +84,9 @@ def stats_query(
     start: date,
     end: date,
     *,
+    row_versions: bool,
     live: bool = False,
     schema: str = "public",
-    row_versions: bool = True,
 ) -> Any:
     """One aggregate over [start, end], one row per ``sale_date`` present (psycopg2 SQL).
     ``live``: also count and sum the completed, not deleted rows (the audit; it doubles the
