@@ -85,6 +85,33 @@ def test_a_tables_fingerprint_is_its_row_versions_vacuum_keeps_it(make_database)
     assert _fingerprints(url)[D2] == before[D2]
 
 
+def test_a_partitioned_tables_fingerprint_is_its_partitions_row_versions(make_database):
+    """A partitioned table is fingerprinted by its partitions' row versions (told apart by
+    ``tableoid``): stable, changed by a new version with the same values, a correction that
+    keeps ``updated_at`` and a move of a sale to another day's partition."""
+    url = make_database("fppart")
+    create_sales(url, [sale(1), sale(2), sale(3, sale_date=D2)], table="sales_rows")
+    execute(
+        url,
+        "CREATE TABLE sales (LIKE sales_rows) PARTITION BY RANGE (sale_date); "
+        "CREATE TABLE sales_d1 PARTITION OF sales FOR VALUES FROM ('2024-01-15') TO ('2024-01-16'); "
+        "CREATE TABLE sales_d2 PARTITION OF sales FOR VALUES FROM ('2024-01-16') TO ('2024-01-17'); "
+        "INSERT INTO sales SELECT * FROM sales_rows",
+    )
+    before = _fingerprints(url)
+    assert _fingerprints(url) == before
+    assert read_source_stats(url, "us_east", D, D2)[D].rows == 2
+    execute(url, "UPDATE sales SET tax = tax WHERE sale_id = 1")  # a new version, same values
+    touched = _fingerprints(url)
+    assert touched[D] != before[D] and touched[D2] == before[D2]  # versions, not columns
+    execute(url, "UPDATE sales SET customer_id = 99 WHERE sale_id = 1")  # same updated_at
+    corrected = _fingerprints(url)
+    assert corrected[D] != touched[D] and corrected[D2] == before[D2]
+    execute(url, "UPDATE sales SET sale_date = %s WHERE sale_id = 2", (D2,))
+    moved = _fingerprints(url)
+    assert moved[D] != corrected[D] and moved[D2] != corrected[D2]
+
+
 def test_a_view_is_fingerprinted_by_every_column_of_its_rows(make_database):
     """A view has no row versions: its rows' columns are hashed, so the same kinds of change
     are found, and a rewrite of the table underneath that changes no value is not one."""
