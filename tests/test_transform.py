@@ -551,6 +551,27 @@ def test_zero_rows_write_empty_files_with_schema(tmp_path: Path) -> None:
     assert read(result.reject_files).schema.remove_metadata().equals(contract.reject_arrow_schema())
 
 
+def test_only_columns_with_few_values_are_dictionary_encoded(tmp_path: Path) -> None:
+    # A column with more than 1024 values per row group is written plain, even where a
+    # dictionary would pay (each product 20 times; DuckDB's default would build one): trying
+    # them cost the writer a third of its CPU. A column with a few values keeps its dictionary.
+    rows = [row(sale_id=i, product_id=i % 1500, store_id=i % 50) for i in range(1, 30_001)]
+    f = write_extract(tmp_path / "x" / "part-00000.parquet", rows)
+    result = transform_region(
+        [f], region="us_east", business_date=D, batch_id="B", flow_run_id="F", out_dir=tmp_path
+    )
+    group = pq.ParquetFile(result.accepted_files[0]).metadata.row_group(0)
+    dictionary = {
+        group.column(i).path_in_schema: any("DICTIONARY" in e for e in group.column(i).encodings)
+        for i in range(group.num_columns)
+    }
+    assert result.rows_accepted == 30_000
+    assert not dictionary["product_id"]
+    assert not dictionary["sale_id"]
+    assert dictionary["store_id"]
+    assert dictionary["region"]
+
+
 def test_max_file_rows_splits_output(tmp_path: Path) -> None:
     rows = [row(sale_id=i) for i in range(1, 5001)]
     f = write_extract(tmp_path / "x" / "part-00000.parquet", rows)
