@@ -356,7 +356,9 @@ class Warehouse:
                     ),
                 )
                 counts = self._per_region(
-                    regions, self._run(con, "classify", sql.classify_sql(d, source)), width=3
+                    regions,
+                    self._run(con, "classify", sql.classify_sql(d, source, len(regions)), regions),
+                    width=3,
                 )
                 inserted, updated, unchanged = (
                     sum(c[i] for c in counts.values()) for i in range(3)

@@ -175,21 +175,26 @@ def _key_join(t: Dialect, s: str = "s", tgt: str = "t") -> str:
     return " AND ".join(f"{tgt}.{t.ident(k)} = {s}.{t.ident(k)}" for k in KEY_COLUMNS)
 
 
-def classify_sql(t: Dialect, source_sql: str) -> str:
-    """Per region: (region, inserted, updated, unchanged) the MERGE of ``source_sql`` will do,
-    counted by a join on the key (a key stored under any date counts as stored).
+def classify_sql(t: Dialect, source_sql: str, n_regions: int) -> str:
+    """Params: (*regions) -> per region: (region, inserted, updated, unchanged) the MERGE of
+    ``source_sql`` (rows of those regions only) will do, counted by a join on the key (a key
+    stored under any date counts as stored).
 
+    The stored side is read for the load's regions only: the key holds the region, so other
+    regions' rows never match, and the filter lets the engine skip them unread (DuckDB at 20M
+    rows, the fourth region's join over three stored ones: 1.7-2.0 s without it).
     Run in the MERGE's transaction; the MERGE's own counts must agree.
     """
     probe = t.ident("sale_id")  # NULL after the LEFT JOIN <=> no stored row with this key
     newer = changed_predicate(t)
     region = t.ident("region")
+    stored = f"(SELECT * FROM {t.table(SALES_FACT)} WHERE {region} IN ({t.params(n_regions)}))"
     return (
         f"SELECT s.{region}, "
         f"COALESCE(SUM(CASE WHEN t.{probe} IS NULL THEN 1 ELSE 0 END), 0), "
         f"COALESCE(SUM(CASE WHEN t.{probe} IS NOT NULL AND {newer} THEN 1 ELSE 0 END), 0), "
         f"COALESCE(SUM(CASE WHEN t.{probe} IS NOT NULL AND NOT {newer} THEN 1 ELSE 0 END), 0) "
-        f"FROM ({source_sql}) s LEFT JOIN {t.table(SALES_FACT)} t ON {_key_join(t)} "
+        f"FROM ({source_sql}) s LEFT JOIN {stored} t ON {_key_join(t)} "
         f"GROUP BY s.{region}"
     )
 
