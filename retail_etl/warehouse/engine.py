@@ -355,11 +355,23 @@ class Warehouse:
                         [day, *regions],
                     ),
                 )
-                counts = self._per_region(
+                keys = self._per_region(
                     regions,
-                    self._run(con, "classify", sql.classify_sql(d, source, len(regions)), regions),
-                    width=3,
+                    self._run(
+                        con, "classify", sql.stored_keys_sql(d, source, len(regions)), regions
+                    ),
+                    width=2,
                 )
+                if any(stored_keys for _, stored_keys in keys.values()):
+                    counts = self._per_region(
+                        regions,
+                        self._run(
+                            con, "classify", sql.classify_sql(d, source, len(regions)), regions
+                        ),
+                        width=3,
+                    )
+                else:  # no key is stored: all inserts (the INSERT's own count must agree)
+                    counts = {r: (rows, 0, 0) for r, (rows, _) in keys.items()}
                 inserted, updated, unchanged = (
                     sum(c[i] for c in counts.values()) for i in range(3)
                 )

@@ -175,6 +175,20 @@ def _key_join(t: Dialect, s: str = "s", tgt: str = "t") -> str:
     return " AND ".join(f"{tgt}.{t.ident(k)} = {s}.{t.ident(k)}" for k in KEY_COLUMNS)
 
 
+def stored_keys_sql(t: Dialect, source_sql: str, n_regions: int) -> str:
+    """Params: (*regions) -> per region: (region, source rows, source rows whose key is stored
+    under any date). A join on the key columns only, of the load's regions' stored rows: when
+    no key is stored (a new day), every source row is an insert and the wide join of
+    :func:`classify_sql` (every content column of both sides) is not needed."""
+    region, probe, keys = t.ident("region"), t.ident("sale_id"), t.cols(KEY_COLUMNS)
+    stored = f"(SELECT {keys} FROM {t.table(SALES_FACT)} WHERE {region} IN ({t.params(n_regions)}))"
+    return (
+        f"SELECT s.{region}, COUNT(*), COUNT(t.{probe}) "
+        f"FROM (SELECT {keys} FROM ({source_sql}) x) s LEFT JOIN {stored} t ON {_key_join(t)} "
+        f"GROUP BY s.{region}"
+    )
+
+
 def classify_sql(t: Dialect, source_sql: str, n_regions: int) -> str:
     """Params: (*regions) -> per region: (region, inserted, updated, unchanged) the MERGE of
     ``source_sql`` (rows of those regions only) will do, counted by a join on the key (a key
