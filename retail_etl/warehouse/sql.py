@@ -196,7 +196,8 @@ def classify_sql(t: Dialect, source_sql: str, n_regions: int) -> str:
 
     The stored side is read for the load's regions only: the key holds the region, so other
     regions' rows never match, and the filter lets the engine skip them unread (DuckDB at 20M
-    rows, the fourth region's join over three stored ones: 1.7-2.0 s without it).
+    rows, the second region's join over the first one's 4.5M stored rows: 1.40 -> 0.38 s).
+    Needed only when :func:`stored_keys_sql` finds a stored key.
     Run in the MERGE's transaction; the MERGE's own counts must agree.
     """
     probe = t.ident("sale_id")  # NULL after the LEFT JOIN <=> no stored row with this key
