@@ -8,13 +8,13 @@ fails because of Slack: the parent's own outcome stays what the run decided.
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
 from blocks.notifications import send_alert
 from retail_etl.alerts import build_alert_message
 from retail_etl.quality import QualityReport
 from retail_etl.run import RunSummary
 from retail_etl.settings import get_settings
+from tasks.artifacts import flush_if_outermost, publish_markdown
 
 
 def flow_run_ui_url(flow_run_id: str) -> str | None:
@@ -39,12 +39,13 @@ def alert(summary: RunSummary, report: QualityReport | None = None) -> bool:
     if report is not None:
         markdown += "\n\n" + report.to_markdown()
     settings = get_settings(fresh=True)
-    create_markdown_artifact(
-        key=settings.artifact_key(f"alert-{summary.run_date.isoformat()}"),
-        markdown=markdown,
+    publish_markdown(
+        settings.artifact_key(f"alert-{summary.run_date.isoformat()}"),
+        markdown,
         description=message.title,
     )
     sent = send_alert(message, settings, logger=logger)
+    flush_if_outermost()
     if sent:
         logger.info("Alert posted to Slack")
     return sent

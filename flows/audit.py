@@ -6,7 +6,6 @@ from datetime import date
 from decimal import Decimal
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -16,6 +15,7 @@ from retail_etl.backfill import date_range
 from retail_etl.redact import scrub_secrets
 from retail_etl.settings import get_settings
 from retail_etl.warehouse import Warehouse
+from tasks.artifacts import flush_if_outermost, publish_table
 from tasks.sources import read_fingerprints
 from tasks.warehouse import ensure_schema_task, ledger_states_task, open_targets_task
 
@@ -49,11 +49,12 @@ def retail_sales_audit(start_date: date, end_date: date, regions: list[str] | No
     report = AuditReport(audit_rows(start_date, end_date, chosen, stats, fact, ledger), errors)
     text = report.render()
     logger.info("%s", text)
-    create_table_artifact(
-        key=settings.artifact_key(f"audit-{start_date.isoformat()}-{end_date.isoformat()}"),
-        table=[r.as_record() for r in report.rows],
+    publish_table(
+        settings.artifact_key(f"audit-{start_date.isoformat()}-{end_date.isoformat()}"),
+        [r.as_record() for r in report.rows],
         description=text.splitlines()[-1],
     )
+    flush_if_outermost()
     return Completed(
         message=f"audit {start_date}..{end_date}: {len(report.drifted)} (region, date) pair(s) "
         "to reprocess",

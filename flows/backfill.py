@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import date
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -37,6 +36,7 @@ from retail_etl.backfill import (
 )
 from retail_etl.settings import get_settings
 from retail_etl.warehouse import Warehouse
+from tasks.artifacts import flush_if_outermost, publish_markdown, publish_table
 from tasks.sources import read_fingerprints
 from tasks.warehouse import ensure_schema_task, ledger_states_task, open_targets_task
 
@@ -69,9 +69,9 @@ def send_backfill_alert_task(
         flow_run_url=flow_run_ui_url(flow_run_id) if flow_run_id else None,
         env_prefix=get_settings().env_prefix,
     )
-    create_markdown_artifact(
-        key=get_settings().artifact_key(f"alert-backfill-{start.isoformat()}-{end.isoformat()}"),
-        markdown=message.markdown,
+    publish_markdown(
+        get_settings().artifact_key(f"alert-backfill-{start.isoformat()}-{end.isoformat()}"),
+        message.markdown,
         description=message.title,
     )
     return send_alert(message, get_settings(fresh=True), logger=get_run_logger())
@@ -146,16 +146,18 @@ def retail_sales_backfill(
 
     if changed_only:  # pairs skipped as unchanged may be in any state
         note_skipped_states(results, ledger)
-    create_table_artifact(
-        key=settings.artifact_key(f"backfill-{start.isoformat()}-{end.isoformat()}"),
-        table=summary_rows(results),
+    publish_table(
+        settings.artifact_key(f"backfill-{start.isoformat()}-{end.isoformat()}"),
+        summary_rows(results),
         description=f"Backfill {start}..{end} ({_mode(missing_only, changed_only)})",
     )
     ok, message = backfill_outcome(start, end, results)
     if ok:
+        flush_if_outermost()
         return Completed(message=message, data=results)
     sent = send_backfill_alert_task(start, end, results, flow_run.get_id())
     message += alert_note(sent=sent)
+    flush_if_outermost()
     return Failed(message=message, data=BackfillFailed(message, results))
 
 

@@ -8,7 +8,6 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
@@ -37,6 +36,7 @@ from retail_etl.run import (
 from retail_etl.settings import Settings, get_settings
 from retail_etl.transform import RegionTransformResult
 from retail_etl.warehouse import Warehouse
+from tasks.artifacts import flush_if_outermost, publish_markdown
 from tasks.extract import (
     collect_extracts,
     extraction_seconds,
@@ -321,14 +321,15 @@ def _finish(
     if not ok:
         message += alert_note(sent=sent, by_backfill=not send_alerts)
     progress.finished(summary)
-    create_markdown_artifact(
-        key=settings.artifact_key(f"summary-{summary.run_date.isoformat()}"),
-        markdown=summary.to_markdown(alerted=alerted, state_message=message),
+    publish_markdown(
+        settings.artifact_key(f"summary-{summary.run_date.isoformat()}"),
+        summary.to_markdown(alerted=alerted, state_message=message),
         description=summary.headline(),
     )
     logger.info("%s", summary.render_text())
     # Everything a rerun or a resume needs is staged, not in here.
     run_dir.release(remove=not settings.keep_run_dir)
+    flush_if_outermost()  # the run's artifacts, created meanwhile
     if ok:
         return Completed(message=message, data=summary)
     return Failed(message=message, data=PipelineRunFailed(message, summary))

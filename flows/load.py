@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.targets import Targets
@@ -25,6 +24,7 @@ from retail_etl.run import RunContext
 from retail_etl.settings import get_settings
 from retail_etl.transform import RegionTransformResult
 from retail_etl.warehouse import CheckResult, MergeResult
+from tasks.artifacts import flush_if_outermost, publish_table
 from tasks.results import collect
 from tasks.warehouse import (
     merge_regions_task,
@@ -124,9 +124,9 @@ def load_batch(
     recorded = record_quality_task(warehouse, dq_records, return_state=True)
     if not recorded.is_completed():
         outcome.ledger_errors.append(recorded.message or "recording dq_results failed")
-    create_table_artifact(
-        key=get_settings().artifact_key(f"load-{ctx.run_date.isoformat()}"),
-        table=[
+    publish_table(
+        get_settings().artifact_key(f"load-{ctx.run_date.isoformat()}"),
+        [
             {
                 "region": m.region,
                 "staged": humanize.count(m.staged_rows),
@@ -145,4 +145,5 @@ def load_batch(
     for check in outcome.failed_checks:
         logger.error("Verification failed: %s/%s: %s", check.region, check.name, check.detail)
     outcome.stage_seconds["verify"] = time.perf_counter() - started
+    flush_if_outermost()
     return outcome

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import date
 
 from prefect import flow, get_run_logger, runtime, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, State
 
 from blocks.notifications import send_alert
@@ -22,6 +21,7 @@ from retail_etl.report import (
     volume_chart,
 )
 from retail_etl.settings import Settings, get_settings
+from tasks.artifacts import flush_if_outermost, publish_markdown
 
 
 @task(name="collect-quality-report", retries=2, retry_delay_seconds=5)
@@ -53,12 +53,13 @@ def retail_sales_quality_report(
     start, end = start_date or default_start, end_date or default_end
     report = collect_report_task(start, end, regions, settings)
     message = summary_message(report)
-    create_markdown_artifact(
-        key=settings.artifact_key(report_key(start, end)),
-        markdown=render_markdown(report, chart=svg_data_url(volume_chart(report))),
+    publish_markdown(
+        settings.artifact_key(report_key(start, end)),
+        render_markdown(report, chart=svg_data_url(volume_chart(report))),
         description=message.title,
     )
     sent = send_alert(message, settings, logger=logger) if notify else False
+    flush_if_outermost()
     missing = len(report.missing)
     return Completed(
         message=f"quality report {start}..{end}: {missing} region-day(s) missing, "

@@ -20,6 +20,7 @@ from retail_etl.extract import RegionExtract
 from retail_etl.run import RunContext
 from retail_etl.settings import Settings
 from retail_etl.transform import RegionTransformResult
+from tasks.artifacts import flush_if_outermost
 from tasks.extract import landed_batches
 from tasks.results import TaskFailure, collect
 from tasks.runners import ConfiguredTaskRunner
@@ -75,4 +76,5 @@ def transform_batch(
             errors.update(dict.fromkeys(regions, failed["batch"].error))
     results = {r: results[r] for r in ctx.regions if r in results}  # the run's order
     publish_transform_artifact(ctx, results)
+    flush_if_outermost()
     return results, errors

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
 from blocks.targets import Targets
 from retail_etl import progress
@@ -11,6 +10,7 @@ from retail_etl.quality import QualityReport, QualityThresholds
 from retail_etl.run import RunContext
 from retail_etl.settings import get_settings
 from retail_etl.transform import RegionTransformResult
+from tasks.artifacts import flush_if_outermost, publish_markdown
 from tasks.quality import evaluate_batch_task
 from tasks.warehouse import read_history_task, read_stored_keys_task
 
@@ -33,9 +33,9 @@ def validate_batch(
     history = read_history_task(warehouse, regions, ctx.run_date, thresholds.history_days)
     stored_keys = read_stored_keys_task(warehouse, regions, ctx.run_date)
     report = evaluate_batch_task(results, ctx, thresholds, history, stored_keys)
-    create_markdown_artifact(
-        key=get_settings().artifact_key(f"quality-{ctx.run_date.isoformat()}"),
-        markdown=report.to_markdown(),
+    publish_markdown(
+        get_settings().artifact_key(f"quality-{ctx.run_date.isoformat()}"),
+        report.to_markdown(),
         description=f"Quality gate for {ctx.run_date} (batch {ctx.batch_id}): {report.verdict}",
     )
     if report.verdict == "pass":
@@ -45,4 +45,5 @@ def validate_batch(
             "Quality gate FAILED: %s",
             "; ".join(f"{c.region}/{c.name} {c.detail}" for c in report.failing),
         )
+    flush_if_outermost()
     return report

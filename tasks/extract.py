@@ -9,7 +9,6 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
@@ -20,6 +19,7 @@ from retail_etl.extract import RegionExtract, combine_splits, extract_region
 from retail_etl.run import RunContext, RunSummary
 from retail_etl.schema import SchemaContractError
 from retail_etl.settings import Settings, get_settings
+from tasks.artifacts import publish_table
 from tasks.results import TaskFailure, collect
 
 
@@ -221,9 +221,9 @@ def publish_extract_artifact(
     ctx: RunContext, summary: RunSummary, extracts: dict[str, RegionExtract]
 ) -> None:
     """Per region: rows, bytes, duration, source columns, schema changes, error."""
-    create_table_artifact(
-        key=get_settings().artifact_key(f"extract-{ctx.run_date.isoformat()}"),
-        table=[
+    publish_table(
+        get_settings().artifact_key(f"extract-{ctx.run_date.isoformat()}"),
+        [
             {
                 "region": region,
                 "status": summary.regions[region].status,

@@ -4,7 +4,6 @@ beyond local files, a failure here is a bug or bad data, not a transient fault).
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.runtime import task_run
 
 from retail_etl import humanize, progress
@@ -16,6 +15,7 @@ from retail_etl.transform import (
     transform_connection,
     transform_regions,
 )
+from tasks.artifacts import publish_table
 
 
 def _transform_run_name() -> str:
@@ -84,9 +84,9 @@ def _report(result: RegionTransformResult) -> None:
 
 
 def publish_transform_artifact(ctx: RunContext, results: dict[str, RegionTransformResult]) -> None:
-    create_table_artifact(
-        key=get_settings().artifact_key(f"transform-{ctx.run_date.isoformat()}"),
-        table=[
+    publish_table(
+        get_settings().artifact_key(f"transform-{ctx.run_date.isoformat()}"),
+        [
             {
                 "region": r.region,
                 "extracted": humanize.count(r.rows_extracted),
