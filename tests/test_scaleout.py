@@ -511,6 +511,7 @@ def external_dask_cluster(prefect_server, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.server
+@pytest.mark.xdist_group("prefect-server")  # the same worker as tests/test_server.py
 def test_cli_runs_the_demo_day_on_both_dask_modes_to_the_same_rows_as_threads(
     prefect_server,
     external_dask_cluster,

@@ -22,7 +22,8 @@ from retail_etl.settings import DEFAULT_REGIONS, database_url
 from tests.pipeline import EXPECTED_ACCEPTED_SQL
 from tests.prefect_server import BIN, REPO, PrefectServer, run_command
 
-pytestmark = pytest.mark.server
+# one worker starts the session's prefect server and runs every test that needs it
+pytestmark = [pytest.mark.server, pytest.mark.xdist_group("prefect-server")]
 
 DAY = date(2024, 1, 15)
 POOL = "retail-etl-pool"
