@@ -264,17 +264,17 @@ def test_a_run_killed_while_extracting_leaves_nothing_a_rerun_does_not_sweep(etl
         )
         conn.commit()
 
-    def copying() -> bool:
+    def reading() -> bool:  # the extraction's first read (its snapshot's stats, then COPY)
         rows = etl_env.source(
             "apac",
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%%' AND datname = "
-            "current_database()",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'active' AND pid <> pg_backend_pid() AND query ILIKE '%%sales%%'",
         )
         return rows[0][0] > 0
 
     run = _cli("run", "--date", DAY.isoformat())
     try:
-        _wait_for(copying, 120, "the apac extraction to start")
+        _wait_for(reading, 120, "the apac extraction to start")
         _wait_for(lambda: bool(_leftover_run_dirs(etl_env)), 30, "the run folder")
     finally:
         os.killpg(run.pid, signal.SIGKILL)
@@ -282,6 +282,12 @@ def test_a_run_killed_while_extracting_leaves_nothing_a_rerun_does_not_sweep(etl
     assert _leftover_run_dirs(etl_env), "the killed run should have left its folder"
 
     with pg.connect(url) as conn, conn.cursor() as cur:  # the source recovers
+        # The killed run's COPY would hold the view until its pg_sleep ends (PostgreSQL notices
+        # a vanished client only when it next writes to it): end it as that would.
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
         cur.execute("DROP VIEW sales")
         cur.execute("ALTER TABLE sales_data RENAME TO sales")
         conn.commit()
