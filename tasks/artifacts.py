@@ -145,7 +145,8 @@ def flush(timeout: float = FLUSH_TIMEOUT_SECONDS) -> list[str]:
 
 
 def flush_if_outermost() -> None:
-    """:func:`flush` when the current flow run is not a subflow (its parent flushes)."""
+    """:func:`flush` when the current flow run is not a subflow (its parent flushes; a run
+    whose parent is in another process, e.g. started by ``run_deployment``, flushes at exit)."""
     context = FlowRunContext.get()
     if context is None or context.flow_run is None or context.flow_run.parent_task_run_id is None:
         flush()
