@@ -546,7 +546,7 @@ def child_probe(args: argparse.Namespace) -> dict[str, Any]:
         create_table_artifact(table=[{"n": regions}], key="bench-extract")
         sub(regions, 0)  # transform
         noop()  # schema history
-        sub(0, 1)  # validate: read-history
+        sub(0, 1)  # validate: read-gate-inputs
         sub(regions, 3)  # load: stage per region; merge-regions, verify, quality results
 
     out: dict[str, Any] = {"ok": True}

@@ -12,7 +12,7 @@ from retail_etl.settings import get_settings
 from retail_etl.transform import RegionTransformResult
 from tasks.artifacts import flush_if_outermost, publish_markdown
 from tasks.quality import evaluate_batch_task
-from tasks.warehouse import read_history_task, read_stored_keys_task
+from tasks.warehouse import read_gate_inputs_task
 
 
 @flow(
@@ -30,8 +30,9 @@ def validate_batch(
     for region in results:
         progress.report(region, "validating")
     regions, warehouse = list(results), targets.warehouse
-    history = read_history_task(warehouse, regions, ctx.run_date, thresholds.history_days)
-    stored_keys = read_stored_keys_task(warehouse, regions, ctx.run_date)
+    history, stored_keys = read_gate_inputs_task(
+        warehouse, regions, ctx.run_date, thresholds.history_days
+    )
     report = evaluate_batch_task(results, ctx, thresholds, history, stored_keys)
     publish_markdown(
         get_settings().artifact_key(f"quality-{ctx.run_date.isoformat()}"),
