@@ -94,15 +94,16 @@ class Publisher:
     def _work(self) -> None:
         while True:
             pending = self._queue.get()
+            failure = None
             try:
                 pending.context.run(self._create, pending.request)
             except Exception as exc:  # reported by flush(); the run goes on
-                message = scrub_secrets(f"artifact {pending.request.key!r}: {exc}")
-                logger.warning("Could not create %s", message)
-                with self._lock:
-                    self._failures.append(message)
+                failure = scrub_secrets(f"artifact {pending.request.key!r}: {exc}")
+                logger.warning("Could not create %s", failure)
             finally:
                 with self._idle:
+                    if failure is not None:
+                        self._failures.append(failure)
                     self._unfinished -= 1
                     self._idle.notify_all()
 

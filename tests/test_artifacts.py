@@ -4,25 +4,33 @@ once all of them exist. A failing API is reported, not raised."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from tests.pipeline import flow_run_artifacts
+from tests.plumbing import free_port
 
 pytestmark = pytest.mark.integration
 
 
-def test_every_artifact_of_a_run_exists_when_its_outermost_flow_returns(prefect_api):
+def test_every_artifact_of_a_run_exists_when_its_outermost_flow_returns(prefect_api, monkeypatch):
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.client.schemas.sorting import ArtifactSort
     from prefect.runtime import flow_run
 
+    import tasks.artifacts as artifacts
     from tasks.artifacts import flush_if_outermost, publish_markdown, publish_table
 
     child_ids: list[str] = []
+    flushed_by: list[str] = []  # the flow runs that waited for the queue
+    real_flush = artifacts.flush
+
+    def recording_flush(timeout: float = artifacts.FLUSH_TIMEOUT_SECONDS) -> list[str]:
+        flushed_by.append(flow_run.get_id())
+        return real_flush(timeout)
+
+    monkeypatch.setattr(artifacts, "flush", recording_flush)
 
     @flow(name="artifact-child")
     def child() -> None:
@@ -40,6 +48,7 @@ def test_every_artifact_of_a_run_exists_when_its_outermost_flow_returns(prefect_
     state = parent(return_state=True)
 
     assert state.is_completed()
+    assert flushed_by == [str(state.state_details.flow_run_id)]  # the parent only
     with get_client(sync_client=True) as client:
         parent_artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
@@ -64,10 +73,7 @@ def test_an_api_that_refuses_is_reported_by_flush_not_raised():
 
     from tasks.artifacts import flush, publish_table
 
-    with socket.socket() as probe:  # a loopback port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
         publish_table("load-2024-01-15", [{"region": "us_east"}])
     failures = flush(timeout=30)
 

@@ -282,8 +282,8 @@ def test_a_run_killed_while_extracting_leaves_nothing_a_rerun_does_not_sweep(etl
     assert _leftover_run_dirs(etl_env), "the killed run should have left its folder"
 
     with pg.connect(url) as conn, conn.cursor() as cur:  # the source recovers
-        # The killed run's COPY would hold the view until its pg_sleep ends (PostgreSQL notices
-        # a vanished client only when it next writes to it): end it as that would.
+        # The killed run's query would hold the view until its pg_sleep ends (PostgreSQL
+        # notices a vanished client only when it next writes to it): end it as that would.
         cur.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
